@@ -1025,29 +1025,39 @@ fn reductions_per_block_and_whole_through_the_engine() {
 #[test]
 fn rechunk_to_any_grid_keeps_the_data() {
     let dir = tempfile::tempdir().expect("tmp");
-    for (k, to) in [
+    let grids = [
         "[16, 9, 3]",
         "[45, 70, 3]",
         "[1, 70, 3]",
         "[7, 5, 1]",
         "[10, 14, 3]",
-    ]
-    .iter()
-    .enumerate()
+    ];
+    // Each grid in memory and through disk (the intermediate store's chunks
+    // then follow the gcd of the two grids: 1 x 1 x 1 for [7, 5, 1]).
+    for (k, (to, route)) in grids
+        .iter()
+        .flat_map(|g| [(g, "memory"), (g, "disk")])
+        .enumerate()
     {
         let cfg = write_config(
             dir.path(),
             &format!("rc{k}.toml"),
             &format!(
                 "[stage.a]\nkind = \"synthetic\"\npattern = \"ramp\"\nshape = [45, 70, 3]\nchunks = [10, 14, 3]\ndtype = \"int32\"\n\n\
-[stage.r]\nkind = \"rechunk\"\ninputs = [\"a\"]\nchunks = {to}\n\n\
+[pipeline]\nscratch = \"scratch\"\n\n\
+[stage.r]\nkind = \"rechunk\"\ninputs = [\"a\"]\nchunks = {to}\nroute = \"{route}\"\n\n\
 [stage.w]\nkind = \"write-zarr\"\ninputs = [\"r\"]\npath = \"rc{k}.zarr\"\n"
             ),
         );
         let report = dir.path().join(format!("rc{k}.json"));
         let (code, out, err) = blockflow(&["plan", cfg.to_str().expect("u")]);
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("holding up to"), "{out}");
+        let how = if route == "disk" {
+            "through disk"
+        } else {
+            "holding up to"
+        };
+        assert!(out.contains(how), "{out}");
         let (code, _, err) = blockflow(&[
             "run",
             "-q",
@@ -1077,6 +1087,8 @@ fn rechunk_to_any_grid_keeps_the_data() {
             rep["peak_buffered_bytes"].as_u64() <= rep["projected_bytes"].as_u64(),
             "{to}"
         );
+        let left = std::fs::read_dir(dir.path().join("scratch")).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "the intermediate store of {to} was left behind");
     }
 }
 

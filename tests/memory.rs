@@ -126,3 +126,116 @@ fn structure_tensor_at_the_tutorial_size_within_512_mib() {
     );
     assert!(rep["peak_buffered_bytes"].as_u64() <= rep["projected_bytes"].as_u64());
 }
+
+/// Issue 4's rechunk test, the shape seed 002 needs: a 4-D array stored one
+/// timepoint per chunk, rechunked to whole time series per chunk, with a
+/// budget a quarter of the array (1.1 GiB through 256 MiB). The planner must route the rechunk
+/// through disk (in memory it would hold every timepoint), the process stays
+/// under the budget, the result equals the input and the intermediate store
+/// is gone afterwards.
+#[test]
+fn four_d_rechunk_to_whole_time_series_through_disk() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (t, n) = (64u64, 168u64);
+    let input: u64 = t * n * n * n * 4;
+    let budget: u64 = 256 << 20;
+    assert!(input >= 4 * budget);
+    let make = write_config(
+        dir.path(),
+        "make.toml",
+        &format!(
+            r#"
+[stage.a]
+kind = "synthetic"
+pattern = "noise"
+shape = [{t}, {n}, {n}, {n}]
+chunks = [1, {n}, {n}, {n}]
+dtype = "float32"
+
+[stage.w]
+kind = "write-zarr"
+inputs = ["a"]
+path = "in.zarr"
+codec = "none"
+"#
+        ),
+    );
+    let (code, _, err) = blockflow(&["run", "-q", make.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).expect("mkdir");
+    let cfg = write_config(
+        dir.path(),
+        "rechunk.toml",
+        &format!(
+            r#"
+[pipeline]
+memory = "256 MiB"
+scratch = "scratch"
+
+[stage.r]
+kind = "read-zarr"
+path = "in.zarr"
+
+[stage.t]
+kind = "rechunk"
+inputs = ["r"]
+chunks = [{t}, {c}, {c}, {c}]
+
+[stage.w]
+kind = "write-zarr"
+inputs = ["t"]
+path = "out.zarr"
+codec = "none"
+"#,
+            c = n / 8
+        ),
+    );
+    let (code, plan, err) = blockflow(&["plan", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        plan.contains("through disk") && plan.contains("would hold up to 64 source chunks"),
+        "{plan}"
+    );
+    let report = dir.path().join("r.json");
+    let (code, _, err) = blockflow(&[
+        "run",
+        "-q",
+        cfg.to_str().expect("u"),
+        "--report",
+        report.to_str().expect("u"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
+    eprintln!(
+        "4-D rechunk of {} MiB with a {} MiB budget: {:.2} s, projected {} MiB, peak buffered {} MiB, peak RSS {} MiB",
+        input >> 20,
+        budget >> 20,
+        rep["wall_seconds"].as_f64().unwrap_or(0.0),
+        rep["projected_bytes"].as_u64().unwrap_or(0) >> 20,
+        rep["peak_buffered_bytes"].as_u64().unwrap_or(0) >> 20,
+        rss >> 20
+    );
+    assert!(
+        rss > 0 && rss < budget,
+        "peak RSS {rss} is not under the budget {budget}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).expect("scratch").count(),
+        0,
+        "the intermediate store was not removed"
+    );
+    let out = blockflow_io::zarr::ZarrReader::open(&dir.path().join("out.zarr")).expect("open");
+    assert_eq!(out.info.chunks, vec![t, n / 8, n / 8, n / 8]);
+    // Compare slab by slab (the whole array would be 2 GiB in this process).
+    let a = blockflow_io::zarr::ZarrReader::open(&dir.path().join("in.zarr")).expect("open");
+    for z in (0..n).step_by(42) {
+        let slab = blockflow_core::Region::new(vec![0, z, 0, 0], vec![t, 42, n, n]);
+        assert!(
+            a.read(&slab, &[]).expect("in") == out.read(&slab, &[]).expect("out"),
+            "the rechunked array differs from its input in {slab}"
+        );
+    }
+}

@@ -81,15 +81,19 @@ impl Progress for Bar {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
-    // Keep freed memory instead of returning it to the OS after 1 s: each
-    // chunk frees and allocates the same large buffers again, and purging
-    // made every chunk fault its pages back in (43,884 minor faults and
-    // 13% more time on a 6000 x 6750 structure tensor, same peak RSS).
-    // The projection bounds what is ever allocated, so keeping it is safe.
-    #[allow(unsafe_code)]
-    // SAFETY: sets an integer option; called once, before any other thread exists.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    // Return freed memory to the OS 100 ms after it was last used, not
+    // mimalloc's 1 s, and not never: keeping it (-1) saved the page faults
+    // of chunks that reuse the same buffers (main job: 0.35 s of system
+    // time instead of 1.1 s) but let every thread keep its own high-water
+    // mark, so a 1.1 GiB rechunk through disk with a 256 MiB budget peaked
+    // at 407 MiB RSS (108 MiB of chunks live); at 100 ms it peaks at 250 MiB
+    // and the budget holds. MIMALLOC_PURGE_DELAY (milliseconds) overrides.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: sets an integer option; called once, before any other thread exists.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 100);
+        }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLOCKFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -16,18 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use blockflow_core::{
-    with_array, with_dtype, ArrayData, ArrayKind, Chunk, DType, Element, Meter, Msg,
+    with_array, with_dtype, ArrayData, ArrayKind, Chunk, ChunkGrid, DType, Element, Meter, Msg,
+    Region,
 };
 use blockflow_io::blocks::{BlockStat, BlocksWriter};
 use blockflow_io::json::JsonWriter;
 use blockflow_io::preview::PreviewWriter;
 use blockflow_io::synthetic;
-use blockflow_io::zarr::{ZarrReader, ZarrWriter};
+use blockflow_io::zarr::{ZarrReader, ZarrWriteOptions, ZarrWriter};
 use blockflow_kernels::{filters, reduce, tensor};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
 
-use crate::plan::{Plan, PlannedStage, StageKind};
+use crate::plan::{Plan, PlannedStage, RechunkRoute, StageKind};
 use crate::report::{peak_rss_bytes, Report, StageReport};
 
 /// Errors of the build and run phases.
@@ -758,6 +759,19 @@ fn run_stage(
             }
             Ok(Some(Output::Json(w)))
         }
+        (
+            StageKind::Rechunk {
+                route:
+                    RechunkRoute::Disk {
+                        inter, group, dir, ..
+                    },
+                ..
+            },
+            _,
+        ) => {
+            rechunk_through_disk(ctx, &inputs[0], outs, inter, group, dir)?;
+            Ok(None)
+        }
         (StageKind::Rechunk { src, .. }, _) => {
             let regrid = crate::plan::Regrid {
                 src: src.clone(),
@@ -782,46 +796,170 @@ fn run_stage(
             Ok(None)
         }
         (StageKind::WriteZarr { .. }, Resource::Writer(w)) => {
-            let mut received = 0;
-            loop {
-                ctx.check_cancel()?;
-                let (batch, ended) = ctx.recv_batch(inputs, &mut received)?;
-                if !batch.is_empty() {
-                    let held: u64 = batch.iter().flatten().map(Chunk::nbytes).sum();
-                    ctx.note_held(held);
-                    let t = Instant::now();
-                    let w = &w;
-                    let (fault, first) = (ctx.fault, received - batch.len() as u64);
-                    let results: Vec<(Result<(), String>, f64)> = ctx.pool.install(|| {
-                        batch
-                            .par_iter()
-                            .enumerate()
-                            .map(|(k, set)| {
-                                let t = Instant::now();
-                                Ctx::maybe_fault(fault, first + k as u64);
-                                let r = w
-                                    .write(&set[0].region, set[0].array(), &set[0].index)
-                                    .map_err(|e| e.to_string());
-                                (r, t.elapsed().as_secs_f64())
-                            })
-                            .collect()
-                    });
-                    ctx.report.wall_seconds += t.elapsed().as_secs_f64();
-                    for ((r, secs), set) in results.into_iter().zip(&batch) {
-                        ctx.report.busy_seconds += secs;
-                        r.map_err(|m| ctx.err(Some(&set[0].index), m))?;
-                    }
-                    if let Some(p) = ctx.progress {
-                        p.advance(batch.len() as u64, held);
-                    }
-                }
-                if ended {
-                    return Ok(Some(Output::Zarr(Box::new(w))));
-                }
-            }
+            let progress = ctx.progress;
+            consume_parallel(ctx, inputs, progress, |c| {
+                w.write(&c.region, c.array(), &c.index)
+                    .map_err(|e| e.to_string())
+            })?;
+            Ok(Some(Output::Zarr(Box::new(w))))
         }
         (_, _) => Err(ctx.err(None, "internal: stage built without its store")),
     }
+}
+
+/// Runs `f` on every chunk of the (first) input, `parallel` at a time, in
+/// the stage's pool; advances `progress` by what was done.
+fn consume_parallel<F>(
+    ctx: &mut Ctx<'_>,
+    inputs: &[In],
+    progress: Option<&dyn Progress>,
+    f: F,
+) -> Result<(), RunError>
+where
+    F: Fn(&Chunk) -> Result<(), String> + Sync,
+{
+    let mut received = 0;
+    loop {
+        ctx.check_cancel()?;
+        let (batch, ended) = ctx.recv_batch(inputs, &mut received)?;
+        if !batch.is_empty() {
+            let held: u64 = batch.iter().flatten().map(Chunk::nbytes).sum();
+            ctx.note_held(held);
+            let t = Instant::now();
+            let (fault, first) = (ctx.fault, received - batch.len() as u64);
+            let f = &f;
+            let results: Vec<(Result<(), String>, f64)> = ctx.pool.install(|| {
+                batch
+                    .par_iter()
+                    .enumerate()
+                    .map(|(k, set)| {
+                        let t = Instant::now();
+                        Ctx::maybe_fault(fault, first + k as u64);
+                        (f(&set[0]), t.elapsed().as_secs_f64())
+                    })
+                    .collect()
+            });
+            ctx.report.wall_seconds += t.elapsed().as_secs_f64();
+            for ((r, secs), set) in results.into_iter().zip(&batch) {
+                ctx.report.busy_seconds += secs;
+                r.map_err(|m| ctx.err(Some(&set[0].index), m))?;
+            }
+            if let Some(p) = progress {
+                p.advance(batch.len() as u64, held);
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// The rechunker's disk route (as rechunker and Cubed do it): every source
+/// chunk is cut into the intermediate store's chunks as it arrives; when
+/// the input has ended, each new chunk is read back whole from the store,
+/// in row-major order. The store lives in `dir` under a name unique to the
+/// run and is removed when the stage ends, however it ends.
+fn rechunk_through_disk(
+    ctx: &mut Ctx<'_>,
+    input: &In,
+    outs: &[Out],
+    inter: &[u64],
+    group: &[u64],
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    let spec = ctx
+        .stage
+        .output
+        .clone()
+        .ok_or_else(|| ctx.err(None, "internal: a rechunk without an output"))?;
+    let path = dir.join(format!(
+        ".blockflow-{}-{}.zarr",
+        ctx.stage.name.replace(['/', '\\'], "_"),
+        std::process::id()
+    ));
+    let options = ZarrWriteOptions {
+        zarr_format: 3,
+        dtype: spec.dtype,
+        shape: spec.grid.shape().to_vec(),
+        chunks: inter.to_vec(),
+        codec: blockflow_io::zarr::Codec::None,
+        level: 0,
+        overwrite: true,
+        attributes: Default::default(),
+    };
+    // Dropped unfinished at the end of this function: that removes the store.
+    let store = ZarrWriter::create(&path, &options).map_err(|e| ctx.err(None, e.to_string()))?;
+    consume_parallel(ctx, std::slice::from_ref(input), None, |c| {
+        store
+            .write(&c.region, c.array(), &c.index)
+            .map_err(|e| format!("writing the intermediate store: {e}"))
+    })?;
+    tracing::debug!(stage = %ctx.stage.name, "rechunk: all chunks in the intermediate store");
+    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
+        .map_err(|e| ctx.err(None, format!("reading the intermediate store back: {e}")))?;
+    // Groups of consecutive new chunks: read each group whole, send its
+    // chunks in row-major order.
+    let grid = ctx.stage.grid.clone();
+    let groups = ChunkGrid::new(grid.grid_shape(), group.to_vec())
+        .map_err(|e| ctx.err(None, format!("internal: {e}")))?;
+    for gi in groups.indices() {
+        ctx.check_cancel()?;
+        let members = groups.region(&gi);
+        let first = grid.region(&members.origin);
+        let last: Vec<u64> = members.end().iter().map(|e| e - 1).collect();
+        let end = grid.region(&last).end();
+        let whole = Region::new(
+            first.origin.clone(),
+            end.iter().zip(&first.origin).map(|(e, o)| e - o).collect(),
+        );
+        let t = Instant::now();
+        let data = reader.read(&whole, &members.origin).map_err(|e| {
+            ctx.err(
+                Some(&members.origin),
+                format!("reading the intermediate store back: {e}"),
+            )
+        })?;
+        ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        let held = data.nbytes();
+        let sub = ChunkGrid::new(members.shape.clone(), vec![1; members.ndim()])
+            .map_err(|e| ctx.err(None, format!("internal: {e}")))?;
+        for local in sub.indices() {
+            let index: Vec<u64> = local
+                .iter()
+                .zip(&members.origin)
+                .map(|(l, o)| l + o)
+                .collect();
+            let region = grid.region(&index);
+            let part = crop(&data, &whole, &region);
+            ctx.note_held(held + part.nbytes());
+            let chunk = Chunk::new(index, region, part, ctx.meter);
+            ctx.send(outs, chunk)?;
+        }
+    }
+    ctx.end(outs);
+    tracing::debug!(stage = %ctx.stage.name, "rechunk: all new chunks sent");
+    drop(store);
+    Ok(())
+}
+
+/// The part of `data` (which covers `whole`) that `region` covers.
+fn crop(data: &ArrayData, whole: &Region, region: &Region) -> ArrayData {
+    let info: Vec<ndarray::SliceInfoElem> = (0..whole.ndim())
+        .map(|ax| {
+            let a = (region.origin[ax] - whole.origin[ax]) as isize;
+            ndarray::SliceInfoElem::Slice {
+                start: a,
+                end: Some(a + region.shape[ax] as isize),
+                step: 1,
+            }
+        })
+        .collect();
+    with_array!(data, a => {
+        match ndarray::SliceInfo::<_, ndarray::IxDyn, ndarray::IxDyn>::try_from(info) {
+            Ok(info) => ArrayKind::wrap(a.slice(info).to_owned()),
+            Err(_) => data.clone(),
+        }
+    })
 }
 
 /// Where a chunk with its halo lies in its array.

@@ -46,10 +46,14 @@ pub enum StageKind {
         path: PathBuf,
         overwrite: bool,
     },
-    /// The same array in another grid; `src` is the input's.
+    /// The same array in another grid; `src` is the input's. `window`:
+    /// the source chunks an in-memory rechunk holds at once.
     Rechunk {
         src: ChunkGrid,
         window: u64,
+        /// What the config asked for: None is auto.
+        forced: Option<bool>,
+        route: RechunkRoute,
     },
     Reduce {
         op: Reduction,
@@ -99,6 +103,102 @@ impl StageKind {
             StageKind::Expr { .. } => "expr",
             StageKind::WriteZarr { .. } => "write-zarr",
         }
+    }
+}
+
+/// How a rechunk stage moves its data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RechunkRoute {
+    /// A sliding window of source chunks in memory.
+    Memory,
+    /// Every source chunk written to an intermediate Zarr store in `dir` as
+    /// it arrives, cut into `inter` chunks; once all are in, the new chunks
+    /// are read back `group` at a time (a run of consecutive chunks in
+    /// row-major order: whole trailing axes, then part of one axis), each
+    /// group made of whole intermediate chunks. `why` says why the planner
+    /// chose this route.
+    Disk {
+        inter: Vec<u64>,
+        group: Vec<u64>,
+        dir: PathBuf,
+        why: String,
+    },
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// How many destination chunks a disk rechunk reads back at once, per
+/// axis: as many consecutive ones (row-major) as fit in `target` bytes,
+/// whole trailing axes first. Bigger groups mean bigger intermediate chunks,
+/// so fewer, larger files.
+pub fn read_group(dst: &ChunkGrid, item: u64, target: u64) -> Vec<u64> {
+    let g = dst.grid_shape();
+    let c = dst.chunk_shape();
+    let mut group = vec![1u64; g.len()];
+    let bytes = |group: &[u64]| -> u64 {
+        (0..g.len())
+            .map(|ax| (group[ax] * c[ax]).min(dst.shape()[ax]))
+            .product::<u64>()
+            * item
+    };
+    for ax in (0..g.len()).rev() {
+        while group[ax] < g[ax] {
+            group[ax] += 1;
+            if bytes(&group) > target {
+                group[ax] -= 1;
+                break;
+            }
+        }
+        if group[ax] < g[ax] {
+            break;
+        }
+    }
+    group
+}
+
+/// The chunks of a rechunk's intermediate store: every source chunk is
+/// made of whole ones (writes need no read-modify-write) and so is every
+/// group of destination chunks read back (reads decode nothing they do not
+/// return). Per axis that is the greatest common divisor of the source
+/// chunk's and the group's lengths, or one of them where the other holds
+/// the whole axis.
+pub fn intermediate_chunks(src: &ChunkGrid, dst: &ChunkGrid, group: &[u64]) -> Vec<u64> {
+    (0..src.ndim())
+        .map(|ax| {
+            let n = src.shape()[ax];
+            let s = src.chunk_shape()[ax];
+            let d = (dst.chunk_shape()[ax] * group[ax]).min(n);
+            if s >= n {
+                d.max(1)
+            } else if d >= n {
+                s.max(1)
+            } else {
+                gcd(s, d).max(1)
+            }
+        })
+        .collect()
+}
+
+/// The disk route for a rechunk from `src` to `dst` under `memory`.
+fn disk_route(
+    src: &ChunkGrid,
+    dst: &ChunkGrid,
+    item: u64,
+    memory: u64,
+    why: String,
+) -> RechunkRoute {
+    let group = read_group(dst, item, (memory / 32).clamp(1 << 20, 64 << 20));
+    RechunkRoute::Disk {
+        inter: intermediate_chunks(src, dst, &group),
+        group,
+        dir: PathBuf::new(),
+        why,
     }
 }
 
@@ -662,7 +762,7 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         let parallel = get_int(st, "parallel")
             .map(|c| c as usize)
             .unwrap_or(threads);
-        let made = plan_stage(&mut d, raw, st, ks, &ins);
+        let made = plan_stage(&mut d, raw, st, ks, &ins, memory);
         if let Some((kind, output, grid)) = made {
             planned[i] = Some(PlannedStage {
                 name: sname.to_string(),
@@ -695,20 +795,81 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         .collect();
     let mut stages = fuse_and_assemble(stages, default_capacity);
     set_slack(&mut stages);
-    for k in 0..stages.len() {
-        let (in_bytes, in_elems) = stages[k]
-            .inputs
+    let scratch = match pget("scratch") {
+        Some(v) if matches!(&v.v, Val::Str(s) if !s.is_empty()) => resolve(&raw.path, v),
+        _ => stages
             .iter()
-            .map(|&j| sent_chunk(&stages[j]))
-            .fold((0, 0), |(b, e), (bb, ee)| (b + bb, e + ee));
-        // Slack on this stage's output edges, held by its consumers' inputs.
-        let slack: u64 = stages
+            .find_map(|s| match &s.kind {
+                StageKind::WriteZarr { path, .. } => path.parent().map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                }),
+                _ => None,
+            })
+            .unwrap_or_else(std::env::temp_dir),
+    };
+    project_all(&mut stages);
+    // A rechunk left to the planner goes through disk when the plan would
+    // not fit in memory otherwise: the biggest first, until it fits.
+    loop {
+        let projected: u64 = stages.iter().map(|s| s.mem.total()).sum();
+        if projected <= memory {
+            break;
+        }
+        let Some(k) = stages
             .iter()
-            .flat_map(|c| c.inputs.iter().zip(&c.input_slack))
-            .filter(|(&i, _)| i == k)
-            .map(|(_, &sl)| sl as u64)
-            .sum();
-        stages[k].mem = project(&stages[k], in_bytes, in_elems, slack);
+            .enumerate()
+            .filter(|(_, s)| {
+                matches!(
+                    s.kind,
+                    StageKind::Rechunk {
+                        forced: None,
+                        route: RechunkRoute::Memory,
+                        ..
+                    }
+                )
+            })
+            .max_by_key(|(_, s)| s.mem.total())
+            .map(|(k, _)| k)
+        else {
+            break;
+        };
+        let own = stages[k].mem.total();
+        let dst = stages[k].grid.clone();
+        let item = stages[k]
+            .output
+            .as_ref()
+            .map_or(8, |o| o.dtype.size() as u64);
+        if let StageKind::Rechunk {
+            src, window, route, ..
+        } = &mut stages[k].kind
+        {
+            *route = disk_route(
+                src,
+                &dst,
+                item,
+                memory,
+                format!(
+                    "in memory it would hold up to {window} source chunks ({} for this stage) and the plan {} of the {} budget",
+                    human_bytes(own),
+                    human_bytes(projected),
+                    human_bytes(memory)
+                ),
+            );
+        }
+        project_all(&mut stages);
+    }
+    for s in &mut stages {
+        if let StageKind::Rechunk {
+            route: RechunkRoute::Disk { dir, .. },
+            ..
+        } = &mut s.kind
+        {
+            dir.clone_from(&scratch);
+        }
     }
     let plan = Plan {
         name,
@@ -759,6 +920,25 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
     Ok(plan)
 }
 
+/// Projects every stage's memory (stages in topological order).
+fn project_all(stages: &mut [PlannedStage]) {
+    for k in 0..stages.len() {
+        let (in_bytes, in_elems) = stages[k]
+            .inputs
+            .iter()
+            .map(|&j| sent_chunk(&stages[j]))
+            .fold((0, 0), |(b, e), (bb, ee)| (b + bb, e + ee));
+        // Slack on this stage's output edges, held by its consumers' inputs.
+        let slack: u64 = stages
+            .iter()
+            .flat_map(|c| c.inputs.iter().zip(&c.input_slack))
+            .filter(|(&i, _)| i == k)
+            .map(|(_, &sl)| sl as u64)
+            .sum();
+        stages[k].mem = project(&stages[k], in_bytes, in_elems, slack);
+    }
+}
+
 /// Bytes and elements of the largest chunk a stage sends (with its halo
 /// for an overlap stage).
 pub fn sent_chunk(s: &PlannedStage) -> (u64, u64) {
@@ -794,7 +974,17 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         // Every input whole, as arrays and as JSON text.
         StageKind::WriteJson { .. } => in_elems * 8 * 4,
         // The source chunks it must hold, and the chunk being assembled.
-        StageKind::Rechunk { window, .. } => window * in_chunk_bytes + out_bytes,
+        StageKind::Rechunk {
+            window,
+            route: RechunkRoute::Memory,
+            ..
+        } => window * in_chunk_bytes + out_bytes,
+        // The chunk being cut into the store and its encoded pieces; the
+        // new chunks being read, each with its decoded pieces.
+        StageKind::Rechunk {
+            route: RechunkRoute::Disk { group, .. },
+            ..
+        } => 2 * in_chunk_bytes + 2 * out_bytes * group.iter().product::<u64>(),
         // The chunks being reduced and the result with its partials.
         StageKind::Reduce { .. } => p * in_chunk_bytes + out_elems * 96,
         // The chunks held and the preview's sums and counts.
@@ -820,6 +1010,7 @@ fn plan_stage(
     st: &RawStage,
     ks: &KindSpec,
     ins: &[&PlannedStage],
+    memory: u64,
 ) -> Option<Made> {
     let sname = Some(st.name.v.as_str());
     match ks.kind {
@@ -979,8 +1170,29 @@ fn plan_stage(
                 halo: vec![(0, 0); src.ndim()],
             }
             .window();
+            let forced = match get_str(st, "route") {
+                Some("memory") => Some(false),
+                Some("disk") => Some(true),
+                _ => None,
+            };
+            let route = if forced == Some(true) {
+                disk_route(
+                    &src,
+                    &grid,
+                    stream.dtype.size() as u64,
+                    memory,
+                    "`route = \"disk\"` in the config".into(),
+                )
+            } else {
+                RechunkRoute::Memory
+            };
             Some((
-                StageKind::Rechunk { src, window },
+                StageKind::Rechunk {
+                    src,
+                    window,
+                    forced,
+                    route,
+                },
                 Some(ArraySpec {
                     dtype: stream.dtype,
                     grid: grid.clone(),
@@ -1780,9 +1992,29 @@ impl Plan {
                 }
                 StageKind::StructureTensor { params, output } => format!("{output} of {params:?}"),
                 StageKind::WriteJson { path, .. } => format!("JSON {}", path.display()),
-                StageKind::Rechunk { src, window } => format!(
-                    "from chunks {:?}, holding up to {window} of them at once",
+                StageKind::Rechunk {
+                    src,
+                    window,
+                    route: RechunkRoute::Memory,
+                    ..
+                } => format!(
+                    "in memory, from chunks {:?}, holding up to {window} of them at once",
                     src.chunk_shape()
+                ),
+                StageKind::Rechunk {
+                    src,
+                    route:
+                        RechunkRoute::Disk {
+                            inter,
+                            group,
+                            dir,
+                            why,
+                        },
+                    ..
+                } => format!(
+                    "through disk, from chunks {:?} via an intermediate store of chunks {inter:?} in {} (removed afterwards), read back {group:?} chunks at a time, because {why}",
+                    src.chunk_shape(),
+                    dir.display()
                 ),
                 StageKind::Reduce {
                     op,

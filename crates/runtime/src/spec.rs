@@ -156,6 +156,12 @@ pub const PIPELINE: &[ParamSpec] = &[
         Some(""),
         "where the JSON run report goes (default: <name>.report.json in the working directory)",
     ),
+    p(
+        "scratch",
+        PType::Path,
+        Some(""),
+        "the folder for intermediate stores (a rechunk through disk); default: the folder of the first Zarr output, else the system's temporary folder",
+    ),
 ];
 
 pub const KINDS: &[KindSpec] = &[
@@ -231,9 +237,12 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "rechunk",
         role: "kernel",
-        summary: "the same array in other chunks, in a stream; the planner projects the chunks it must hold (in memory; a rechunk that needs more than the budget is refused)",
+        summary: "the same array in other chunks, in a stream: in memory when the chunks it must hold fit the budget, else through an intermediate Zarr store on disk (written as chunks arrive, read back in the new chunks, removed afterwards); `blockflow plan` says which and why",
         inputs: Arity::Exactly(1),
-        params: &[p("chunks", PType::Shape, None, "the new chunk shape")],
+        params: &[
+            p("chunks", PType::Shape, None, "the new chunk shape"),
+            p("route", PType::Choice(&["auto", "memory", "disk"]), Some("auto"), "auto: in memory unless the plan would exceed `memory`; memory or disk to force one"),
+        ],
     },
     KindSpec {
         kind: "reduce",
