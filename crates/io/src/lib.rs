@@ -2,6 +2,8 @@
 //!
 //! - [`zarr`]: Zarr v2 and v3 arrays through zarrs, read by region and
 //!   written chunk by chunk with atomic chunk files;
+//! - [`images`]: sorted globs of PNG/JPEG/TIFF images decoded to (H, W, C)
+//!   arrays, and a generator of fluorescence-like cell images;
 //! - [`synthetic`]: deterministic generated arrays (a survey image, an RGBA
 //!   terrain, noise, ramps) whose every chunk is computed from its region
 //!   alone, so any chunking gives the same array.
@@ -10,6 +12,7 @@
 
 pub mod atomic_store;
 pub mod blocks;
+pub mod images;
 pub mod json;
 pub mod preview;
 pub mod synthetic;
@@ -37,6 +40,10 @@ pub enum IoError {
     Store { path: PathBuf, why: String },
     #[error("{path} already exists; set `if_exists = \"overwrite\"` (or `--set STAGE.if_exists=overwrite`) to replace it")]
     Exists { path: PathBuf },
+    #[error("{path}: cannot read the image: {why}")]
+    Image { path: PathBuf, why: String },
+    #[error("{pattern}: no file matches the pattern (wildcards `*`, `?`, `[...]` are allowed in the file name only)")]
+    NoMatch { pattern: String },
     #[error("{path}: {source}")]
     Os {
         path: PathBuf,

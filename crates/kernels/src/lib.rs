@@ -5,7 +5,9 @@
 
 pub mod expr;
 pub mod filters;
+pub mod linalg;
 pub mod reduce;
+pub mod rescale;
 pub mod tensor;
 
 pub use expr::{Expr, ExprError, InputInfo};
