@@ -1158,3 +1158,88 @@ fn structure_tensor_energy_and_anisotropy_outputs() {
         assert!(x == y || (x.is_nan() && y.is_nan()), "{x} vs {y}");
     }
 }
+
+/// Reductions over chosen axes, as the seeds use them: `sum` over (1, 2)
+/// of an int32 ramp (int64, exact), `mean` over axis 0 with keepdims,
+/// `argmax` along the last axis; an axis out of range is a config error
+/// that names it.
+#[test]
+fn reduce_over_chosen_axes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        dir.path(),
+        "ax.toml",
+        r#"
+[stage.a]
+kind = "synthetic"
+pattern = "ramp"
+shape = [4, 5, 6]
+chunks = [3, 2, 4]
+dtype = "int32"
+
+[stage.s]
+kind = "reduce"
+inputs = ["a"]
+op = "sum"
+axis = [1, 2]
+
+[stage.m]
+kind = "reduce"
+inputs = ["a"]
+op = "mean"
+axis = 0
+keepdims = true
+
+[stage.am]
+kind = "reduce"
+inputs = ["a"]
+op = "argmax"
+axis = -1
+
+[stage.ws]
+kind = "write-zarr"
+inputs = ["s"]
+path = "s.zarr"
+
+[stage.wm]
+kind = "write-zarr"
+inputs = ["m"]
+path = "m.zarr"
+
+[stage.wa]
+kind = "write-zarr"
+inputs = ["am"]
+path = "am.zarr"
+"#,
+    );
+    let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let ArrayData::I64(s) = read_all(&dir.path().join("s.zarr")) else {
+        panic!("sums of integers are int64")
+    };
+    for t in 0..4i64 {
+        let want: i64 = (0..30).map(|k| t * 30 + k).sum();
+        assert_eq!(s[[t as usize]], want);
+    }
+    let ArrayData::F64(m) = read_all(&dir.path().join("m.zarr")) else {
+        panic!("f64 mean")
+    };
+    assert_eq!(m.shape(), &[1, 5, 6]);
+    assert_eq!(m[[0, 2, 3]], (15.0 + 45.0 + 75.0 + 105.0) / 4.0);
+    let ArrayData::I64(am) = read_all(&dir.path().join("am.zarr")) else {
+        panic!("i64 argmax")
+    };
+    assert_eq!(am.shape(), &[4, 5]);
+    assert!(am.iter().all(|&v| v == 5));
+
+    let bad = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("axis = [1, 2]", "axis = [1, 3]");
+    let bad = write_config(dir.path(), "bad.toml", &bad);
+    let (code, _, err) = blockflow(&["plan", bad.to_str().expect("u")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("stage \"s\"") && err.contains("axis 3 is out of range"),
+        "{err}"
+    );
+}

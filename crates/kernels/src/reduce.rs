@@ -276,3 +276,276 @@ pub fn partial_of_chunk(
         out
     })
 }
+
+/// What an [`AxisReducer`] keeps per output element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Sum,
+    Mean,
+    Moments,
+    Min,
+    Max,
+    ArgMin,
+    ArgMax,
+    Count,
+    Any,
+    All,
+}
+
+/// A reduction over chosen axes, fed chunk by chunk in any order: every
+/// output element keeps a count, a value (sum, running mean, min or max),
+/// a sum of squared deviations (std, var: Welford's update, float64) and a
+/// position (argmin, argmax: the index along the one reduced axis, as
+/// numpy's `argmin(axis=k)`, or the global flat index when every axis is
+/// reduced). NaN propagates as in numpy unless the `nan*` variant skips it.
+#[derive(Debug, Clone)]
+pub struct AxisReducer {
+    op: Reduction,
+    class: Class,
+    shape: Vec<u64>,
+    reduced: Vec<bool>,
+    out_strides: Vec<u64>,
+    pos_strides: Vec<u64>,
+    n: Vec<f64>,
+    a: Vec<f64>,
+    m2: Vec<f64>,
+    at: Vec<u64>,
+    nan: Vec<bool>,
+}
+
+impl AxisReducer {
+    /// A reducer of `op` over `axes` (distinct, each < `shape.len()`) of an
+    /// array of `shape`.
+    pub fn new(op: Reduction, shape: &[u64], axes: &[usize]) -> AxisReducer {
+        use Reduction::*;
+        let nd = shape.len();
+        let reduced: Vec<bool> = (0..nd).map(|ax| axes.contains(&ax)).collect();
+        let mut out_strides = vec![0u64; nd];
+        let mut s = 1u64;
+        for ax in (0..nd).rev() {
+            if !reduced[ax] {
+                out_strides[ax] = s;
+                s *= shape[ax];
+            }
+        }
+        let out_len = s as usize;
+        let mut in_strides = vec![1u64; nd];
+        for ax in (0..nd.saturating_sub(1)).rev() {
+            in_strides[ax] = in_strides[ax + 1] * shape[ax + 1];
+        }
+        let pos_strides = if axes.len() == 1 && nd > 1 {
+            (0..nd).map(|ax| u64::from(ax == axes[0])).collect()
+        } else {
+            in_strides
+        };
+        let class = match op {
+            Sum | NanSum => Class::Sum,
+            Mean | NanMean => Class::Mean,
+            Std | Var | NanStd | NanVar => Class::Moments,
+            Min | NanMin => Class::Min,
+            Max | NanMax => Class::Max,
+            ArgMin => Class::ArgMin,
+            ArgMax => Class::ArgMax,
+            Count => Class::Count,
+            Any => Class::Any,
+            All => Class::All,
+        };
+        let init = match class {
+            Class::Min | Class::ArgMin => f64::INFINITY,
+            Class::Max | Class::ArgMax => f64::NEG_INFINITY,
+            Class::All => 1.0,
+            _ => 0.0,
+        };
+        AxisReducer {
+            op,
+            class,
+            shape: shape.to_vec(),
+            reduced,
+            out_strides,
+            pos_strides,
+            n: vec![0.0; out_len],
+            a: vec![init; out_len],
+            m2: if class == Class::Moments {
+                vec![0.0; out_len]
+            } else {
+                Vec::new()
+            },
+            at: if matches!(class, Class::ArgMin | Class::ArgMax) {
+                vec![u64::MAX; out_len]
+            } else {
+                Vec::new()
+            },
+            nan: vec![false; out_len],
+        }
+    }
+
+    /// The result's shape: reduced axes dropped, or kept as 1.
+    pub fn out_shape(&self, keepdims: bool) -> Vec<u64> {
+        let axes: Vec<usize> = (0..self.shape.len()).filter(|&a| self.reduced[a]).collect();
+        Self::out_shape_of(&self.shape, &axes, keepdims)
+    }
+
+    /// The shape of a reduction of an array of `shape` over `axes`.
+    pub fn out_shape_of(shape: &[u64], axes: &[usize], keepdims: bool) -> Vec<u64> {
+        (0..shape.len())
+            .filter_map(|ax| match (axes.contains(&ax), keepdims) {
+                (false, _) => Some(shape[ax]),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect()
+    }
+
+    #[inline]
+    fn update(&mut self, o: usize, pos: u64, v: f64, skip: bool) {
+        if v.is_nan() {
+            if skip {
+                return;
+            }
+            match self.class {
+                Class::Min | Class::Max => {
+                    self.nan[o] = true;
+                    return;
+                }
+                // numpy: the first NaN's position.
+                Class::ArgMin | Class::ArgMax => {
+                    if !self.nan[o] || pos < self.at[o] {
+                        self.nan[o] = true;
+                        self.at[o] = pos;
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if self.nan[o] && matches!(self.class, Class::ArgMin | Class::ArgMax) {
+            return;
+        }
+        let n = self.n[o] + 1.0;
+        self.n[o] = n;
+        let a = &mut self.a[o];
+        match self.class {
+            Class::Sum => *a += v,
+            Class::Mean => *a += v,
+            Class::Moments => {
+                let d = v - *a;
+                *a += d / n;
+                self.m2[o] += d * (v - *a);
+            }
+            Class::Min => {
+                if v < *a {
+                    *a = v;
+                }
+            }
+            Class::Max => {
+                if v > *a {
+                    *a = v;
+                }
+            }
+            // First occurrence wins; positions arrive in any order, so a
+            // tie keeps the smaller one.
+            Class::ArgMin => {
+                if v < *a || (v == *a && pos < self.at[o]) {
+                    *a = v;
+                    self.at[o] = pos;
+                }
+            }
+            Class::ArgMax => {
+                if v > *a || (v == *a && pos < self.at[o]) {
+                    *a = v;
+                    self.at[o] = pos;
+                }
+            }
+            Class::Count => {}
+            Class::Any => {
+                if v != 0.0 {
+                    *a = 1.0;
+                }
+            }
+            Class::All => {
+                if v == 0.0 {
+                    *a = 0.0;
+                }
+            }
+        }
+    }
+
+    /// Adds one chunk whose first element is at `origin`.
+    pub fn add(&mut self, data: &ArrayData, origin: &[u64]) {
+        let nd = self.shape.len();
+        let skip = self.op.skips_nan();
+        with_array!(data, a => {
+            let a = a.as_standard_layout();
+            let local = a.shape().to_vec();
+            let Some(values) = a.as_slice() else { return };
+            if nd == 0 {
+                if let Some(v) = values.first() {
+                    self.update(0, 0, v.to_f64(), skip);
+                }
+                return;
+            }
+            let row = local[nd - 1].max(1);
+            let last_reduced = self.reduced[nd - 1];
+            let (os, ps) = (self.out_strides[nd - 1] as usize, self.pos_strides[nd - 1]);
+            let mut idx = vec![0usize; nd];
+            for (r, chunk_row) in values.chunks(row).enumerate() {
+                let mut rem = r;
+                for ax in (0..nd - 1).rev() {
+                    idx[ax] = rem % local[ax];
+                    rem /= local[ax];
+                }
+                let mut o = 0u64;
+                let mut pos = 0u64;
+                for ax in 0..nd {
+                    let g = origin[ax] + if ax + 1 == nd { 0 } else { idx[ax] as u64 };
+                    o += g * self.out_strides[ax];
+                    pos += g * self.pos_strides[ax];
+                }
+                let o = o as usize;
+                if last_reduced {
+                    for (k, v) in chunk_row.iter().enumerate() {
+                        self.update(o, pos + k as u64 * ps, v.to_f64(), skip);
+                    }
+                } else {
+                    for (k, v) in chunk_row.iter().enumerate() {
+                        self.update(o + k * os, pos + k as u64 * ps, v.to_f64(), skip);
+                    }
+                }
+            }
+        })
+    }
+
+    /// The results in row-major order of [`AxisReducer::out_shape`]
+    /// (argmin/argmax as positions; any/all as 0 or 1). `ddof` as numpy's.
+    pub fn finish(&self, ddof: u32) -> Vec<f64> {
+        (0..self.n.len())
+            .map(|o| {
+                let n = self.n[o];
+                let nan = self.nan[o];
+                match self.class {
+                    Class::Sum => self.a[o],
+                    Class::Count => n,
+                    Class::Any | Class::All => self.a[o],
+                    Class::Mean if n > 0.0 => self.a[o] / n,
+                    Class::Min | Class::Max if nan => f64::NAN,
+                    Class::Min | Class::Max if n > 0.0 => self.a[o],
+                    Class::ArgMin | Class::ArgMax if self.at[o] != u64::MAX => self.at[o] as f64,
+                    Class::Moments => {
+                        let dof = n - ddof as f64;
+                        let var = if dof > 0.0 {
+                            self.m2[o] / dof
+                        } else {
+                            f64::NAN
+                        };
+                        if matches!(self.op, Reduction::Std | Reduction::NanStd) {
+                            var.sqrt()
+                        } else {
+                            var
+                        }
+                    }
+                    _ => f64::NAN,
+                }
+            })
+            .collect()
+    }
+}

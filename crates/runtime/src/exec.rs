@@ -653,9 +653,47 @@ fn run_stage(
         (
             StageKind::Reduce {
                 op,
+                ddof,
+                input,
+                axes: Some(axes),
+                ..
+            },
+            _,
+        ) => {
+            let mut acc = reduce::AxisReducer::new(*op, input.shape(), axes);
+            loop {
+                ctx.check_cancel()?;
+                match ctx.recv(&inputs[0])? {
+                    Some(c) => {
+                        let t = Instant::now();
+                        ctx.note_held(c.nbytes());
+                        acc.add(c.array(), &c.region.origin);
+                        let secs = t.elapsed().as_secs_f64();
+                        ctx.report.busy_seconds += secs;
+                        ctx.report.wall_seconds += secs;
+                    }
+                    None => break,
+                }
+            }
+            let values = acc.finish(*ddof);
+            let out = ctx.stage.output.clone().expect("reduce sends");
+            let dims: Vec<usize> = out.shape().iter().map(|&n| n as usize).collect();
+            let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), values)
+                .map_err(|e| ctx.err(None, e.to_string()))?;
+            let data = ArrayData::F64(a).cast(out.dtype);
+            let index = vec![0; dims.len()];
+            let region = out.grid.region(&index);
+            ctx.send(outs, Chunk::new(index, region, data, ctx.meter))?;
+            ctx.end(outs);
+            Ok(None)
+        }
+        (
+            StageKind::Reduce {
+                op,
                 per_block,
                 ddof,
                 input,
+                ..
             },
             _,
         ) => {

@@ -61,6 +61,8 @@ pub enum StageKind {
         ddof: u32,
         /// The grid of the stream it reduces.
         input: ChunkGrid,
+        /// Reduce only these axes (sorted); None: all of them.
+        axes: Option<Vec<usize>>,
     },
     WriteBlocks {
         path: PathBuf,
@@ -435,6 +437,12 @@ fn get_shape(st: &RawStage, key: &str) -> Option<Vec<u64>> {
                 _ => None,
             })
             .collect(),
+        _ => None,
+    }
+}
+fn get_bool(st: &RawStage, key: &str) -> Option<bool> {
+    match get(st, key).map(|v| &v.v) {
+        Some(Val::Bool(b)) => Some(*b),
         _ => None,
     }
 }
@@ -1205,7 +1213,59 @@ fn plan_stage(
             let stream = input.output.as_ref()?;
             let op = Reduction::parse(get_str(st, "op")?)?;
             let per_block = get_str(st, "over") == Some("blocks");
+            let nd = stream.shape().len();
+            let axes = match get(st, "axis").map(|v| &v.v) {
+                None => None,
+                Some(v) => {
+                    let list: Vec<i64> = match v {
+                        Val::Int(i) => vec![*i],
+                        Val::Array(a) => a
+                            .iter()
+                            .filter_map(|x| match x.v {
+                                Val::Int(i) => Some(i),
+                                _ => None,
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let mut axes = Vec::new();
+                    for a in list {
+                        let ax = if a < 0 { a + nd as i64 } else { a };
+                        if ax < 0 || ax >= nd as i64 {
+                            d.err(&span_of(st, "axis"), sname, format!("axis {a} is out of range for the input's {nd} axes (shape {:?})", stream.shape()));
+                            return None;
+                        }
+                        if axes.contains(&(ax as usize)) {
+                            d.err(
+                                &span_of(st, "axis"),
+                                sname,
+                                format!("axis {a} is named twice"),
+                            );
+                            return None;
+                        }
+                        axes.push(ax as usize);
+                    }
+                    axes.sort_unstable();
+                    if axes.is_empty() {
+                        d.err(&span_of(st, "axis"), sname, "`axis` names no axis");
+                        return None;
+                    }
+                    if per_block {
+                        d.err(&span_of(st, "axis"), sname, "`axis` reduces axes of the whole array; it cannot be combined with `over = \"blocks\"`");
+                        return None;
+                    }
+                    if matches!(op, Reduction::ArgMin | Reduction::ArgMax)
+                        && axes.len() != 1
+                        && axes.len() != nd
+                    {
+                        d.err(&span_of(st, "axis"), sname, "argmin and argmax take one axis (or none, for the whole array), as numpy");
+                        return None;
+                    }
+                    Some(axes)
+                }
+            };
             let dtype = match op {
+                Reduction::Sum | Reduction::NanSum if !stream.dtype.is_float() => DType::I64,
                 Reduction::ArgMin | Reduction::ArgMax | Reduction::Count => DType::I64,
                 Reduction::Any | Reduction::All => DType::Bool,
                 // numpy keeps the dtype for min and max.
@@ -1218,6 +1278,17 @@ fn plan_stage(
             };
             let shape = if per_block {
                 stream.grid.grid_shape()
+            } else if let Some(axes) = &axes {
+                let r = blockflow_kernels::reduce::AxisReducer::out_shape_of(
+                    stream.shape(),
+                    axes,
+                    get_bool(st, "keepdims").unwrap_or(false),
+                );
+                if r.is_empty() {
+                    vec![1]
+                } else {
+                    r
+                }
             } else {
                 vec![1]
             };
@@ -1227,6 +1298,7 @@ fn plan_stage(
                 per_block,
                 ddof: get_int(st, "ddof").unwrap_or(0) as u32,
                 input: stream.grid.clone(),
+                axes,
             };
             Some((
                 kind,

@@ -247,11 +247,13 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "reduce",
         role: "kernel",
-        summary: "a statistic of the whole array (a 1-element array) or of each block (one value per chunk, an array shaped like the chunk grid), float64 accumulation and results (min and max keep the dtype; count, argmin, argmax int64; any, all bool); argmin/argmax give global flat indices",
+        summary: "a statistic of the whole array (a 1-element array), over chosen axes, or of each block (one value per chunk, an array shaped like the chunk grid); float64 accumulation and results (min and max keep the dtype; sums of integers and booleans int64, exact; count, argmin, argmax int64; any, all bool); argmin/argmax of the whole array or of blocks give global flat indices",
         inputs: Arity::Exactly(1),
         params: &[
             p("op", PType::Choice(&["sum", "mean", "min", "max", "std", "var", "count", "argmin", "argmax", "any", "all", "nansum", "nanmean", "nanmin", "nanmax", "nanstd", "nanvar"]), None, "the statistic, as numpy names it (nan*: NaN skipped; else NaN propagates)"),
             p("over", PType::Choice(&["all", "blocks"]), Some("all"), "the whole array, or each block (chunk) of the stream"),
+            p("axis", PType::Ints, Some(""), "reduce only these axes (an integer or a list; negative counts from the end), as numpy's `axis`: the result has the other axes (argmin/argmax: one axis, the index along it)"),
+            p("keepdims", PType::Bool, Some("false"), "with `axis`: keep the reduced axes, as length 1"),
             p("ddof", PType::Int(0, 1_000_000), Some("0"), "std and var: delta degrees of freedom, as numpy"),
         ],
     },
