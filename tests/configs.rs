@@ -1,7 +1,7 @@
 //! Every pipeline in `configs/` validates as it is and runs end to end:
-//! synthetic inputs shrunk 10x along their first two axes, every path
-//! redirected into a temporary folder (readers find there what earlier
-//! configs wrote).
+//! synthetic inputs shrunk 10x along their first two axes, image stacks
+//! replaced by a small generated one, every path redirected into a
+//! temporary folder (readers find there what earlier configs wrote).
 
 mod common;
 
@@ -17,7 +17,20 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
     let mut reads = false;
     for st in &raw.stages {
         let name = &st.name.v;
-        if let Some(Val::Str(p)) = st.get("path").map(|v| &v.v) {
+        let kind = st.get("kind").map(|v| &v.v);
+        if matches!(kind, Some(Val::Str(k)) if k == "read-images") {
+            // A small generated stack in place of the shipped one.
+            let stack = tmp.join("images");
+            if !stack.exists() {
+                let out = bin()
+                    .args(["generate", "cells", stack.to_str().expect("u")])
+                    .args(["--count", "24", "--size", "64"])
+                    .output()
+                    .expect("generate");
+                assert!(out.status.success(), "{out:?}");
+            }
+            sets.push(format!("{name}.path=\"{}/*.png\"", stack.display()));
+        } else if let Some(Val::Str(p)) = st.get("path").map(|v| &v.v) {
             let file = std::path::Path::new(p).file_name().expect("file name");
             sets.push(format!("{name}.path=\"{}\"", tmp.join(file).display()));
         }
@@ -33,7 +46,7 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
             sets.push(format!("{name}.region=[{}]", vals.join(", ")));
         }
         if let Some(Val::Str(k)) = st.get("kind").map(|v| &v.v) {
-            reads |= k == "read-zarr";
+            reads |= k == "read-zarr" || k == "read-images";
             if k == "synthetic" {
                 if let Some(Val::Array(shape)) = st.get("shape").map(|v| &v.v) {
                     let dims: Vec<String> = shape

@@ -60,6 +60,23 @@ enum Cmd {
     Inspect { path: PathBuf },
     /// List every stage kind with its parameters.
     Stages,
+    /// Write generated input data: `cells` writes seed 001's stack of RGB
+    /// PNG images (cell_0000.png, ...) into a folder.
+    Generate {
+        /// What to generate (cells).
+        #[arg(value_parser = ["cells"])]
+        what: String,
+        /// The folder to write into (created if missing).
+        dir: PathBuf,
+        /// How many images.
+        #[arg(long, default_value_t = 844)]
+        count: usize,
+        /// Image height and width in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 struct Bar(ProgressBar);
@@ -117,6 +134,21 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Generate {
+            what: _,
+            dir,
+            count,
+            size,
+            seed,
+        } => {
+            let files = blockflow_io::images::write_cell_images(&dir, count, size, size, seed)?;
+            println!(
+                "wrote {} images of {size} x {size} x 3 into {}",
+                files.len(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Stages => {
             print!("{}", blockflow_runtime::spec::describe_all());
             Ok(ExitCode::SUCCESS)

@@ -98,6 +98,7 @@ enum Resource {
 
 /// A finished writer's result, committed when every stage succeeded.
 enum Output {
+    Csv(PathBuf, String),
     Zarr(Box<ZarrWriter>),
     Blocks(BlocksWriter),
     Png(PreviewWriter),
@@ -111,6 +112,9 @@ impl Output {
             Output::Blocks(b) => b.finish(),
             Output::Png(p) => p.finish().map(|p| vec![p]),
             Output::Json(j) => j.finish().map(|p| vec![p]),
+            Output::Csv(path, text) => {
+                blockflow_io::blocks::write_atomic(&path, &text).map(|_| vec![path])
+            }
         }
     }
 }
@@ -307,6 +311,12 @@ fn build(plan: &Plan) -> Result<Vec<Resource>, RunError> {
                 ),
                 StageKind::WriteJson { path, overwrite } => {
                     Resource::Json(JsonWriter::create(path, *overwrite).map_err(fail)?)
+                }
+                StageKind::WriteCsv { path, overwrite } => {
+                    if path.exists() && !*overwrite {
+                        return Err(fail(blockflow_io::IoError::Exists { path: path.clone() }));
+                    }
+                    Resource::None
                 }
                 _ => Resource::None,
             })
@@ -512,6 +522,51 @@ fn run_stage(
                 Ok(synthetic::generate(pattern, seed, &shape, dtype, region))
             })?;
             Ok(None)
+        }
+        (StageKind::ReadImages { files, image }, _) => {
+            let dtype = stage.output.as_ref().map_or(DType::U8, |o| o.dtype);
+            source(ctx, outs, |region, _| {
+                read_images(files, image, dtype, region)
+            })?;
+            Ok(None)
+        }
+        (
+            StageKind::Rescale {
+                in_range,
+                out_range,
+            },
+            _,
+        ) => {
+            kernel_loop(ctx, inputs, outs, |set, _, _| {
+                rescale_images(set[0].array(), in_range, out_range)
+            })?;
+            Ok(None)
+        }
+        (
+            StageKind::Pca {
+                k,
+                values,
+                dir,
+                input,
+            },
+            _,
+        ) => {
+            pca(ctx, &inputs[0], outs, *k, *values, dir, input)?;
+            Ok(None)
+        }
+        (StageKind::WriteCsv { path, .. }, _) => {
+            let parts = drain_all(ctx, inputs)?;
+            let mut names = Vec::new();
+            let mut arrays = Vec::new();
+            for (input, chunks) in inputs.iter().zip(&parts) {
+                arrays.push(
+                    gather(chunks)
+                        .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", input.from)))?,
+                );
+                names.push(input.from.clone());
+            }
+            let text = csv_table(&names, &arrays).map_err(|m| ctx.err(None, m))?;
+            Ok(Some(Output::Csv(path.clone(), text)))
         }
         (StageKind::ReadZarr { .. }, Resource::Reader(r)) => {
             source(ctx, outs, |region, index| {
@@ -759,37 +814,7 @@ fn run_stage(
             }
         }
         (StageKind::WriteJson { .. }, Resource::Json(mut w)) => {
-            // Drain every input in whatever order they send, so no input
-            // waits on another, then write each one whole.
-            let mut sel = crossbeam_channel::Select::new();
-            for input in inputs {
-                sel.recv(&input.rx);
-            }
-            let mut parts: Vec<Vec<Chunk>> = vec![Vec::new(); inputs.len()];
-            let mut open = inputs.len();
-            while open > 0 {
-                ctx.check_cancel()?;
-                let t = Instant::now();
-                let op = sel.select();
-                ctx.report.blocked_recv_seconds += t.elapsed().as_secs_f64();
-                let i = op.index();
-                match op.recv(&inputs[i].rx) {
-                    Ok(Msg::Data(c)) => {
-                        inputs[i]
-                            .stats
-                            .queued
-                            .fetch_sub(c.nbytes(), std::sync::atomic::Ordering::AcqRel);
-                        ctx.report.chunks_in += 1;
-                        ctx.report.bytes_in += c.nbytes();
-                        parts[i].push(c);
-                    }
-                    Ok(Msg::End) => {
-                        sel.remove(i);
-                        open -= 1;
-                    }
-                    Err(_) => return Err(RunError::Aborted),
-                }
-            }
+            let parts = drain_all(ctx, inputs)?;
             for (input, chunks) in inputs.iter().zip(&parts) {
                 let whole = gather(chunks)
                     .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", input.from)))?;
@@ -843,6 +868,85 @@ fn run_stage(
         }
         (_, _) => Err(ctx.err(None, "internal: stage built without its store")),
     }
+}
+
+/// Every chunk of every input, drained in whatever order they send, so no
+/// input waits on another (for writers of small results).
+fn drain_all(ctx: &mut Ctx<'_>, inputs: &[In]) -> Result<Vec<Vec<Chunk>>, RunError> {
+    let mut sel = crossbeam_channel::Select::new();
+    for input in inputs {
+        sel.recv(&input.rx);
+    }
+    let mut parts: Vec<Vec<Chunk>> = vec![Vec::new(); inputs.len()];
+    let mut open = inputs.len();
+    while open > 0 {
+        ctx.check_cancel()?;
+        let t = Instant::now();
+        let op = sel.select();
+        ctx.report.blocked_recv_seconds += t.elapsed().as_secs_f64();
+        let i = op.index();
+        match op.recv(&inputs[i].rx) {
+            Ok(Msg::Data(c)) => {
+                inputs[i]
+                    .stats
+                    .queued
+                    .fetch_sub(c.nbytes(), std::sync::atomic::Ordering::AcqRel);
+                ctx.report.chunks_in += 1;
+                ctx.report.bytes_in += c.nbytes();
+                parts[i].push(c);
+            }
+            Ok(Msg::End) => {
+                sel.remove(i);
+                open -= 1;
+            }
+            Err(_) => return Err(RunError::Aborted),
+        }
+    }
+    Ok(parts)
+}
+
+/// A CSV table of small arrays of one length: a column per 1-D input, or
+/// per column of a 2-D one (`name_0`, `name_1`, ...).
+fn csv_table(names: &[String], arrays: &[ArrayData]) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let n = arrays.first().map_or(0, |a| a.shape()[0]);
+    let mut cols: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, a) in names.iter().zip(arrays) {
+        let width = a.shape().get(1).copied().unwrap_or(1);
+        let two_d = a.shape().len() == 2;
+        let flat: Vec<String> = with_array!(a, x => x.iter().map(|v| {
+            let f = v.to_f64();
+            if a.dtype().is_float() { format!("{f:?}") } else { format!("{}", f as i64) }
+        }).collect());
+        if flat.len() != n * width {
+            return Err(format!(
+                "input \"{name}\" has {} values, expected {}",
+                flat.len(),
+                n * width
+            ));
+        }
+        for c in 0..width {
+            let head = if two_d {
+                format!("{name}_{c}")
+            } else {
+                name.clone()
+            };
+            cols.push((head, (0..n).map(|r| flat[r * width + c].clone()).collect()));
+        }
+    }
+    let mut s = String::from("index");
+    for (h, _) in &cols {
+        let _ = write!(s, ",{h}");
+    }
+    s.push('\n');
+    for r in 0..n {
+        let _ = write!(s, "{r}");
+        for (_, v) in &cols {
+            let _ = write!(s, ",{}", v[r]);
+        }
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 /// Runs `f` on every chunk of the (first) input, `parallel` at a time, in
@@ -998,6 +1102,223 @@ fn crop(data: &ArrayData, whole: &Region, region: &Region) -> ArrayData {
             Err(_) => data.clone(),
         }
     })
+}
+
+/// Decodes the images of `region` (a run along axis 0) into one chunk.
+fn read_images(
+    files: &[PathBuf],
+    image: &[u64],
+    dtype: DType,
+    region: &Region,
+) -> Result<ArrayData, String> {
+    let (first, count) = (region.origin[0] as usize, region.shape[0] as usize);
+    let mut shape = vec![count];
+    shape.extend(image.iter().map(|&n| n as usize));
+    with_dtype!(dtype, T => {
+        let mut out = ndarray::ArrayD::<T>::default(ndarray::IxDyn(&shape));
+        for (k, path) in files[first..first + count].iter().enumerate() {
+            let img = blockflow_io::images::decode_image(path).map_err(|e| e.to_string())?;
+            let got: Vec<u64> = img.shape().iter().map(|&n| n as u64).collect();
+            if got != image || img.dtype() != dtype {
+                return Err(format!(
+                    "{}: image {} is {got:?} {}, but the stack's images are {image:?} {dtype} (as its first file)",
+                    path.display(),
+                    first + k,
+                    img.dtype()
+                ));
+            }
+            let typed = T::unwrap_ref(&img).ok_or("internal: dtype")?;
+            out.index_axis_mut(ndarray::Axis(0), k).assign(typed);
+        }
+        Ok(T::wrap(out))
+    })
+}
+
+/// rescale_intensity on each image (along axis 0) of a chunk.
+fn rescale_images(
+    data: &ArrayData,
+    in_range: &blockflow_kernels::rescale::InRange,
+    out_range: &blockflow_kernels::rescale::OutRange,
+) -> Result<ArrayData, String> {
+    let n = data.shape()[0];
+    let mut parts = Vec::with_capacity(n);
+    with_array!(data, a => {
+        for k in 0..n {
+            let img = ArrayKind::wrap(a.index_axis(ndarray::Axis(0), k).to_owned());
+            parts.push(
+                blockflow_kernels::rescale::rescale_intensity(&img, in_range, out_range)
+                    .map_err(|e| format!("image {k} of the chunk: {e}"))?,
+            );
+        }
+    });
+    let dtype = parts.first().map_or(data.dtype(), ArrayData::dtype);
+    with_dtype!(dtype, T => {
+        let views: Vec<ndarray::ArrayViewD<T>> = parts
+            .iter()
+            .filter_map(|p| T::unwrap_ref(p).map(|a| a.view()))
+            .collect();
+        ndarray::stack(ndarray::Axis(0), &views)
+            .map(T::wrap)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A band (N, f...) as the features x observations block of the data
+/// matrix, each feature centred by its mean over the N observations.
+fn pca_block(data: &ArrayData) -> ndarray::Array2<f64> {
+    let n = data.shape()[0];
+    let f = data.len() / n.max(1);
+    let mut b = ndarray::Array2::<f64>::zeros((f, n));
+    with_array!(data, a => {
+        let a = a.as_standard_layout();
+        if let Some(values) = a.as_slice() {
+            for (t, row) in values.chunks(f.max(1)).enumerate() {
+                let mut col = b.column_mut(t);
+                for (dst, v) in col.iter_mut().zip(row) {
+                    *dst = v.to_f64();
+                }
+            }
+        }
+    });
+    for mut row in b.rows_mut() {
+        let m = row.sum() / n.max(1) as f64;
+        row.mapv_inplace(|v| v - m);
+    }
+    b
+}
+
+/// PCA by TSQR: each band (all N observations of some features) is stacked
+/// under the R factor of the bands before it and factored again (the flat
+/// TSQR: one N x N factor held, and fewer flops than a binary tree, whose
+/// merges of two full R factors cost as much as the bands' own QRs here);
+/// for the modes, the bands also go into a scratch store. The SVD of the
+/// last R gives s and V; the modes u_i s_i of a band are the band times V's
+/// first k columns, read back from the store band by band.
+fn pca(
+    ctx: &mut Ctx<'_>,
+    input: &In,
+    outs: &[Out],
+    k: usize,
+    values: bool,
+    dir: &std::path::Path,
+    grid_in: &ChunkGrid,
+) -> Result<(), RunError> {
+    let path = dir.join(format!(
+        ".blockflow-{}-{}.zarr",
+        ctx.stage.name.replace(['/', '\\'], "_"),
+        std::process::id()
+    ));
+    // Created at the first band (its dtype); dropped unfinished at the end,
+    // which removes it.
+    let mut store: Option<ZarrWriter> = None;
+    use blockflow_kernels::linalg;
+    let mut r: Option<ndarray::Array2<f64>> = None;
+    while let Some(c) = ctx.recv(input)? {
+        ctx.check_cancel()?;
+        let t = Instant::now();
+        let block = pca_block(c.array());
+        let held = r.as_ref().map_or(0, |r| r.len() as u64 * 8);
+        ctx.note_held(c.nbytes() + 2 * (block.len() as u64 * 8 + held) + held);
+        let pool = ctx.pool;
+        let next = pool
+            .install(|| match r.take() {
+                None => Ok(linalg::qr_r(block.view())),
+                Some(prev) => linalg::stack_r(&prev, &block),
+            })
+            .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?;
+        r = Some(next);
+        if !values && store.is_none() {
+            let options = ZarrWriteOptions {
+                zarr_format: 3,
+                dtype: c.array().dtype(),
+                shape: grid_in.shape().to_vec(),
+                chunks: grid_in.chunk_shape().to_vec(),
+                codec: blockflow_io::zarr::Codec::None,
+                level: 0,
+                overwrite: true,
+                attributes: Default::default(),
+            };
+            store = Some(
+                ZarrWriter::create(&path, &options).map_err(|e| ctx.err(None, e.to_string()))?,
+            );
+        }
+        if let Some(w) = &store {
+            w.write(&c.region, c.array(), &c.index).map_err(|e| {
+                ctx.err(
+                    Some(&c.index),
+                    format!("keeping the band for the second pass: {e}"),
+                )
+            })?;
+        }
+        ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+    }
+    let t = Instant::now();
+    let pool = ctx.pool;
+    let Some(r) = r else {
+        return Err(ctx.err(None, "the input had no bands"));
+    };
+    let (s, v) = pool
+        .install(|| linalg::svd_r(&r))
+        .map_err(|e| ctx.err(None, e.to_string()))?;
+    ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+    let grid = ctx.stage.grid.clone();
+    if values {
+        let a = ndarray::Array1::from_iter(s.iter().take(k).copied()).into_dyn();
+        let index = vec![0];
+        ctx.send(
+            outs,
+            Chunk::new(
+                index.clone(),
+                grid.region(&index),
+                ArrayData::F64(a),
+                ctx.meter,
+            ),
+        )?;
+        ctx.end(outs);
+        return Ok(());
+    }
+    let Some(store) = store else {
+        return Err(ctx.err(None, "internal: no scratch store"));
+    };
+    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
+        .map_err(|e| ctx.err(None, format!("reading the bands back: {e}")))?;
+    for idx in grid_in.indices() {
+        ctx.check_cancel()?;
+        let t = Instant::now();
+        let region = grid_in.region(&idx);
+        let data = reader
+            .read(&region, &idx)
+            .map_err(|e| ctx.err(Some(&idx), format!("reading the band back: {e}")))?;
+        let block = pca_block(&data);
+        let p = pool
+            .install(|| linalg::project(block.view(), &v, k))
+            .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
+        // (features, k) -> (k, band shape without axis 0)
+        let mut shape = vec![k];
+        shape.extend(region.shape[1..].iter().map(|&x| x as usize));
+        let modes = p
+            .t()
+            .as_standard_layout()
+            .to_owned()
+            .into_shape_with_order(ndarray::IxDyn(&shape))
+            .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
+        let mut oidx = vec![0];
+        oidx.extend(&idx[1..]);
+        ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        ctx.note_held(data.nbytes() + 2 * block.len() as u64 * 8 + 2 * modes.len() as u64 * 8);
+        ctx.send(
+            outs,
+            Chunk::new(
+                oidx.clone(),
+                grid.region(&oidx),
+                ArrayData::F64(modes),
+                ctx.meter,
+            ),
+        )?;
+    }
+    ctx.end(outs);
+    drop(store);
+    Ok(())
 }
 
 /// Where a chunk with its halo lies in its array.

@@ -13,6 +13,7 @@ use blockflow_io::synthetic::Pattern;
 use blockflow_io::zarr::{Codec, ZarrInfo, ZarrReader, ZarrWriteOptions};
 use blockflow_kernels::filters::{self, Boundary, Difference, Pass};
 use blockflow_kernels::reduce::Reduction;
+use blockflow_kernels::rescale::{InRange, OutRange};
 use blockflow_kernels::tensor::{Gradient, TensorParams};
 use blockflow_kernels::{did_you_mean, Expr, InputInfo};
 
@@ -81,6 +82,26 @@ pub enum StageKind {
         /// "features", "energy" or "anisotropy".
         output: String,
     },
+    /// Images of one shape and dtype, `(H, W, C)` each, stacked on axis 0.
+    ReadImages {
+        files: Vec<PathBuf>,
+        image: Vec<u64>,
+    },
+    Rescale {
+        in_range: InRange,
+        out_range: OutRange,
+    },
+    /// TSQR over bands of features; `dir` holds the input for the modes' second pass.
+    Pca {
+        k: usize,
+        values: bool,
+        dir: PathBuf,
+        input: ChunkGrid,
+    },
+    WriteCsv {
+        path: PathBuf,
+        overwrite: bool,
+    },
     /// Inserted by the planner: gives each chunk its halo from its
     /// neighbours, keeping a sliding window of chunks.
     Overlap {
@@ -100,6 +121,10 @@ impl StageKind {
             StageKind::Rechunk { .. } => "rechunk",
             StageKind::StructureTensor { .. } => "structure-tensor",
             StageKind::Overlap { .. } => "overlap",
+            StageKind::ReadImages { .. } => "read-images",
+            StageKind::Rescale { .. } => "rescale",
+            StageKind::Pca { .. } => "pca",
+            StageKind::WriteCsv { .. } => "write-csv",
             StageKind::Synthetic { .. } => "synthetic",
             StageKind::ReadZarr { .. } => "read-zarr",
             StageKind::Expr { .. } => "expr",
@@ -869,14 +894,30 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             );
         }
         project_all(&mut stages);
+        // Bigger read groups make bigger intermediate chunks (fewer, larger
+        // files): give the groups a third of what the budget has left.
+        let total: u64 = stages.iter().map(|s| s.mem.total()).sum();
+        if let StageKind::Rechunk {
+            src,
+            route: RechunkRoute::Disk { inter, group, .. },
+            ..
+        } = &mut stages[k].kind
+        {
+            let now = group.iter().product::<u64>() * dst.chunk_elements() * item;
+            let target = (now + memory.saturating_sub(total) / 6).min(64 << 20);
+            *group = read_group(&dst, item, target);
+            *inter = intermediate_chunks(src, &dst, group);
+        }
+        project_all(&mut stages);
     }
     for s in &mut stages {
-        if let StageKind::Rechunk {
-            route: RechunkRoute::Disk { dir, .. },
-            ..
-        } = &mut s.kind
-        {
-            dir.clone_from(&scratch);
+        match &mut s.kind {
+            StageKind::Rechunk {
+                route: RechunkRoute::Disk { dir, .. },
+                ..
+            }
+            | StageKind::Pca { dir, .. } => dir.clone_from(&scratch),
+            _ => {}
         }
     }
     let plan = Plan {
@@ -1003,6 +1044,18 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Overlap { window, .. } => window * in_chunk_bytes + out_bytes,
         // The block held, as float64, the pass being written, the result.
         StageKind::Filter { .. } => p * (in_chunk_bytes + in_elems * 8 * 3 + out_bytes),
+        // Each image decoded and the chunk it is copied into.
+        StageKind::ReadImages { .. } => p * 3 * out_bytes,
+        // The chunk, its float64 values, the result.
+        StageKind::Rescale { .. } => p * (in_chunk_bytes + in_elems * 8 + out_bytes),
+        // The band as float64; the R factor, and both stacked, twice (the
+        // QR's own copy); the modes being computed.
+        StageKind::Pca { input, .. } => {
+            let n = input.shape()[0];
+            let r = n * n * 8;
+            in_chunk_bytes + in_elems * 8 + r + 2 * (in_elems * 8 + r) + 2 * out_bytes
+        }
+        StageKind::WriteCsv { .. } => in_elems * 8 * 4,
         // The block held, as float64, gradients, products and smoothing passes.
         StageKind::StructureTensor { .. } => p * (in_chunk_bytes + in_elems * 8 * 9 + out_bytes),
     };
@@ -1046,6 +1099,175 @@ fn plan_stage(
                 grid: grid.clone(),
             };
             Some((StageKind::Synthetic { pattern, seed }, Some(spec), grid))
+        }
+        "read-images" => {
+            let pv = get(st, "path")?;
+            let Val::Str(pattern) = &pv.v else {
+                return None;
+            };
+            // The glob is relative to the config's folder, as every path.
+            let full = resolve(&raw.path, pv);
+            let files = match blockflow_io::images::list_images(&full.to_string_lossy()) {
+                Ok(f) => f,
+                Err(e) => {
+                    d.err(&pv.span, sname, format!("{e} (`path = \"{pattern}\"`)"));
+                    return None;
+                }
+            };
+            let (image, dtype) = match blockflow_io::images::image_info(&files[0]) {
+                Ok(i) => i,
+                Err(e) => {
+                    d.err(&pv.span, sname, e.to_string());
+                    return None;
+                }
+            };
+            let batch = get_int(st, "batch").unwrap_or(1).max(1) as u64;
+            let image: Vec<u64> = image.iter().map(|&n| n as u64).collect();
+            let mut shape = vec![files.len() as u64];
+            shape.extend(&image);
+            let mut chunks = vec![batch.min(files.len() as u64)];
+            chunks.extend(&image);
+            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            Some((
+                StageKind::ReadImages { files, image },
+                Some(ArraySpec {
+                    dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "rescale" => {
+            let input = ins.first()?;
+            let stream = input.output.as_ref()?;
+            let c = stream.grid.chunk_shape();
+            if stream.shape().len() < 2 || c[1..] != stream.shape()[1..] {
+                d.err(&span_of(st, "inputs"), sname, format!("rescale works per image (axis 0): chunks must hold whole images, but the input {:?} is in chunks of {c:?}; rechunk it first", stream.shape()));
+                return None;
+            }
+            let pair = |key: &str| match get_floats(st, key, 2) {
+                Some(Ok(v)) => Some(Ok((v[0], v[1]))),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            };
+            let named = |key: &str, v: &str| {
+                blockflow_kernels::rescale::NamedRange::parse(v).ok_or_else(|| {
+                    format!("`{key} = \"{v}\"`: not image, dtype, or a dtype name (uint8, uint12, float32, ...)")
+                })
+            };
+            let in_range = match (
+                pair("in_values"),
+                pair("percentiles"),
+                get_str(st, "in_range"),
+            ) {
+                (Some(Ok((lo, hi))), _, _) => Ok(InRange::Values(lo, hi)),
+                (_, Some(Ok((lo, hi))), _)
+                    if (0.0..=100.0).contains(&lo) && (0.0..=100.0).contains(&hi) && lo <= hi =>
+                {
+                    Ok(InRange::Percentiles(lo, hi))
+                }
+                (_, Some(Ok(_)), _) => {
+                    Err("`percentiles` must be two values 0 <= lo <= hi <= 100".to_string())
+                }
+                (Some(Err(e)), _, _) | (_, Some(Err(e)), _) => Err(e),
+                (None, None, None | Some("image")) => Ok(InRange::Image),
+                (None, None, Some("dtype")) => Ok(InRange::Dtype),
+                (None, None, Some(v)) => named("in_range", v).map(InRange::Named),
+            };
+            let out_range = match (pair("out_values"), get_str(st, "out_range")) {
+                (Some(Ok((lo, hi))), _) => Ok(OutRange::Values(lo, hi)),
+                (Some(Err(e)), _) => Err(e),
+                (None, None | Some("dtype")) => Ok(OutRange::Dtype),
+                (None, Some("image")) => Ok(OutRange::Image),
+                (None, Some(v)) => named("out_range", v).map(OutRange::Named),
+            };
+            let (in_range, out_range) = match (in_range, out_range) {
+                (Ok(i), Ok(o)) => (i, o),
+                (Err(e), _) | (_, Err(e)) => {
+                    d.err(&span_of(st, "in_range"), sname, e);
+                    return None;
+                }
+            };
+            let dtype = blockflow_kernels::rescale::output_dtype(stream.dtype, &out_range);
+            let grid = stream.grid.clone();
+            Some((
+                StageKind::Rescale {
+                    in_range,
+                    out_range,
+                },
+                Some(ArraySpec {
+                    dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "pca" => {
+            let input = ins.first()?;
+            let stream = input.output.as_ref()?;
+            let (shape, c) = (stream.shape(), stream.grid.chunk_shape());
+            if shape.len() < 2 || c[0] != shape[0] {
+                d.err(&span_of(st, "inputs"), sname, format!("pca needs every observation (axis 0) in each chunk, each chunk a band of features: the input {shape:?} is in chunks of {c:?}; rechunk it to [{}, ...] first", shape[0]));
+                return None;
+            }
+            let n = shape[0];
+            let k = (get_int(st, "k").unwrap_or(10) as u64).min(n);
+            let values = get_str(st, "output") == Some("values");
+            let (oshape, ochunks) = if values {
+                (vec![k], vec![k])
+            } else {
+                let mut s = vec![k];
+                s.extend(&shape[1..]);
+                let mut ch = vec![k];
+                ch.extend(&c[1..]);
+                (s, ch)
+            };
+            let grid = ChunkGrid::new(oshape, ochunks).ok()?;
+            Some((
+                StageKind::Pca {
+                    k: k as usize,
+                    values,
+                    dir: PathBuf::new(),
+                    input: stream.grid.clone(),
+                },
+                Some(ArraySpec {
+                    dtype: DType::F64,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "write-csv" => {
+            let first = ins.first()?.output.as_ref()?;
+            let n = first.shape()[0];
+            for i in ins {
+                let o = i.output.as_ref()?;
+                if o.shape().len() > 2 || o.shape()[0] != n {
+                    d.err(&span_of(st, "inputs"), sname, format!("write-csv takes 1-D or 2-D arrays of one length: \"{}\" is {:?}, \"{}\" is {:?}", ins[0].name, first.shape(), i.name, o.shape()));
+                    return None;
+                }
+                if o.grid.total_elements() > 10_000_000 {
+                    d.err(
+                        &span_of(st, "inputs"),
+                        sname,
+                        format!(
+                            "\"{}\" has {} values, too many for CSV here; write it with write-zarr",
+                            i.name,
+                            o.grid.total_elements()
+                        ),
+                    );
+                    return None;
+                }
+            }
+            let path = resolve(&raw.path, get(st, "path")?);
+            Some((
+                StageKind::WriteCsv {
+                    path,
+                    overwrite: get_str(st, "if_exists") == Some("overwrite"),
+                },
+                None,
+                first.grid.clone(),
+            ))
         }
         "read-zarr" => {
             let pv = get(st, "path")?;
@@ -2043,6 +2265,25 @@ impl Plan {
                 StageKind::Synthetic { pattern, seed } => {
                     format!("pattern {pattern:?}, seed {seed}")
                 }
+                StageKind::ReadImages { files, image } => format!(
+                    "{} images of {image:?} ({} ... {})",
+                    files.len(),
+                    files.first().map(|f| f.display().to_string()).unwrap_or_default(),
+                    files.last().map(|f| f.display().to_string()).unwrap_or_default()
+                ),
+                StageKind::Rescale {
+                    in_range,
+                    out_range,
+                } => format!("rescale_intensity from {in_range:?} to {out_range:?}, per image"),
+                StageKind::Pca { k, values, dir, .. } => format!(
+                    "TSQR over the bands, SVD of R; {}",
+                    if *values {
+                        format!("the {k} largest singular values")
+                    } else {
+                        format!("the first {k} modes u_i s_i (the input kept for a second pass in {})", dir.display())
+                    }
+                ),
+                StageKind::WriteCsv { path, .. } => format!("CSV {}", path.display()),
                 StageKind::ReadZarr { path, info } => format!(
                     "{} (zarr v{}, stored chunks {:?}, {})",
                     path.display(),
@@ -2092,13 +2333,14 @@ impl Plan {
                     op,
                     per_block,
                     ddof,
+                    axes,
                     ..
                 } => format!(
                     "{op:?} over {}{}",
-                    if *per_block {
-                        "each block"
-                    } else {
-                        "the whole array"
+                    match (per_block, axes) {
+                        (true, _) => "each block".to_string(),
+                        (false, Some(a)) => format!("axes {a:?}"),
+                        (false, None) => "the whole array".to_string(),
                     },
                     if *ddof > 0 {
                         format!(", ddof {ddof}")

@@ -245,6 +245,49 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "read-images",
+        role: "reader",
+        summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
+        inputs: Arity::None,
+        params: &[
+            p("path", PType::Path, None, "a glob whose wildcards (*, ?, [abc]) are in the file name: `cells/*.png`; sorted as Python's sorted(glob(...))"),
+            p("batch", PType::Int(1, 1_000_000), Some("1"), "images per chunk"),
+        ],
+    },
+    KindSpec {
+        kind: "rescale",
+        role: "kernel",
+        summary: "scikit-image's rescale_intensity, per image: each chunk's images (along axis 0) are stretched from `in_range` to `out_range`; chunks must hold whole images",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("in_range", PType::Str, Some("image"), "image (each image's min and max over all channels), dtype (the dtype's limits), or a dtype-like name (uint10, uint12, ...)"),
+            p("in_values", PType::Floats, Some(""), "[lo, hi]: explicit input limits (instead of `in_range`)"),
+            p("percentiles", PType::Floats, Some(""), "[p_lo, p_hi]: each image's percentiles as input limits (numpy's linear method), e.g. [2, 98]"),
+            p("out_range", PType::Str, Some("dtype"), "dtype (the input dtype's limits; the output keeps the dtype), image, or a dtype name (uint8, float32, ...: output in that dtype's range)"),
+            p("out_values", PType::Floats, Some(""), "[lo, hi]: explicit output limits (float64 output unless the input is float)"),
+        ],
+    },
+    KindSpec {
+        kind: "pca",
+        role: "kernel",
+        summary: "principal components of a stack (N, ...): the data matrix is features x observations (each image a column), centred by the mean image, decomposed by a tall-skinny QR over the chunks (each a band of features of all N images; rechunk to whole axis 0 first) and an SVD of R; the stream is the first k modes u_i s_i as (k, ...) images (their norms are the singular values), or the singular values",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("k", PType::Int(1, 1_000_000), Some("10"), "how many modes (or singular values)"),
+            p("output", PType::Choice(&["modes", "values"]), Some("modes"), "modes: (k, ...) as the input's chunks, u_i s_i (the seed's u.dot(diag(s))); values: the k largest singular values. Modes read the input a second time from a scratch store"),
+        ],
+    },
+    KindSpec {
+        kind: "write-csv",
+        role: "writer",
+        summary: "small arrays of the same length N (1-D, or 2-D (N, C)) as one CSV table: a row per index, a column per input (name) or per input and column (name_0, name_1, ...)",
+        inputs: Arity::AtLeast(1),
+        params: &[
+            p("path", PType::Path, None, "the CSV file"),
+            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
+        ],
+    },
+    KindSpec {
         kind: "reduce",
         role: "kernel",
         summary: "a statistic of the whole array (a 1-element array), over chosen axes, or of each block (one value per chunk, an array shaped like the chunk grid); float64 accumulation and results (min and max keep the dtype; sums of integers and booleans int64, exact; count, argmin, argmax int64; any, all bool); argmin/argmax of the whole array or of blocks give global flat indices",
