@@ -1243,3 +1243,205 @@ path = "am.zarr"
         "{err}"
     );
 }
+
+/// configs/elevation.toml at 800 x 800: the matrix-product sum equals the
+/// exact integer sum computed here from the RGB it wrote; the zoomed
+/// block's statistics come from the block the argmin named.
+#[test]
+fn elevation_exact_matmul_sum_and_the_smoothest_block() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = dir.path();
+    let p = |f: &str| t.join(f).display().to_string();
+    let sets = vec![
+        "terrain.shape=[800, 800, 4]".to_string(),
+        format!("pipeline.report={}", p("r.json")),
+        format!("rgb_out.path={}", p("rgb.zarr")),
+        format!("block_std_out.path={}", p("std.zarr")),
+        format!("summary.path={}", p("s.json")),
+    ];
+    let (code, _, err) = run_with_sets(&root().join("configs/elevation.toml"), &sets);
+    assert_eq!(code, 0, "{err}");
+    let ArrayData::U8(rgb) = read_all(&t.join("rgb.zarr")) else {
+        panic!("u8")
+    };
+    let (mut r, mut g) = (vec![0i128; 800], vec![0i128; 800]);
+    for y in 0..800 {
+        for x in 0..800 {
+            r[x] += i128::from(rgb[[y, x, 0]]);
+            g[x] += i128::from(rgb[[y, x, 1]]);
+        }
+    }
+    let exact: i128 = r.iter().zip(&g).map(|(a, b)| a * b).sum();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("s.json")).expect("json"))
+            .expect("json");
+    assert_eq!(i128::from(s["matmul_sum"].as_i64().expect("int")), exact);
+    // The smoothest block: the argmin of the per-block std it wrote.
+    let stds = read_all(&t.join("std.zarr")).to_f64();
+    let (k, _) =
+        stds.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |(bk, bv), (k, &v)| if v < bv { (k, v) } else { (bk, bv) },
+        );
+    assert_eq!(s["smoothest_block"].as_i64(), Some(k as i64));
+    let (by, bx) = (k / 4, k % 4);
+    let feet = |y: usize, x: usize| {
+        let c = |ch: usize| f64::from(rgb[[by * 200 + y, bx * 200 + x, ch]]);
+        (1070.0 / 255.0) * ((0.21 * c(0) + 0.72 * c(1)) + 0.07 * c(2)) + 30.0
+    };
+    let zmax: Vec<Vec<f64>> = (0..20)
+        .map(|i| {
+            (0..20)
+                .map(|j| {
+                    (0..100)
+                        .map(|q| feet(i * 10 + q / 10, j * 10 + q % 10))
+                        .fold(f64::NEG_INFINITY, f64::max)
+                })
+                .collect()
+        })
+        .collect();
+    for i in 0..20 {
+        for j in 0..20 {
+            assert_eq!(
+                s["zoom_max"][i][j].as_f64(),
+                Some(zmax[i][j]),
+                "zoom max ({i}, {j})"
+            );
+            if j < 19 {
+                assert_eq!(
+                    s["zoom_max_dx"][i][j].as_f64(),
+                    Some(zmax[i][j + 1] - zmax[i][j]),
+                    "diff along x ({i}, {j})"
+                );
+            }
+        }
+    }
+}
+
+/// matmul as numpy's @ (2-D, 1-D, exact int64 beyond float64's 2^53, an
+/// int64 overflow as an error), and diff with numpy's integer wrap.
+#[test]
+fn matmul_and_diff_as_numpy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        dir.path(),
+        "mm.toml",
+        r#"
+[stage.a]
+kind = "synthetic"
+pattern = "ramp"
+shape = [5, 7]
+chunks = [5, 7]
+dtype = "int32"
+
+[stage.bt]
+kind = "expr"
+inputs = ["a"]
+expr = "a * 3 - 40"
+
+[stage.af]
+kind = "expr"
+inputs = ["a"]
+expr = "float64(a) * 0.5"
+
+[stage.v]
+kind = "reduce"
+inputs = ["a"]
+op = "sum"
+axis = 0
+
+[stage.ab]
+kind = "matmul"
+inputs = ["a", "v"]
+
+[stage.ff]
+kind = "matmul"
+inputs = ["af", "v"]
+
+[stage.big]
+kind = "expr"
+inputs = ["a"]
+expr = "int64(a + 1) * 1000000000"
+
+[stage.bigdot]
+kind = "matmul"
+inputs = ["v", "v"]
+
+[stage.d]
+kind = "diff"
+inputs = ["bt"]
+axis = 0
+
+[stage.du]
+kind = "expr"
+inputs = ["a"]
+expr = "uint8(34 - a)"
+
+[stage.dd]
+kind = "diff"
+inputs = ["du"]
+
+[stage.w]
+kind = "write-json"
+inputs = ["ab", "ff", "bigdot", "d", "dd"]
+path = "mm.json"
+"#,
+    );
+    let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("mm.json")).expect("json"))
+            .expect("json");
+    let a = |i: i64, j: i64| i * 7 + j;
+    let v: Vec<i64> = (0..7).map(|j| (0..5).map(|i| a(i, j)).sum()).collect();
+    for i in 0..5 {
+        let want: i64 = (0..7).map(|j| a(i, j) * v[j as usize]).sum();
+        assert_eq!(s["ab"][i as usize].as_i64(), Some(want));
+        assert_eq!(s["ff"][i as usize].as_f64(), Some(want as f64 * 0.5));
+    }
+    let dot: i64 = v.iter().map(|x| x * x).sum();
+    assert_eq!(s["bigdot"].as_i64(), Some(dot));
+    assert_eq!(
+        s["d"][0][0].as_i64(),
+        Some(21),
+        "(a*3-40) rows differ by 21"
+    );
+    // uint8 diff wraps as numpy's: (34 - a) decreases by 1, so each step is 255.
+    assert_eq!(s["dd"][0][0].as_i64(), Some(255));
+
+    // Past 2^53 the product is still exact; past int64 it is an error.
+    let text = std::fs::read_to_string(&cfg).expect("cfg");
+    let big = |value: i64| {
+        text.replace(r#"inputs = ["v", "v"]"#, r#"inputs = ["bigrow", "bigrow"]"#)
+            .replace(
+                "[stage.d]\n",
+                &format!("[stage.bigrow]\nkind = \"expr\"\ninputs = [\"a\"]\nexpr = \"int64(a[0]) * 0 + {value}\"\n\n[stage.d]\n"),
+            )
+    };
+    let exact = write_config(
+        dir.path(),
+        "big.toml",
+        &big(1_012_333_499).replace("mm.json", "big.json"),
+    );
+    let (code, _, err) = blockflow(&["run", "-q", exact.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("big.json")).expect("json"))
+            .expect("json");
+    assert_eq!(
+        s["bigdot"].as_i64(),
+        Some(7 * 1_012_333_499i64 * 1_012_333_499)
+    );
+    assert!(7.0 * 1_012_333_499f64 * 1_012_333_499f64 > 2f64.powi(53));
+    let over = write_config(
+        dir.path(),
+        "over.toml",
+        &big(3_037_000_499).replace("mm.json", "over.json"),
+    );
+    let (code, _, err) = blockflow(&["run", "-q", over.to_str().expect("u")]);
+    assert_eq!(code, 1, "7 x 3037000499^2 overflows int64: {err}");
+    assert!(
+        err.contains("does not fit int64") && err.contains("bigdot"),
+        "{err}"
+    );
+}

@@ -58,8 +58,11 @@ impl JsonWriter {
     pub fn set(&mut self, name: &str, data: &ArrayData) {
         let integer = !data.dtype().is_float();
         let shape = data.shape().to_vec();
-        let values: Vec<Value> =
-            with_array!(data, a => a.iter().map(|v| number(v.to_f64(), integer)).collect());
+        // int64 exactly (beyond 2^53 a float64 would round it).
+        let values: Vec<Value> = match data {
+            ArrayData::I64(a) => a.iter().map(|&v| Value::from(v)).collect(),
+            _ => with_array!(data, a => a.iter().map(|v| number(v.to_f64(), integer)).collect()),
+        };
         let v = if values.len() == 1 {
             values[0].clone()
         } else {

@@ -554,6 +554,42 @@ fn run_stage(
             pca(ctx, &inputs[0], outs, *k, *values, dir, input)?;
             Ok(None)
         }
+        (StageKind::Take { src, dir }, _) => {
+            take(ctx, inputs, outs, src, dir)?;
+            Ok(None)
+        }
+        (StageKind::Diff { axis }, _) => {
+            let axis = *axis;
+            kernel_loop(ctx, inputs, outs, |set, _, _| {
+                Ok(diff_along(set[0].array(), axis))
+            })?;
+            Ok(None)
+        }
+        (StageKind::Matmul, _) => {
+            let parts = drain_all(ctx, inputs)?;
+            let mut whole = Vec::new();
+            for (input, chunks) in inputs.iter().zip(&parts) {
+                whole.push(
+                    gather(chunks)
+                        .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", input.from)))?,
+                );
+            }
+            let spec = stage.output.clone().expect("matmul sends");
+            let shape: Vec<usize> = spec.shape().iter().map(|&n| n as usize).collect();
+            let t = Instant::now();
+            let c = ctx
+                .pool
+                .install(|| matmul(&whole[0], &whole[1], spec.dtype, &shape))
+                .map_err(|m| ctx.err(None, m))?;
+            ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+            let index = vec![0; shape.len()];
+            ctx.send(
+                outs,
+                Chunk::new(index.clone(), spec.grid.region(&index), c, ctx.meter),
+            )?;
+            ctx.end(outs);
+            Ok(None)
+        }
         (StageKind::WriteCsv { path, .. }, _) => {
             let parts = drain_all(ctx, inputs)?;
             let mut names = Vec::new();
@@ -873,11 +909,24 @@ fn run_stage(
 /// Every chunk of every input, drained in whatever order they send, so no
 /// input waits on another (for writers of small results).
 fn drain_all(ctx: &mut Ctx<'_>, inputs: &[In]) -> Result<Vec<Vec<Chunk>>, RunError> {
+    let mut parts: Vec<Vec<Chunk>> = vec![Vec::new(); inputs.len()];
+    drain_each(ctx, inputs, |_, i, c| {
+        parts[i].push(c);
+        Ok(())
+    })?;
+    Ok(parts)
+}
+
+/// Hands every chunk of every input to `f` (with the input's position) as
+/// it arrives, from whichever input sends, until all have ended.
+fn drain_each<F>(ctx: &mut Ctx<'_>, inputs: &[In], mut f: F) -> Result<(), RunError>
+where
+    F: FnMut(&mut Ctx<'_>, usize, Chunk) -> Result<(), RunError>,
+{
     let mut sel = crossbeam_channel::Select::new();
     for input in inputs {
         sel.recv(&input.rx);
     }
-    let mut parts: Vec<Vec<Chunk>> = vec![Vec::new(); inputs.len()];
     let mut open = inputs.len();
     while open > 0 {
         ctx.check_cancel()?;
@@ -893,7 +942,7 @@ fn drain_all(ctx: &mut Ctx<'_>, inputs: &[In]) -> Result<Vec<Vec<Chunk>>, RunErr
                     .fetch_sub(c.nbytes(), std::sync::atomic::Ordering::AcqRel);
                 ctx.report.chunks_in += 1;
                 ctx.report.bytes_in += c.nbytes();
-                parts[i].push(c);
+                f(ctx, i, c)?;
             }
             Ok(Msg::End) => {
                 sel.remove(i);
@@ -902,7 +951,204 @@ fn drain_all(ctx: &mut Ctx<'_>, inputs: &[In]) -> Result<Vec<Vec<Chunk>>, RunErr
             Err(_) => return Err(RunError::Aborted),
         }
     }
-    Ok(parts)
+    Ok(())
+}
+
+/// A scratch store's path for this stage, unique to the run.
+fn scratch_path(ctx: &Ctx<'_>, dir: &std::path::Path) -> PathBuf {
+    dir.join(format!(
+        ".blockflow-{}-{}.zarr",
+        ctx.stage.name.replace(['/', '\\'], "_"),
+        std::process::id()
+    ))
+}
+
+/// An uncompressed scratch array (removed when dropped unfinished).
+fn scratch_store(
+    ctx: &Ctx<'_>,
+    path: &std::path::Path,
+    dtype: DType,
+    grid: &ChunkGrid,
+) -> Result<ZarrWriter, RunError> {
+    let options = ZarrWriteOptions {
+        zarr_format: 3,
+        dtype,
+        shape: grid.shape().to_vec(),
+        chunks: grid.chunk_shape().to_vec(),
+        codec: blockflow_io::zarr::Codec::None,
+        level: 0,
+        overwrite: true,
+        attributes: Default::default(),
+    };
+    ZarrWriter::create(path, &options).map_err(|e| ctx.err(None, e.to_string()))
+}
+
+/// The `take` stage: the first input's chunks wait in a scratch store
+/// until the second input names the block to send.
+fn take(
+    ctx: &mut Ctx<'_>,
+    inputs: &[In],
+    outs: &[Out],
+    src: &ChunkGrid,
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    let path = scratch_path(ctx, dir);
+    let mut store: Option<ZarrWriter> = None;
+    let mut index: Option<f64> = None;
+    drain_each(ctx, inputs, |ctx, i, c| {
+        if i == 1 {
+            index = c.array().to_f64().iter().next().copied();
+            return Ok(());
+        }
+        if store.is_none() {
+            store = Some(scratch_store(ctx, &path, c.array().dtype(), src)?);
+        }
+        if let Some(w) = &store {
+            let t = Instant::now();
+            w.write(&c.region, c.array(), &c.index)
+                .map_err(|e| ctx.err(Some(&c.index), format!("keeping the chunk: {e}")))?;
+            ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    })?;
+    let n = src.num_chunks();
+    let k = match index {
+        Some(v) if v >= 0.0 && v < n as f64 && v.fract() == 0.0 => v as u64,
+        Some(v) => {
+            return Err(ctx.err(
+                None,
+                format!(
+                    "block index {v} from \"{}\" is not one of the {n} blocks (0..{n})",
+                    inputs[1].from
+                ),
+            ))
+        }
+        None => return Err(ctx.err(None, format!("\"{}\" sent no index", inputs[1].from))),
+    };
+    let Some(store) = store else {
+        return Err(ctx.err(None, format!("\"{}\" sent no chunks", inputs[0].from)));
+    };
+    let block = src.unravel(k);
+    let region = src.region(&block);
+    if region.shape != src.chunk_shape() {
+        return Err(ctx.err(
+            Some(&block),
+            format!(
+                "block {block:?} is an edge block of shape {:?}, not a whole {:?} block",
+                region.shape,
+                src.chunk_shape()
+            ),
+        ));
+    }
+    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
+        .map_err(|e| ctx.err(None, format!("reading the block back: {e}")))?;
+    let data = reader
+        .read(&region, &block)
+        .map_err(|e| ctx.err(Some(&block), format!("reading the block back: {e}")))?;
+    let grid = ctx.stage.grid.clone();
+    let index = vec![0; grid.ndim()];
+    ctx.send(
+        outs,
+        Chunk::new(index.clone(), grid.region(&index), data, ctx.meter),
+    )?;
+    ctx.end(outs);
+    drop(store);
+    Ok(())
+}
+
+/// numpy's diff (n = 1) along `axis`.
+fn diff_along(data: &ArrayData, axis: usize) -> ArrayData {
+    use ndarray::{Axis, Slice, Zip};
+    macro_rules! d {
+        ($a:expr, $f:expr) => {{
+            let hi = $a.slice_axis(Axis(axis), Slice::from(1..));
+            let lo = $a.slice_axis(Axis(axis), Slice::from(..-1));
+            Zip::from(&hi).and(&lo).map_collect($f)
+        }};
+    }
+    match data {
+        ArrayData::Bool(a) => ArrayData::Bool(d!(a, |x: &bool, y: &bool| x != y)),
+        ArrayData::U8(a) => ArrayData::U8(d!(a, |x: &u8, y: &u8| x.wrapping_sub(*y))),
+        ArrayData::U16(a) => ArrayData::U16(d!(a, |x: &u16, y: &u16| x.wrapping_sub(*y))),
+        ArrayData::U32(a) => ArrayData::U32(d!(a, |x: &u32, y: &u32| x.wrapping_sub(*y))),
+        ArrayData::I16(a) => ArrayData::I16(d!(a, |x: &i16, y: &i16| x.wrapping_sub(*y))),
+        ArrayData::I32(a) => ArrayData::I32(d!(a, |x: &i32, y: &i32| x.wrapping_sub(*y))),
+        ArrayData::I64(a) => ArrayData::I64(d!(a, |x: &i64, y: &i64| x.wrapping_sub(*y))),
+        ArrayData::F32(a) => ArrayData::F32(d!(a, |x: &f32, y: &f32| x - y)),
+        ArrayData::F64(a) => ArrayData::F64(d!(a, |x: &f64, y: &f64| x - y)),
+    }
+}
+
+/// An array as a matrix: 2-D as it is, 1-D as a row (`row`) or a column.
+fn as_matrix(a: &ndarray::ArrayD<f64>, row: bool) -> ndarray::Array2<f64> {
+    let s = a.shape();
+    let (m, n) = match (s.len(), row) {
+        (2, _) => (s[0], s[1]),
+        (_, true) => (1, a.len()),
+        (_, false) => (a.len(), 1),
+    };
+    a.as_standard_layout()
+        .to_owned()
+        .into_shape_with_order((m, n))
+        .unwrap_or_else(|_| ndarray::Array2::zeros((m, n)))
+}
+
+/// numpy's `a @ b` for 1-D and 2-D arrays. Floats through matrixmultiply
+/// (float32 @ float32 in float32); integers in int64: through float64 when
+/// every partial sum is below 2^53 (so exact), else exactly in i128, and an
+/// error where a result does not fit int64.
+fn matmul(a: &ArrayData, b: &ArrayData, out: DType, shape: &[usize]) -> Result<ArrayData, String> {
+    let reshape = |c: ndarray::ArrayD<f64>| -> Result<ndarray::ArrayD<f64>, String> {
+        c.into_shape_with_order(ndarray::IxDyn(shape))
+            .map_err(|e| e.to_string())
+    };
+    if let (ArrayData::F32(x), ArrayData::F32(y)) = (a, b) {
+        let f = |v: &ndarray::ArrayD<f32>, row: bool| {
+            as_matrix(&v.mapv(f64::from), row).mapv(|v| v as f32)
+        };
+        let c = f(x, true).dot(&f(y, false));
+        return c
+            .into_dyn()
+            .into_shape_with_order(ndarray::IxDyn(shape))
+            .map(ArrayData::F32)
+            .map_err(|e| e.to_string());
+    }
+    let (x, y) = (as_matrix(&a.to_f64(), true), as_matrix(&b.to_f64(), false));
+    if out.is_float() {
+        return reshape(x.dot(&y).into_dyn()).map(ArrayData::F64);
+    }
+    let amax = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let bmax = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let k = x.ncols() as f64;
+    if amax * bmax * k < 9_007_199_254_740_992.0 {
+        let c = reshape(x.dot(&y).into_dyn())?;
+        return Ok(ArrayData::I64(c.mapv(|v| v as i64)));
+    }
+    let (xi, yi) = (a.cast(DType::I64), b.cast(DType::I64));
+    let (ArrayData::I64(xi), ArrayData::I64(yi)) = (xi, yi) else {
+        return Err("internal: integer cast".into());
+    };
+    let (m, kk, n) = (x.nrows(), x.ncols(), y.ncols());
+    let (xs, ys) = (
+        xi.as_standard_layout().to_owned(),
+        yi.as_standard_layout().to_owned(),
+    );
+    let (xs, ys) = (xs.as_slice().unwrap_or(&[]), ys.as_slice().unwrap_or(&[]));
+    let mut c = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc: i128 = 0;
+            for t in 0..kk {
+                acc += xs[i * kk + t] as i128 * ys[t * n + j] as i128;
+            }
+            c.push(i64::try_from(acc).map_err(|_| {
+                format!("element ({i}, {j}) of the product, {acc}, does not fit int64")
+            })?);
+        }
+    }
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), c)
+        .map(ArrayData::I64)
+        .map_err(|e| e.to_string())
 }
 
 /// A CSV table of small arrays of one length: a column per 1-D input, or
@@ -1014,23 +1260,11 @@ fn rechunk_through_disk(
         .output
         .clone()
         .ok_or_else(|| ctx.err(None, "internal: a rechunk without an output"))?;
-    let path = dir.join(format!(
-        ".blockflow-{}-{}.zarr",
-        ctx.stage.name.replace(['/', '\\'], "_"),
-        std::process::id()
-    ));
-    let options = ZarrWriteOptions {
-        zarr_format: 3,
-        dtype: spec.dtype,
-        shape: spec.grid.shape().to_vec(),
-        chunks: inter.to_vec(),
-        codec: blockflow_io::zarr::Codec::None,
-        level: 0,
-        overwrite: true,
-        attributes: Default::default(),
-    };
+    let path = scratch_path(ctx, dir);
+    let inter_grid = ChunkGrid::new(spec.grid.shape().to_vec(), inter.to_vec())
+        .map_err(|e| ctx.err(None, format!("internal: {e}")))?;
     // Dropped unfinished at the end of this function: that removes the store.
-    let store = ZarrWriter::create(&path, &options).map_err(|e| ctx.err(None, e.to_string()))?;
+    let store = scratch_store(ctx, &path, spec.dtype, &inter_grid)?;
     consume_parallel(ctx, std::slice::from_ref(input), None, |c| {
         store
             .write(&c.region, c.array(), &c.index)
@@ -1203,11 +1437,7 @@ fn pca(
     dir: &std::path::Path,
     grid_in: &ChunkGrid,
 ) -> Result<(), RunError> {
-    let path = dir.join(format!(
-        ".blockflow-{}-{}.zarr",
-        ctx.stage.name.replace(['/', '\\'], "_"),
-        std::process::id()
-    ));
+    let path = scratch_path(ctx, dir);
     // Created at the first band (its dtype); dropped unfinished at the end,
     // which removes it.
     let mut store: Option<ZarrWriter> = None;
@@ -1228,19 +1458,7 @@ fn pca(
             .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?;
         r = Some(next);
         if !values && store.is_none() {
-            let options = ZarrWriteOptions {
-                zarr_format: 3,
-                dtype: c.array().dtype(),
-                shape: grid_in.shape().to_vec(),
-                chunks: grid_in.chunk_shape().to_vec(),
-                codec: blockflow_io::zarr::Codec::None,
-                level: 0,
-                overwrite: true,
-                attributes: Default::default(),
-            };
-            store = Some(
-                ZarrWriter::create(&path, &options).map_err(|e| ctx.err(None, e.to_string()))?,
-            );
+            store = Some(scratch_store(ctx, &path, c.array().dtype(), grid_in)?);
         }
         if let Some(w) = &store {
             w.write(&c.region, c.array(), &c.index).map_err(|e| {

@@ -102,6 +102,16 @@ pub enum StageKind {
         path: PathBuf,
         overwrite: bool,
     },
+    /// One block of the first input, chosen by the second; `src` is the
+    /// first input's grid, `dir` where its chunks wait.
+    Take {
+        src: ChunkGrid,
+        dir: PathBuf,
+    },
+    Diff {
+        axis: usize,
+    },
+    Matmul,
     /// Inserted by the planner: gives each chunk its halo from its
     /// neighbours, keeping a sliding window of chunks.
     Overlap {
@@ -125,6 +135,9 @@ impl StageKind {
             StageKind::Rescale { .. } => "rescale",
             StageKind::Pca { .. } => "pca",
             StageKind::WriteCsv { .. } => "write-csv",
+            StageKind::Take { .. } => "take",
+            StageKind::Diff { .. } => "diff",
+            StageKind::Matmul => "matmul",
             StageKind::Synthetic { .. } => "synthetic",
             StageKind::ReadZarr { .. } => "read-zarr",
             StageKind::Expr { .. } => "expr",
@@ -916,7 +929,8 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
                 route: RechunkRoute::Disk { dir, .. },
                 ..
             }
-            | StageKind::Pca { dir, .. } => dir.clone_from(&scratch),
+            | StageKind::Pca { dir, .. }
+            | StageKind::Take { dir, .. } => dir.clone_from(&scratch),
             _ => {}
         }
     }
@@ -1056,6 +1070,11 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
             in_chunk_bytes + in_elems * 8 + r + 2 * (in_elems * 8 + r) + 2 * out_bytes
         }
         StageKind::WriteCsv { .. } => in_elems * 8 * 4,
+        // A chunk being kept; the block read back.
+        StageKind::Take { .. } => p * in_chunk_bytes + 2 * out_bytes,
+        StageKind::Diff { .. } => p * (in_chunk_bytes + 2 * out_bytes),
+        // Both inputs whole (they are one chunk each), as float64, and the result.
+        StageKind::Matmul => in_chunk_bytes + in_elems * 8 + 2 * out_bytes,
         // The block held, as float64, gradients, products and smoothing passes.
         StageKind::StructureTensor { .. } => p * (in_chunk_bytes + in_elems * 8 * 9 + out_bytes),
     };
@@ -1232,6 +1251,116 @@ fn plan_stage(
                 },
                 Some(ArraySpec {
                     dtype: DType::F64,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "take" => {
+            let (a, idx) = (ins.first()?.output.as_ref()?, ins.get(1)?.output.as_ref()?);
+            if idx.grid.total_elements() != 1 || idx.dtype.is_float() || idx.dtype == DType::Bool {
+                d.err(&span_of(st, "inputs"), sname, format!("the second input, \"{}\", must be one integer (a block index, e.g. an argmin); it is {} {:?}", ins[1].name, idx.dtype, idx.shape()));
+                return None;
+            }
+            let grid = ChunkGrid::whole(a.grid.chunk_shape().to_vec());
+            Some((
+                StageKind::Take {
+                    src: a.grid.clone(),
+                    dir: PathBuf::new(),
+                },
+                Some(ArraySpec {
+                    dtype: a.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "diff" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let nd = stream.shape().len() as i64;
+            let a = get_int(st, "axis").unwrap_or(-1);
+            let ax = if a < 0 { a + nd } else { a };
+            if ax < 0 || ax >= nd {
+                d.err(
+                    &span_of(st, "axis"),
+                    sname,
+                    format!(
+                        "axis {a} is out of range for the input's {nd} axes (shape {:?})",
+                        stream.shape()
+                    ),
+                );
+                return None;
+            }
+            let ax = ax as usize;
+            let (n, c) = (stream.shape()[ax], stream.grid.chunk_shape()[ax]);
+            if c != n || n < 2 {
+                d.err(&span_of(st, "inputs"), sname, format!("diff along axis {ax} needs each chunk to hold that axis whole and at least 2 long: the input {:?} is in chunks of {:?}; rechunk it first", stream.shape(), stream.grid.chunk_shape()));
+                return None;
+            }
+            let mut shape = stream.shape().to_vec();
+            shape[ax] -= 1;
+            let mut chunks = stream.grid.chunk_shape().to_vec();
+            chunks[ax] -= 1;
+            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            Some((
+                StageKind::Diff { axis: ax },
+                Some(ArraySpec {
+                    dtype: stream.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "matmul" => {
+            let (a, b) = (ins.first()?.output.as_ref()?, ins.get(1)?.output.as_ref()?);
+            let (sa, sb) = (a.shape(), b.shape());
+            let bad = |d: &mut Diags, why: String| {
+                d.err(&span_of(st, "inputs"), sname, why);
+            };
+            if sa.len() > 2 || sb.len() > 2 {
+                bad(
+                    d,
+                    format!("matmul takes 1-D and 2-D arrays; the inputs are {sa:?} and {sb:?}"),
+                );
+                return None;
+            }
+            let k_a = *sa.last()?;
+            let k_b = sb[0];
+            if k_a != k_b {
+                bad(
+                    d,
+                    format!(
+                        "matmul: the inner dimensions differ ({sa:?} @ {sb:?}: {k_a} vs {k_b})"
+                    ),
+                );
+                return None;
+            }
+            for (s, name) in [(a, &ins[0].name), (b, &ins[1].name)] {
+                if s.grid.num_chunks() != 1 {
+                    bad(d, format!("matmul holds its inputs whole: \"{name}\" {:?} comes in chunks of {:?}; rechunk it to one chunk (or reduce it first)", s.shape(), s.grid.chunk_shape()));
+                    return None;
+                }
+            }
+            let mut shape = Vec::new();
+            if sa.len() == 2 {
+                shape.push(sa[0]);
+            }
+            if sb.len() == 2 {
+                shape.push(sb[1]);
+            }
+            if shape.is_empty() {
+                shape.push(1);
+            }
+            let dtype = match (a.dtype, b.dtype) {
+                (DType::F32, DType::F32) => DType::F32,
+                (x, y) if x.is_float() || y.is_float() => DType::F64,
+                _ => DType::I64,
+            };
+            let grid = ChunkGrid::whole(shape);
+            Some((
+                StageKind::Matmul,
+                Some(ArraySpec {
+                    dtype,
                     grid: grid.clone(),
                 }),
                 grid,
@@ -2284,6 +2413,13 @@ impl Plan {
                     }
                 ),
                 StageKind::WriteCsv { path, .. } => format!("CSV {}", path.display()),
+                StageKind::Take { src, dir } => format!(
+                    "a block of chunks {:?}, chosen at run time (the chunks wait in {})",
+                    src.chunk_shape(),
+                    dir.display()
+                ),
+                StageKind::Diff { axis } => format!("diff along axis {axis}"),
+                StageKind::Matmul => "a @ b".to_string(),
                 StageKind::ReadZarr { path, info } => format!(
                     "{} (zarr v{}, stored chunks {:?}, {})",
                     path.display(),

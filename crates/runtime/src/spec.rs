@@ -278,6 +278,27 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "take",
+        role: "kernel",
+        summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
+        inputs: Arity::Exactly(2),
+        params: &[],
+    },
+    KindSpec {
+        kind: "diff",
+        role: "kernel",
+        summary: "numpy's diff (n = 1) along an axis that each chunk holds whole: out[i] = a[i + 1] - a[i]; integers wrap as numpy's do, booleans give not-equal",
+        inputs: Arity::Exactly(1),
+        params: &[p("axis", PType::Int(-32, 31), Some("-1"), "the axis (negative counts from the end)")],
+    },
+    KindSpec {
+        kind: "matmul",
+        role: "kernel",
+        summary: "numpy's a @ b for 1-D and 2-D arrays (1-D @ 1-D: the inner product, a 1-element array), with matrixmultiply's blocked kernels for floats; integers accumulate in int64, never wrapping silently (an overflowing product is an error). Both inputs are held in memory (the plan counts them)",
+        inputs: Arity::Exactly(2),
+        params: &[],
+    },
+    KindSpec {
         kind: "write-csv",
         role: "writer",
         summary: "small arrays of the same length N (1-D, or 2-D (N, C)) as one CSV table: a row per index, a column per input (name) or per input and column (name_0, name_1, ...)",
