@@ -1445,3 +1445,53 @@ path = "mm.json"
         "{err}"
     );
 }
+
+/// A budget too small for any plan: even through disk the rechunk must
+/// hold a source chunk and a group of new ones; the refusal names the
+/// stage and the numbers.
+#[test]
+fn a_budget_too_small_for_any_plan_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        dir.path(),
+        "tiny.toml",
+        r#"
+[pipeline]
+memory = "4 MiB"
+
+[stage.a]
+kind = "synthetic"
+pattern = "noise"
+shape = [8, 256, 256]
+chunks = [1, 256, 256]
+dtype = "float64"
+
+[stage.t]
+kind = "rechunk"
+inputs = ["a"]
+chunks = [8, 32, 32]
+
+[stage.w]
+kind = "write-zarr"
+inputs = ["t"]
+path = "t.zarr"
+"#,
+    );
+    let (code, _, err) = blockflow(&["plan", cfg.to_str().expect("u")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tiny.toml")
+            && err.contains("the plan needs")
+            && err.contains("`memory` is 4.00 MiB"),
+        "{err}"
+    );
+    // With room for a chunk or two it runs, through disk.
+    let (code, out, err) = blockflow(&[
+        "plan",
+        cfg.to_str().expect("u"),
+        "--set",
+        "pipeline.memory=\"9 MiB\"",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("through disk"), "{out}");
+}
