@@ -24,7 +24,7 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
             if !stack.exists() {
                 let out = bin()
                     .args(["generate", "cells", stack.to_str().expect("u")])
-                    .args(["--count", "24", "--size", "64"])
+                    .args(["--count", "844", "--size", "16"])
                     .output()
                     .expect("generate");
                 assert!(out.status.success(), "{out:?}");

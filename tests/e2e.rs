@@ -1495,3 +1495,72 @@ path = "t.zarr"
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("through disk"), "{out}");
 }
+
+/// slice: numpy's basic indexing on split axes, in a stream: one image of a
+/// stack (its axis dropped), a crop with a step, a negative index; the
+/// values are the ramp's, so each position is checked; a bad index is a
+/// config error naming it.
+#[test]
+fn slice_as_numpy_basic_indexing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let shape = [9u64, 10, 11];
+    for (k, (index, want_shape)) in [
+        ("5, :, :", vec![10u64, 11]),
+        ("1:8:3, 2:, ::4", vec![3, 8, 3]),
+        ("-1, -3", vec![11]),
+        ("..., 4", vec![9, 10]),
+        ("2:3, 7, 1:-1:2", vec![1, 5]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for chunks in ["[2, 3, 4]", "[9, 10, 11]", "[1, 1, 5]"] {
+            let cfg = write_config(
+                dir.path(),
+                &format!("s{k}.toml"),
+                &format!(
+                    "[stage.a]\nkind = \"synthetic\"\npattern = \"ramp\"\nshape = {shape:?}\nchunks = {chunks}\ndtype = \"int32\"\n\n\
+[stage.s]\nkind = \"slice\"\ninputs = [\"a\"]\nindex = \"{index}\"\n\n\
+[stage.w]\nkind = \"write-zarr\"\ninputs = [\"s\"]\npath = \"s{k}.zarr\"\nif_exists = \"overwrite\"\n"
+                ),
+            );
+            let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+            assert_eq!(code, 0, "[{index}] in chunks {chunks}: {err}");
+            let ArrayData::I32(got) = read_all(&dir.path().join(format!("s{k}.zarr"))) else {
+                panic!("i32")
+            };
+            let got_shape: Vec<u64> = got.shape().iter().map(|&n| n as u64).collect();
+            assert_eq!(&got_shape, want_shape, "[{index}]");
+            // numpy's result, from the ramp's formula.
+            let (map, drop, _) =
+                blockflow_runtime::plan::parse_index(index, &shape).expect("index");
+            for (pos, v) in got.indexed_iter() {
+                let pos: Vec<usize> = ndarray::Dimension::slice(&pos).to_vec();
+                let mut it = pos.iter();
+                let src: Vec<u64> = (0..3)
+                    .map(|ax| {
+                        let j = if drop[ax] {
+                            0
+                        } else {
+                            *it.next().expect("axis") as u64
+                        };
+                        map[ax].0 + j * map[ax].1
+                    })
+                    .collect();
+                let flat = (src[0] * shape[1] + src[1]) * shape[2] + src[2];
+                assert_eq!(*v as u64, flat, "[{index}] at {pos:?} in chunks {chunks}");
+            }
+        }
+    }
+    let bad = write_config(
+        dir.path(),
+        "bad.toml",
+        "[stage.a]\nkind = \"synthetic\"\npattern = \"ramp\"\nshape = [9, 10]\nchunks = [2, 3]\n\n[stage.s]\nkind = \"slice\"\ninputs = [\"a\"]\nindex = \"12, :\"\n\n[stage.w]\nkind = \"write-zarr\"\ninputs = [\"s\"]\npath = \"b.zarr\"\n",
+    );
+    let (code, _, err) = blockflow(&["plan", bad.to_str().expect("u")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("stage \"s\"") && err.contains("index 12 is out of range for axis 0"),
+        "{err}"
+    );
+}

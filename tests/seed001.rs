@@ -70,6 +70,7 @@ fn cells_workflow_matches_numpy_and_skimage() {
         format!("first_mode_png.path={}", p("mode0.png")),
         format!("summary.path={}", p("summary.json")),
         format!("modes.k={k}"),
+        format!("image_730.index=\"{}, :, :, :\"", n - 3),
     ];
     let (code, _, err) = run_with_sets(&root().join("configs/cells.toml"), &sets);
     assert_eq!(code, 0, "{err}");
@@ -112,6 +113,7 @@ fn cells_workflow_matches_numpy_and_skimage() {
         serde_json::from_str(&std::fs::read_to_string(t.join("summary.json")).expect("json"))
             .expect("json");
     assert_eq!(summary["green_count"], fx["green_count"]);
+    assert_eq!(summary["image_730_max"].as_i64(), Some(im[n as usize - 3]));
     let s = floats(&fx["singular_values"]);
     let s0 = s[0];
     let top: Vec<f64> = summary["top10"]

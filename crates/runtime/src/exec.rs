@@ -554,6 +554,25 @@ fn run_stage(
             pca(ctx, &inputs[0], outs, *k, *values, dir, input)?;
             Ok(None)
         }
+        (
+            StageKind::Slice {
+                src,
+                map,
+                drop,
+                inner,
+                ..
+            },
+            _,
+        ) => {
+            let regrid = crate::plan::Regrid {
+                src: src.clone(),
+                dst: inner.clone(),
+                halo: vec![(0, 0); inner.ndim()],
+                map: map.clone(),
+            };
+            overlap(ctx, &inputs[0], outs, drop, &regrid)?;
+            Ok(None)
+        }
         (StageKind::Take { src, dir }, _) => {
             take(ctx, inputs, outs, src, dir)?;
             Ok(None)
@@ -872,12 +891,12 @@ fn run_stage(
             Ok(None)
         }
         (StageKind::Rechunk { src, .. }, _) => {
-            let regrid = crate::plan::Regrid {
-                src: src.clone(),
-                dst: ctx.stage.grid.clone(),
-                halo: vec![(0, 0); src.ndim()],
-            };
-            overlap(ctx, &inputs[0], outs, &regrid)?;
+            let regrid = crate::plan::Regrid::new(
+                src.clone(),
+                ctx.stage.grid.clone(),
+                vec![(0, 0); src.ndim()],
+            );
+            overlap(ctx, &inputs[0], outs, &[], &regrid)?;
             Ok(None)
         }
         (StageKind::Overlap { halo, .. }, _) => {
@@ -886,11 +905,8 @@ fn run_stage(
                 ctx,
                 &inputs[0],
                 outs,
-                &crate::plan::Regrid {
-                    src: g.clone(),
-                    dst: g,
-                    halo: halo.clone(),
-                },
+                &[],
+                &crate::plan::Regrid::new(g.clone(), g, halo.clone()),
             )?;
             Ok(None)
         }
@@ -1640,6 +1656,7 @@ fn overlap(
     ctx: &mut Ctx<'_>,
     input: &In,
     outs: &[Out],
+    drop: &[bool],
     regrid: &crate::plan::Regrid,
 ) -> Result<(), RunError> {
     let grid = regrid.dst.clone();
@@ -1669,7 +1686,10 @@ fn overlap(
                     );
                 }
                 last_in = Some(n);
-                window.insert(n, chunk);
+                // A chunk no destination chunk needs (outside a slice) is dropped.
+                if last_user(&chunk.index).is_some() {
+                    window.insert(n, chunk);
+                }
             }
             None => ended = true,
         }
@@ -1679,16 +1699,41 @@ fn overlap(
                 break;
             }
             let t = Instant::now();
-            let block =
-                assemble(&grid, &idx, halo, dtype, &window).map_err(|m| ctx.err(Some(&idx), m))?;
+            let block = if regrid.map.is_empty() {
+                assemble(&grid, &idx, halo, dtype, &window)
+            } else {
+                assemble_sliced(regrid, &idx, dtype, &window)
+            }
+            .map_err(|m| ctx.err(Some(&idx), m))?;
             ctx.report.busy_seconds += t.elapsed().as_secs_f64();
             let held: u64 = window.values().map(Chunk::nbytes).sum::<u64>() + block.nbytes();
             ctx.note_held(held);
-            let mut chunk = Chunk::new(idx.clone(), grid.region(&idx), block, ctx.meter);
+            let mut chunk = if drop.iter().any(|&d| d) {
+                // Axes indexed by an integer leave the result.
+                let keep = |v: &[u64]| -> Vec<u64> {
+                    v.iter()
+                        .zip(drop)
+                        .filter(|(_, &d)| !d)
+                        .map(|(&x, _)| x)
+                        .collect()
+                };
+                let out_idx = keep(&idx);
+                let out_grid = &ctx.stage.grid;
+                let shape: Vec<usize> = out_grid.region(&out_idx).shape_usize();
+                let block = with_array!(block, a => ArrayKind::wrap(
+                    a.into_shape_with_order(ndarray::IxDyn(&shape)).map_err(|e| ctx.err(Some(&idx), e.to_string()))?
+                ));
+                Chunk::new(out_idx.clone(), out_grid.region(&out_idx), block, ctx.meter)
+            } else {
+                Chunk::new(idx.clone(), grid.region(&idx), block, ctx.meter)
+            };
             chunk.halo = halo.iter().map(|&(b, a)| (b as u64, a as u64)).collect();
+            if drop.iter().any(|&d| d) {
+                chunk.halo.clear();
+            }
             ctx.send(outs, chunk)?;
             next += 1;
-            window.retain(|&n, _| last_user(&src.unravel(n)) >= next);
+            window.retain(|&n, _| last_user(&src.unravel(n)).is_some_and(|u| u >= next));
         }
         if ended {
             if next != total {
@@ -1724,6 +1769,66 @@ fn gather(chunks: &[Chunk]) -> Result<ArrayData, String> {
         }
         T::wrap(out)
     }))
+}
+
+/// Copies the positions of slice destination chunk `idx` (a box of
+/// `regrid.dst`; position j along an axis is source position start + j step)
+/// from the window's chunks.
+fn assemble_sliced(
+    regrid: &crate::plan::Regrid,
+    idx: &[u64],
+    dtype: DType,
+    window: &std::collections::BTreeMap<u64, Chunk>,
+) -> Result<ArrayData, String> {
+    use ndarray::{SliceInfo, SliceInfoElem};
+    let region = regrid.dst.region(idx);
+    let dims = region.shape_usize();
+    let mut filled = 0u64;
+    let out = with_dtype!(dtype, T => {
+        let mut block = ndarray::ArrayD::<T>::default(ndarray::IxDyn(&dims));
+        for chunk in window.values() {
+            let r = &chunk.region;
+            let mut dst = Vec::with_capacity(dims.len());
+            let mut src = Vec::with_capacity(dims.len());
+            let mut empty = false;
+            for ax in 0..dims.len() {
+                let (start, step) = regrid.map[ax];
+                let (o0, o1) = (region.origin[ax], region.end()[ax]);
+                let (r0, r1) = (r.origin[ax], r.end()[ax]);
+                // j with r0 <= start + j step < r1, within [o0, o1).
+                let j0 = if r0 > start { (r0 - start).div_ceil(step) } else { 0 }.max(o0);
+                if r1 <= start {
+                    empty = true;
+                    break;
+                }
+                let j1 = ((r1 - 1 - start) / step + 1).min(o1);
+                if j1 <= j0 {
+                    empty = true;
+                    break;
+                }
+                dst.push(SliceInfoElem::Slice { start: (j0 - o0) as isize, end: Some((j1 - o0) as isize), step: 1 });
+                let s0 = start + j0 * step - r0;
+                src.push(SliceInfoElem::Slice { start: s0 as isize, end: Some((s0 + (j1 - j0 - 1) * step + 1) as isize), step: step as isize });
+            }
+            if empty {
+                continue;
+            }
+            let data = T::unwrap_ref(chunk.array()).ok_or_else(|| format!("chunk {:?} has dtype {}, expected {dtype}", chunk.index, chunk.array().dtype()))?;
+            let dst = SliceInfo::<_, ndarray::IxDyn, ndarray::IxDyn>::try_from(dst).map_err(|e| e.to_string())?;
+            let src = SliceInfo::<_, ndarray::IxDyn, ndarray::IxDyn>::try_from(src).map_err(|e| e.to_string())?;
+            let part = data.slice(src);
+            filled += part.len() as u64;
+            block.slice_mut(dst).assign(&part);
+        }
+        T::wrap(block)
+    });
+    if filled != region.elements() {
+        return Err(format!(
+            "the window lacked source chunks ({filled} of {} values found)",
+            region.elements()
+        ));
+    }
+    Ok(out)
 }
 
 /// Copies the parts of the window's chunks that chunk `idx` with its halo covers.

@@ -111,6 +111,17 @@ pub enum StageKind {
     Diff {
         axis: usize,
     },
+    /// Basic indexing: destination position j along axis k is source
+    /// position `map[k].0 + j * map[k].1`; `inner` is the result's grid
+    /// with the `drop`ped (integer-indexed) axes kept as length 1.
+    Slice {
+        src: ChunkGrid,
+        map: Vec<(u64, u64)>,
+        drop: Vec<bool>,
+        inner: ChunkGrid,
+        window: u64,
+        text: String,
+    },
     Matmul,
     /// Inserted by the planner: gives each chunk its halo from its
     /// neighbours, keeping a sliding window of chunks.
@@ -137,6 +148,7 @@ impl StageKind {
             StageKind::WriteCsv { .. } => "write-csv",
             StageKind::Take { .. } => "take",
             StageKind::Diff { .. } => "diff",
+            StageKind::Slice { .. } => "slice",
             StageKind::Matmul => "matmul",
             StageKind::Synthetic { .. } => "synthetic",
             StageKind::ReadZarr { .. } => "read-zarr",
@@ -983,6 +995,98 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
     Ok(plan)
 }
 
+/// numpy's basic index (`"730, :, :"`, `"100:, ::2"`, `"..., 0"`) over an
+/// array of `shape`: per axis (start, step), whether an integer dropped it,
+/// and the extent taken.
+#[allow(clippy::type_complexity)]
+pub fn parse_index(
+    text: &str,
+    shape: &[u64],
+) -> Result<(Vec<(u64, u64)>, Vec<bool>, Vec<u64>), String> {
+    let parts: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let ellipses = parts.iter().filter(|p| **p == "...").count();
+    if ellipses > 1 {
+        return Err("at most one `...`".into());
+    }
+    let named = parts.len() - ellipses;
+    if named > shape.len() {
+        return Err(format!("{named} indices for {} axes", shape.len()));
+    }
+    let mut items: Vec<&str> = Vec::new();
+    for p in &parts {
+        if *p == "..." {
+            items.extend(std::iter::repeat_n(":", shape.len() - named));
+        } else {
+            items.push(p);
+        }
+    }
+    while items.len() < shape.len() {
+        items.push(":");
+    }
+    let num = |s: &str| -> Result<Option<i64>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse::<i64>()
+                .map(Some)
+                .map_err(|_| format!("`{s}` is not an integer"))
+        }
+    };
+    let (mut map, mut drop, mut extents) = (Vec::new(), Vec::new(), Vec::new());
+    for (ax, (item, &n)) in items.iter().zip(shape).enumerate() {
+        let n = n as i64;
+        if item.contains(':') {
+            let f: Vec<&str> = item.split(':').collect();
+            if f.len() > 3 {
+                return Err(format!("`{item}` has too many colons"));
+            }
+            let step = num(f.get(2).copied().unwrap_or(""))?.unwrap_or(1);
+            if step <= 0 {
+                return Err(format!(
+                    "axis {ax}: step {step}; only positive steps are supported"
+                ));
+            }
+            let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
+            let start = num(f[0])?.map_or(0, clamp);
+            let stop = num(f.get(1).copied().unwrap_or(""))?.map_or(n, clamp);
+            let len = if stop > start {
+                (stop - start + step - 1) / step
+            } else {
+                0
+            };
+            if len == 0 {
+                return Err(format!("axis {ax}: `{item}` selects nothing"));
+            }
+            map.push((start as u64, step as u64));
+            drop.push(false);
+            extents.push(len as u64);
+        } else {
+            let i = num(item)?.ok_or("an empty index")?;
+            let j = if i < 0 { i + n } else { i };
+            if j < 0 || j >= n {
+                return Err(format!(
+                    "index {i} is out of range for axis {ax} of length {n}"
+                ));
+            }
+            map.push((j as u64, 1));
+            drop.push(true);
+            extents.push(1);
+        }
+    }
+    if drop.iter().all(|&d| d) {
+        // numpy gives a scalar; here a 1-element array of the last axis.
+        if let Some(last) = drop.last_mut() {
+            *last = false;
+        }
+    }
+    Ok((map, drop, extents))
+}
+
 /// Projects every stage's memory (stages in topological order).
 fn project_all(stages: &mut [PlannedStage]) {
     for k in 0..stages.len() {
@@ -1073,6 +1177,8 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         // A chunk being kept; the block read back.
         StageKind::Take { .. } => p * in_chunk_bytes + 2 * out_bytes,
         StageKind::Diff { .. } => p * (in_chunk_bytes + 2 * out_bytes),
+        // The source chunks it must hold, and the chunk being assembled.
+        StageKind::Slice { window, .. } => window * in_chunk_bytes + 2 * out_bytes,
         // Both inputs whole (they are one chunk each), as float64, and the result.
         StageKind::Matmul => in_chunk_bytes + in_elems * 8 + 2 * out_bytes,
         // The block held, as float64, gradients, products and smoothing passes.
@@ -1270,6 +1376,80 @@ fn plan_stage(
                 },
                 Some(ArraySpec {
                     dtype: a.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "slice" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let iv = get(st, "index")?;
+            let Val::Str(text) = &iv.v else { return None };
+            let (map, drop, extents) = match parse_index(text, stream.shape()) {
+                Ok(v) => v,
+                Err(e) => {
+                    d.err(
+                        &iv.span,
+                        sname,
+                        format!(
+                            "`index = \"{text}\"`: {e} (the input is {:?})",
+                            stream.shape()
+                        ),
+                    );
+                    return None;
+                }
+            };
+            let kept: Vec<u64> = extents
+                .iter()
+                .zip(&drop)
+                .filter(|(_, &dr)| !dr)
+                .map(|(&e, _)| e)
+                .collect();
+            let src_chunks = stream.grid.chunk_shape();
+            let default: Vec<u64> = src_chunks
+                .iter()
+                .zip(&drop)
+                .filter(|(_, &dr)| !dr)
+                .map(|(&c, _)| c)
+                .collect();
+            let out_chunks = get_shape(st, "chunks").unwrap_or(default);
+            if out_chunks.len() != kept.len() {
+                d.err(
+                    &span_of(st, "chunks"),
+                    sname,
+                    format!(
+                        "`chunks` has {} values but the result has {} axes ({kept:?})",
+                        out_chunks.len(),
+                        kept.len()
+                    ),
+                );
+                return None;
+            }
+            let grid = ChunkGrid::new(kept.clone(), out_chunks.clone()).ok()?;
+            let mut it = grid.chunk_shape().iter();
+            let inner_chunks: Vec<u64> = drop
+                .iter()
+                .map(|&dr| if dr { 1 } else { *it.next().unwrap_or(&1) })
+                .collect();
+            let inner = ChunkGrid::new(extents.clone(), inner_chunks).ok()?;
+            let window = Regrid {
+                src: stream.grid.clone(),
+                dst: inner.clone(),
+                halo: vec![(0, 0); extents.len()],
+                map: map.clone(),
+            }
+            .window();
+            Some((
+                StageKind::Slice {
+                    src: stream.grid.clone(),
+                    map,
+                    drop,
+                    inner,
+                    window,
+                    text: text.clone(),
+                },
+                Some(ArraySpec {
+                    dtype: stream.dtype,
                     grid: grid.clone(),
                 }),
                 grid,
@@ -1523,12 +1703,7 @@ fn plan_stage(
                 }
             };
             let src = stream.grid.clone();
-            let window = Regrid {
-                src: src.clone(),
-                dst: grid.clone(),
-                halo: vec![(0, 0); src.ndim()],
-            }
-            .window();
+            let window = Regrid::new(src.clone(), grid.clone(), vec![(0, 0); src.ndim()]).window();
             let forced = match get_str(st, "route") {
                 Some("memory") => Some(false),
                 Some("disk") => Some(true),
@@ -2116,49 +2291,85 @@ pub fn halo_reach(grid: &ChunkGrid, halo: &[(usize, usize)]) -> (u64, u64) {
 
 /// Streams the chunks of `src` (arriving in row-major order) into the
 /// chunks of `dst`, each with `halo`, in row-major order: the overlap
-/// assembler (same grids) and the in-memory rechunker (no halo).
+/// assembler (same grids), the in-memory rechunker (no halo) and the slicer
+/// (`map`: destination position j along an axis is source position
+/// `start + j * step`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Regrid {
     pub src: ChunkGrid,
     pub dst: ChunkGrid,
     pub halo: Vec<(usize, usize)>,
+    /// Per axis (start, step); empty: the identity.
+    pub map: Vec<(u64, u64)>,
 }
 
 impl Regrid {
+    /// Same positions in both grids (no slicing).
+    pub fn new(src: ChunkGrid, dst: ChunkGrid, halo: Vec<(usize, usize)>) -> Regrid {
+        Regrid {
+            src,
+            dst,
+            halo,
+            map: Vec::new(),
+        }
+    }
+
+    fn affine(&self, ax: usize) -> (u64, u64) {
+        self.map.get(ax).copied().unwrap_or((0, 1))
+    }
+
     /// Row-major position (in `src`) of the last source chunk that
     /// destination chunk `o` needs.
     pub fn need_last(&self, o: &[u64]) -> u64 {
-        let (sc, dc, n, g) = (
+        let (sc, dc, n, g, nd) = (
             self.src.chunk_shape(),
             self.dst.chunk_shape(),
             self.src.shape(),
             self.src.grid_shape(),
+            self.dst.shape(),
         );
         let last: Vec<u64> = (0..n.len())
             .map(|ax| {
-                let end = ((o[ax] + 1) * dc[ax]).min(n[ax]) + self.halo[ax].1 as u64;
-                ((end.min(n[ax]) - 1) / sc[ax]).min(g[ax] - 1)
+                let (start, step) = self.affine(ax);
+                let j = ((o[ax] + 1) * dc[ax]).min(nd[ax]).max(1) - 1;
+                let pos = start + j * step + self.halo[ax].1 as u64;
+                (pos.min(n[ax] - 1) / sc[ax]).min(g[ax] - 1)
             })
             .collect();
         self.src.ravel(&last)
     }
 
     /// Row-major position (in `dst`) of the last destination chunk that
-    /// needs source chunk `a`.
-    pub fn last_user(&self, a: &[u64]) -> u64 {
-        let (sc, dc, n, g) = (
+    /// needs source chunk `a`; None when none does (a slice skips it).
+    pub fn last_user(&self, a: &[u64]) -> Option<u64> {
+        let (sc, dc, n, nd) = (
             self.src.chunk_shape(),
             self.dst.chunk_shape(),
             self.src.shape(),
-            self.dst.grid_shape(),
+            self.dst.shape(),
         );
-        let last: Vec<u64> = (0..n.len())
-            .map(|ax| {
-                let end = ((a[ax] + 1) * sc[ax]).min(n[ax]);
-                ((end + self.halo[ax].0 as u64 - 1) / dc[ax]).min(g[ax] - 1)
-            })
-            .collect();
-        self.dst.ravel(&last)
+        let mut last = Vec::with_capacity(n.len());
+        for ax in 0..n.len() {
+            let (start, step) = self.affine(ax);
+            let (h0, h1) = (self.halo[ax].0 as i64, self.halo[ax].1 as i64);
+            let a0 = (a[ax] * sc[ax]) as i64;
+            let a1 = ((a[ax] + 1) * sc[ax]).min(n[ax]) as i64;
+            // Destination positions j whose source span
+            // [start + j step - h0, start + j step + h1] meets [a0, a1).
+            let (s0, st) = (start as i64, step as i64);
+            let lo = (a0 - h1 - s0).max(0);
+            let j_lo = (lo + st - 1) / st;
+            let hi = a1 - 1 + h0 - s0;
+            if hi < 0 {
+                return None;
+            }
+            let j_hi = (hi / st).min(nd[ax] as i64 - 1);
+            if j_lo > j_hi {
+                return None;
+            }
+            last.push(j_hi as u64 / dc[ax]);
+        }
+        Some(self.dst.ravel(&last))
     }
 
     /// The most source chunks held at once, by simulating the stream.
@@ -2169,9 +2380,10 @@ impl Regrid {
         for o in 0..nd as u64 {
             let need = self.need_last(&self.dst.unravel(o)) + 1;
             while arrived < need {
-                let u = self.last_user(&self.src.unravel(arrived)) as usize;
-                evict_at[u.min(nd)] += 1;
-                held += 1;
+                if let Some(u) = self.last_user(&self.src.unravel(arrived)) {
+                    evict_at[(u as usize).min(nd)] += 1;
+                    held += 1;
+                }
                 arrived += 1;
             }
             most = most.max(held);
@@ -2183,12 +2395,7 @@ impl Regrid {
 
 /// The most chunks a sliding window keeps to give `grid`'s chunks a halo.
 pub fn window_chunks(grid: &ChunkGrid, halo: &[(usize, usize)]) -> u64 {
-    Regrid {
-        src: grid.clone(),
-        dst: grid.clone(),
-        halo: halo.to_vec(),
-    }
-    .window()
+    Regrid::new(grid.clone(), grid.clone(), halo.to_vec()).window()
 }
 
 /// Sets every join's input slack from the stages' leads (how far ahead of a
@@ -2419,6 +2626,9 @@ impl Plan {
                     dir.display()
                 ),
                 StageKind::Diff { axis } => format!("diff along axis {axis}"),
+                StageKind::Slice { text, window, .. } => {
+                    format!("[{text}], holding up to {window} source chunks")
+                }
                 StageKind::Matmul => "a @ b".to_string(),
                 StageKind::ReadZarr { path, info } => format!(
                     "{} (zarr v{}, stored chunks {:?}, {})",

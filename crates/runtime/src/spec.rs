@@ -278,6 +278,16 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "slice",
+        role: "kernel",
+        summary: "numpy's basic indexing on any axes, split or not, in a stream: `index = \"730, :, :, :\"` (one image of a stack; an integer drops its axis), `\"100:, 100:\"` (a crop), `\"::2, ::2\"` (a step), `\"..., :3\"`; only the source chunks the slice touches are held, in a sliding window",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("index", PType::Str, None, "the index, as in numpy: integers, start:stop:step slices (step > 0; negative start/stop count from the end), `...`; axes left out are taken whole"),
+            p("chunks", PType::Shape, Some(""), "the result's chunks (default: the input's, clipped to the result)"),
+        ],
+    },
+    KindSpec {
         kind: "take",
         role: "kernel",
         summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
