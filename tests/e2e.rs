@@ -1564,3 +1564,100 @@ fn slice_as_numpy_basic_indexing() {
         "{err}"
     );
 }
+
+/// concatenate, stack and transpose as numpy's, in several chunkings; the
+/// values are ramps, so every position is checked.
+#[test]
+fn concatenate_stack_and_transpose_as_numpy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for chunks in ["[2, 3]", "[5, 7]", "[1, 4]"] {
+        let cfg = write_config(
+            dir.path(),
+            "j.toml",
+            &format!(
+                r#"
+[stage.a]
+kind = "synthetic"
+pattern = "ramp"
+shape = [5, 7]
+chunks = {chunks}
+dtype = "int32"
+
+[stage.b]
+kind = "expr"
+inputs = ["a"]
+expr = "float32(a) + 0.5"
+
+[stage.c]
+kind = "concatenate"
+inputs = ["a", "b", "a"]
+axis = 1
+
+[stage.s]
+kind = "stack"
+inputs = ["a", "b"]
+axis = 1
+
+[stage.t]
+kind = "transpose"
+inputs = ["a"]
+
+[stage.wc]
+kind = "write-zarr"
+inputs = ["c"]
+path = "c.zarr"
+if_exists = "overwrite"
+
+[stage.ws]
+kind = "write-zarr"
+inputs = ["s"]
+path = "s.zarr"
+if_exists = "overwrite"
+
+[stage.wt]
+kind = "write-zarr"
+inputs = ["t"]
+path = "t.zarr"
+if_exists = "overwrite"
+"#
+            ),
+        );
+        let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+        assert_eq!(code, 0, "chunks {chunks}: {err}");
+        let a = |i: usize, j: usize| (i * 7 + j) as f64;
+        // int32 with float32 promotes to float64, as numpy.
+        let ArrayData::F64(c) = read_all(&dir.path().join("c.zarr")) else {
+            panic!("f64")
+        };
+        assert_eq!(c.shape(), &[5, 21]);
+        for i in 0..5 {
+            for j in 0..21 {
+                let want = a(i, j % 7) + if (7..14).contains(&j) { 0.5 } else { 0.0 };
+                assert_eq!(c[[i, j]], want, "concatenate ({i}, {j}) in chunks {chunks}");
+            }
+        }
+        let ArrayData::F64(s) = read_all(&dir.path().join("s.zarr")) else {
+            panic!("f64")
+        };
+        assert_eq!(s.shape(), &[5, 2, 7]);
+        for i in 0..5 {
+            for j in 0..7 {
+                assert_eq!(s[[i, 0, j]], a(i, j));
+                assert_eq!(s[[i, 1, j]], a(i, j) + 0.5);
+            }
+        }
+        let ArrayData::I32(t) = read_all(&dir.path().join("t.zarr")) else {
+            panic!("i32")
+        };
+        assert_eq!(t.shape(), &[7, 5]);
+        for i in 0..5 {
+            for j in 0..7 {
+                assert_eq!(
+                    f64::from(t[[j, i]]),
+                    a(i, j),
+                    "transpose in chunks {chunks}"
+                );
+            }
+        }
+    }
+}

@@ -573,6 +573,22 @@ fn run_stage(
             overlap(ctx, &inputs[0], outs, drop, &regrid)?;
             Ok(None)
         }
+        (
+            StageKind::Join {
+                axis,
+                new_axis,
+                grids,
+                dir,
+            },
+            _,
+        ) => {
+            join(ctx, inputs, outs, grids, *axis, *new_axis, dir)?;
+            Ok(None)
+        }
+        (StageKind::Transpose { perm, src, dir }, _) => {
+            transpose(ctx, inputs, outs, perm, src, dir)?;
+            Ok(None)
+        }
         (StageKind::Take { src, dir }, _) => {
             take(ctx, inputs, outs, src, dir)?;
             Ok(None)
@@ -997,6 +1013,154 @@ fn scratch_store(
         attributes: Default::default(),
     };
     ZarrWriter::create(path, &options).map_err(|e| ctx.err(None, e.to_string()))
+}
+
+/// Every chunk of every input into a scratch store of its own (the input's
+/// grid); returns readers of them once all inputs have ended, and the
+/// stores (dropping them removes them).
+fn keep_all(
+    ctx: &mut Ctx<'_>,
+    inputs: &[In],
+    grids: &[ChunkGrid],
+    dir: &std::path::Path,
+) -> Result<(Vec<ZarrReader>, Vec<ZarrWriter>), RunError> {
+    let base = scratch_path(ctx, dir);
+    let paths: Vec<PathBuf> = (0..inputs.len())
+        .map(|i| PathBuf::from(format!("{}-{i}", base.display())))
+        .collect();
+    let mut stores: Vec<Option<ZarrWriter>> = (0..inputs.len()).map(|_| None).collect();
+    drain_each(ctx, inputs, |ctx, i, c| {
+        if stores[i].is_none() {
+            stores[i] = Some(scratch_store(ctx, &paths[i], c.array().dtype(), &grids[i])?);
+        }
+        if let Some(w) = &stores[i] {
+            let t = Instant::now();
+            w.write(&c.region, c.array(), &c.index)
+                .map_err(|e| ctx.err(Some(&c.index), format!("keeping the chunk: {e}")))?;
+            ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    })?;
+    let mut readers = Vec::new();
+    let mut kept = Vec::new();
+    for (i, (store, path)) in stores.into_iter().zip(&paths).enumerate() {
+        let store =
+            store.ok_or_else(|| ctx.err(None, format!("\"{}\" sent no chunks", inputs[i].from)))?;
+        readers.push(
+            ZarrReader::open(&blockflow_io::zarr::partial_path(path))
+                .map_err(|e| ctx.err(None, format!("reading \"{}\" back: {e}", inputs[i].from)))?,
+        );
+        kept.push(store);
+    }
+    Ok((readers, kept))
+}
+
+/// concatenate / stack: the inputs wait in scratch stores; then every
+/// result chunk is read from the stores it spans, in row-major order.
+fn join(
+    ctx: &mut Ctx<'_>,
+    inputs: &[In],
+    outs: &[Out],
+    grids: &[ChunkGrid],
+    axis: usize,
+    new_axis: bool,
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    let (readers, stores) = keep_all(ctx, inputs, grids, dir)?;
+    let spec = ctx
+        .stage
+        .output
+        .clone()
+        .ok_or_else(|| ctx.err(None, "internal: no output"))?;
+    let grid = ctx.stage.grid.clone();
+    for idx in grid.indices() {
+        ctx.check_cancel()?;
+        let t = Instant::now();
+        let region = grid.region(&idx);
+        let data = if new_axis {
+            let k = region.origin[axis] as usize;
+            let mut sub = region.clone();
+            sub.origin.remove(axis);
+            sub.shape.remove(axis);
+            let part = readers[k]
+                .read(&sub, &idx)
+                .map_err(|e| ctx.err(Some(&idx), e.to_string()))?
+                .cast(spec.dtype);
+            let shape = region.shape_usize();
+            with_array!(part, a => a
+                .into_shape_with_order(ndarray::IxDyn(&shape))
+                .map(ArrayKind::wrap)
+                .map_err(|e| ctx.err(Some(&idx), e.to_string()))?)
+        } else {
+            let (r0, r1) = (region.origin[axis], region.end()[axis]);
+            let mut parts = Vec::new();
+            let mut offset = 0;
+            for (i, g) in grids.iter().enumerate() {
+                let n = g.shape()[axis];
+                let (a0, a1) = (r0.max(offset), r1.min(offset + n));
+                if a0 < a1 {
+                    let mut sub = region.clone();
+                    sub.origin[axis] = a0 - offset;
+                    sub.shape[axis] = a1 - a0;
+                    parts.push(
+                        readers[i]
+                            .read(&sub, &idx)
+                            .map_err(|e| ctx.err(Some(&idx), e.to_string()))?
+                            .cast(spec.dtype),
+                    );
+                }
+                offset += n;
+            }
+            with_dtype!(spec.dtype, T => {
+                let views: Vec<ndarray::ArrayViewD<T>> = parts.iter().filter_map(|p| T::unwrap_ref(p).map(|a| a.view())).collect();
+                ndarray::concatenate(ndarray::Axis(axis), &views)
+                    .map(T::wrap)
+                    .map_err(|e| ctx.err(Some(&idx), e.to_string()))?
+            })
+        };
+        ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        ctx.note_held(2 * data.nbytes());
+        ctx.send(outs, Chunk::new(idx.clone(), region, data, ctx.meter))?;
+    }
+    ctx.end(outs);
+    drop(stores);
+    Ok(())
+}
+
+/// transpose: the input waits in a scratch store; each result chunk is the
+/// permuted source region read back.
+fn transpose(
+    ctx: &mut Ctx<'_>,
+    inputs: &[In],
+    outs: &[Out],
+    perm: &[usize],
+    src: &ChunkGrid,
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    let (readers, stores) = keep_all(ctx, inputs, std::slice::from_ref(src), dir)?;
+    let grid = ctx.stage.grid.clone();
+    for idx in grid.indices() {
+        ctx.check_cancel()?;
+        let t = Instant::now();
+        let region = grid.region(&idx);
+        let mut sub = Region::new(vec![0; perm.len()], vec![0; perm.len()]);
+        for (k, &p) in perm.iter().enumerate() {
+            sub.origin[p] = region.origin[k];
+            sub.shape[p] = region.shape[k];
+        }
+        let part = readers[0]
+            .read(&sub, &idx)
+            .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
+        let data = with_array!(part, a => ArrayKind::wrap(
+            a.permuted_axes(ndarray::IxDyn(perm)).as_standard_layout().into_owned()
+        ));
+        ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+        ctx.note_held(2 * data.nbytes());
+        ctx.send(outs, Chunk::new(idx.clone(), region, data, ctx.meter))?;
+    }
+    ctx.end(outs);
+    drop(stores);
+    Ok(())
 }
 
 /// The `take` stage: the first input's chunks wait in a scratch store

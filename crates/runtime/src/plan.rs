@@ -123,6 +123,19 @@ pub enum StageKind {
         text: String,
     },
     Matmul,
+    /// concatenate (`new_axis` false) or stack; `grids` are the inputs'.
+    Join {
+        axis: usize,
+        new_axis: bool,
+        grids: Vec<ChunkGrid>,
+        dir: PathBuf,
+    },
+    /// Output axis k is input axis `perm[k]`; `src` is the input's grid.
+    Transpose {
+        perm: Vec<usize>,
+        src: ChunkGrid,
+        dir: PathBuf,
+    },
     /// Inserted by the planner: gives each chunk its halo from its
     /// neighbours, keeping a sliding window of chunks.
     Overlap {
@@ -150,6 +163,11 @@ impl StageKind {
             StageKind::Diff { .. } => "diff",
             StageKind::Slice { .. } => "slice",
             StageKind::Matmul => "matmul",
+            StageKind::Join {
+                new_axis: false, ..
+            } => "concatenate",
+            StageKind::Join { new_axis: true, .. } => "stack",
+            StageKind::Transpose { .. } => "transpose",
             StageKind::Synthetic { .. } => "synthetic",
             StageKind::ReadZarr { .. } => "read-zarr",
             StageKind::Expr { .. } => "expr",
@@ -942,7 +960,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
                 ..
             }
             | StageKind::Pca { dir, .. }
-            | StageKind::Take { dir, .. } => dir.clone_from(&scratch),
+            | StageKind::Take { dir, .. }
+            | StageKind::Join { dir, .. }
+            | StageKind::Transpose { dir, .. } => dir.clone_from(&scratch),
             _ => {}
         }
     }
@@ -1181,6 +1201,8 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Slice { window, .. } => window * in_chunk_bytes + 2 * out_bytes,
         // Both inputs whole (they are one chunk each), as float64, and the result.
         StageKind::Matmul => in_chunk_bytes + in_elems * 8 + 2 * out_bytes,
+        // A chunk being kept; the result chunk, its parts read back, a cast.
+        StageKind::Join { .. } | StageKind::Transpose { .. } => in_chunk_bytes + 3 * out_bytes,
         // The block held, as float64, gradients, products and smoothing passes.
         StageKind::StructureTensor { .. } => p * (in_chunk_bytes + in_elems * 8 * 9 + out_bytes),
     };
@@ -1376,6 +1398,135 @@ fn plan_stage(
                 },
                 Some(ArraySpec {
                     dtype: a.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "concatenate" | "stack" => {
+            let new_axis = ks.kind == "stack";
+            let specs: Vec<&ArraySpec> = ins.iter().filter_map(|i| i.output.as_ref()).collect();
+            let first = specs.first()?;
+            let nd = first.shape().len() as i64 + i64::from(new_axis);
+            let a = get_int(st, "axis").unwrap_or(0);
+            let ax = if a < 0 { a + nd } else { a };
+            if ax < 0 || ax >= nd {
+                d.err(
+                    &span_of(st, "axis"),
+                    sname,
+                    format!("axis {a} is out of range for a result of {nd} axes"),
+                );
+                return None;
+            }
+            let ax = ax as usize;
+            let mut dtype = first.dtype;
+            let mut extent = 0;
+            for (i, sp) in specs.iter().enumerate() {
+                let same = if new_axis {
+                    sp.shape() == first.shape()
+                } else {
+                    sp.shape().len() == first.shape().len()
+                        && (0..sp.shape().len())
+                            .all(|k| k == ax || sp.shape()[k] == first.shape()[k])
+                };
+                if !same {
+                    d.err(
+                        &span_of(st, "inputs"),
+                        sname,
+                        format!(
+                            "{} needs inputs of one shape{}: \"{}\" is {:?}, \"{}\" is {:?}",
+                            ks.kind,
+                            if new_axis {
+                                ""
+                            } else {
+                                " but for the joined axis"
+                            },
+                            ins[0].name,
+                            first.shape(),
+                            ins[i].name,
+                            sp.shape()
+                        ),
+                    );
+                    return None;
+                }
+                dtype = DType::promote(dtype, sp.dtype);
+                if !new_axis {
+                    extent += sp.shape()[ax];
+                }
+            }
+            let (shape, chunks) = if new_axis {
+                let mut s = first.shape().to_vec();
+                s.insert(ax, specs.len() as u64);
+                let mut c = first.grid.chunk_shape().to_vec();
+                c.insert(ax, 1);
+                (s, c)
+            } else {
+                let mut s = first.shape().to_vec();
+                s[ax] = extent;
+                (s, first.grid.chunk_shape().to_vec())
+            };
+            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            Some((
+                StageKind::Join {
+                    axis: ax,
+                    new_axis,
+                    grids: specs.iter().map(|s| s.grid.clone()).collect(),
+                    dir: PathBuf::new(),
+                },
+                Some(ArraySpec {
+                    dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "transpose" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let nd = stream.shape().len();
+            let perm: Vec<usize> = match get(st, "axes").map(|v| &v.v) {
+                None => (0..nd).rev().collect(),
+                Some(Val::Array(a)) => {
+                    let p: Vec<i64> = a
+                        .iter()
+                        .filter_map(|x| match x.v {
+                            Val::Int(i) => Some(i),
+                            _ => None,
+                        })
+                        .collect();
+                    let p: Vec<usize> = p
+                        .iter()
+                        .map(|&i| {
+                            if i < 0 {
+                                (i + nd as i64) as usize
+                            } else {
+                                i as usize
+                            }
+                        })
+                        .collect();
+                    let mut sorted = p.clone();
+                    sorted.sort_unstable();
+                    if sorted != (0..nd).collect::<Vec<_>>() {
+                        d.err(&span_of(st, "axes"), sname, format!("`axes` must be a permutation of 0..{nd} (the input {:?} has {nd} axes)", stream.shape()));
+                        return None;
+                    }
+                    p
+                }
+                Some(_) => {
+                    d.err(&span_of(st, "axes"), sname, "`axes` is a list of axes");
+                    return None;
+                }
+            };
+            let shape: Vec<u64> = perm.iter().map(|&k| stream.shape()[k]).collect();
+            let chunks: Vec<u64> = perm.iter().map(|&k| stream.grid.chunk_shape()[k]).collect();
+            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            Some((
+                StageKind::Transpose {
+                    perm,
+                    src: stream.grid.clone(),
+                    dir: PathBuf::new(),
+                },
+                Some(ArraySpec {
+                    dtype: stream.dtype,
                     grid: grid.clone(),
                 }),
                 grid,
@@ -2630,6 +2781,19 @@ impl Plan {
                     format!("[{text}], holding up to {window} source chunks")
                 }
                 StageKind::Matmul => "a @ b".to_string(),
+                StageKind::Join {
+                    axis,
+                    new_axis,
+                    dir,
+                    ..
+                } => format!(
+                    "{} along axis {axis} (the inputs wait in {})",
+                    if *new_axis { "stack" } else { "concatenate" },
+                    dir.display()
+                ),
+                StageKind::Transpose { perm, dir, .. } => {
+                    format!("axes {perm:?} (the input waits in {})", dir.display())
+                }
                 StageKind::ReadZarr { path, info } => format!(
                     "{} (zarr v{}, stored chunks {:?}, {})",
                     path.display(),

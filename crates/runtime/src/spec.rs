@@ -288,6 +288,27 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "concatenate",
+        role: "kernel",
+        summary: "numpy's concatenate of several inputs along an existing axis (the other axes equal, dtypes promoted as numpy); the inputs wait in scratch stores until all have arrived, then the result streams in its own chunks (the first input's)",
+        inputs: Arity::AtLeast(2),
+        params: &[p("axis", PType::Int(-32, 31), Some("0"), "the axis to join along")],
+    },
+    KindSpec {
+        kind: "stack",
+        role: "kernel",
+        summary: "numpy's stack of several inputs of one shape along a new axis (one chunk per input along it); the inputs wait in scratch stores until all have arrived",
+        inputs: Arity::AtLeast(2),
+        params: &[p("axis", PType::Int(-33, 32), Some("0"), "where the new axis goes")],
+    },
+    KindSpec {
+        kind: "transpose",
+        role: "kernel",
+        summary: "numpy's transpose: the axes permuted (reversed by default); the input waits in a scratch store, then each result chunk is read back and permuted",
+        inputs: Arity::Exactly(1),
+        params: &[p("axes", PType::Ints, Some(""), "the permutation, as numpy's `axes` (default: reversed)")],
+    },
+    KindSpec {
         kind: "take",
         role: "kernel",
         summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
