@@ -1661,3 +1661,76 @@ if_exists = "overwrite"
         }
     }
 }
+
+/// matmul out of core: `a` streams in bands of whole rows (kept in scratch
+/// until `b` has arrived), `b` in any chunks is held whole; float64 and
+/// int64 results equal the product computed here.
+#[test]
+fn matmul_streams_bands_of_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        dir.path(),
+        "mb.toml",
+        r#"
+[stage.a]
+kind = "synthetic"
+pattern = "ramp"
+shape = [50, 30]
+chunks = [7, 30]
+dtype = "int32"
+
+[stage.b]
+kind = "synthetic"
+pattern = "ramp"
+shape = [30, 20]
+chunks = [4, 5]
+dtype = "int32"
+
+[stage.af]
+kind = "expr"
+inputs = ["a"]
+expr = "float64(a) / 8"
+
+[stage.c]
+kind = "matmul"
+inputs = ["a", "b"]
+
+[stage.cf]
+kind = "matmul"
+inputs = ["af", "b"]
+
+[stage.w]
+kind = "write-zarr"
+inputs = ["c"]
+path = "c.zarr"
+
+[stage.wf]
+kind = "write-zarr"
+inputs = ["cf"]
+path = "cf.zarr"
+"#,
+    );
+    let (code, out, err) = blockflow(&["plan", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("a in 8 bands of [7, 30]"), "{out}");
+    let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let ArrayData::I64(c) = read_all(&dir.path().join("c.zarr")) else {
+        panic!("int64")
+    };
+    let ArrayData::F64(cf) = read_all(&dir.path().join("cf.zarr")) else {
+        panic!("f64")
+    };
+    assert_eq!(c.shape(), &[50, 20]);
+    for i in 0..50i64 {
+        for j in 0..20i64 {
+            let want: i64 = (0..30).map(|k| (i * 30 + k) * (k * 20 + j)).sum();
+            assert_eq!(c[[i as usize, j as usize]], want, "({i}, {j})");
+            assert_eq!(
+                cf[[i as usize, j as usize]],
+                want as f64 / 8.0,
+                "({i}, {j})"
+            );
+        }
+    }
+}

@@ -600,29 +600,56 @@ fn run_stage(
             })?;
             Ok(None)
         }
-        (StageKind::Matmul, _) => {
-            let parts = drain_all(ctx, inputs)?;
-            let mut whole = Vec::new();
-            for (input, chunks) in inputs.iter().zip(&parts) {
-                whole.push(
-                    gather(chunks)
-                        .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", input.from)))?,
-                );
-            }
+        (StageKind::Matmul { a, dir, .. }, _) => {
             let spec = stage.output.clone().expect("matmul sends");
-            let shape: Vec<usize> = spec.shape().iter().map(|&n| n as usize).collect();
-            let t = Instant::now();
-            let c = ctx
-                .pool
-                .install(|| matmul(&whole[0], &whole[1], spec.dtype, &shape))
-                .map_err(|m| ctx.err(None, m))?;
-            ctx.report.busy_seconds += t.elapsed().as_secs_f64();
-            let index = vec![0; shape.len()];
-            ctx.send(
-                outs,
-                Chunk::new(index.clone(), spec.grid.region(&index), c, ctx.meter),
-            )?;
+            // Bands of `a` wait in a scratch store while `b` arrives whole.
+            let base = scratch_path(ctx, dir);
+            let mut store: Option<ZarrWriter> = None;
+            let mut b_parts = Vec::new();
+            drain_each(ctx, inputs, |ctx, i, c| {
+                if i == 1 {
+                    b_parts.push(c);
+                    return Ok(());
+                }
+                if store.is_none() {
+                    store = Some(scratch_store(ctx, &base, c.array().dtype(), a)?);
+                }
+                if let Some(w) = &store {
+                    w.write(&c.region, c.array(), &c.index)
+                        .map_err(|e| ctx.err(Some(&c.index), format!("keeping the band: {e}")))?;
+                }
+                Ok(())
+            })?;
+            let b = gather(&b_parts)
+                .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", inputs[1].from)))?;
+            drop(b_parts);
+            let store = store
+                .ok_or_else(|| ctx.err(None, format!("\"{}\" sent no chunks", inputs[0].from)))?;
+            let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&base))
+                .map_err(|e| ctx.err(None, format!("reading the bands back: {e}")))?;
+            let grid = spec.grid.clone();
+            for idx in a.indices() {
+                ctx.check_cancel()?;
+                let region = a.region(&idx);
+                let band = reader
+                    .read(&region, &idx)
+                    .map_err(|e| ctx.err(Some(&idx), format!("reading the band back: {e}")))?;
+                let oidx: Vec<u64> = (0..grid.ndim())
+                    .map(|k| if k == 0 && a.ndim() == 2 { idx[0] } else { 0 })
+                    .collect();
+                let oregion = grid.region(&oidx);
+                let shape = oregion.shape_usize();
+                let t = Instant::now();
+                let c = ctx
+                    .pool
+                    .install(|| matmul(&band, &b, spec.dtype, &shape))
+                    .map_err(|m| ctx.err(Some(&idx), m))?;
+                ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+                ctx.note_held(b.nbytes() + 2 * band.nbytes() + 2 * c.nbytes());
+                ctx.send(outs, Chunk::new(oidx, oregion, c, ctx.meter))?;
+            }
             ctx.end(outs);
+            drop(store);
             Ok(None)
         }
         (StageKind::WriteCsv { path, .. }, _) => {

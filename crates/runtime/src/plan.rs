@@ -122,7 +122,13 @@ pub enum StageKind {
         window: u64,
         text: String,
     },
-    Matmul,
+    /// `a` streams in bands of whole rows (kept in a scratch store in
+    /// `dir` until `b`, held whole, has arrived).
+    Matmul {
+        a: ChunkGrid,
+        b_elems: u64,
+        dir: PathBuf,
+    },
     /// concatenate (`new_axis` false) or stack; `grids` are the inputs'.
     Join {
         axis: usize,
@@ -162,7 +168,7 @@ impl StageKind {
             StageKind::Take { .. } => "take",
             StageKind::Diff { .. } => "diff",
             StageKind::Slice { .. } => "slice",
-            StageKind::Matmul => "matmul",
+            StageKind::Matmul { .. } => "matmul",
             StageKind::Join {
                 new_axis: false, ..
             } => "concatenate",
@@ -961,6 +967,7 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             }
             | StageKind::Pca { dir, .. }
             | StageKind::Take { dir, .. }
+            | StageKind::Matmul { dir, .. }
             | StageKind::Join { dir, .. }
             | StageKind::Transpose { dir, .. } => dir.clone_from(&scratch),
             _ => {}
@@ -1200,7 +1207,11 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         // The source chunks it must hold, and the chunk being assembled.
         StageKind::Slice { window, .. } => window * in_chunk_bytes + 2 * out_bytes,
         // Both inputs whole (they are one chunk each), as float64, and the result.
-        StageKind::Matmul => in_chunk_bytes + in_elems * 8 + 2 * out_bytes,
+        // `b` whole as float64 (and as it came), a band of `a` as float64,
+        // the result band.
+        StageKind::Matmul { a, b_elems, .. } => {
+            2 * b_elems * 8 + 2 * a.chunk_elements() * 8 + 2 * out_bytes
+        }
         // A chunk being kept; the result chunk, its parts read back, a cast.
         StageKind::Join { .. } | StageKind::Transpose { .. } => in_chunk_bytes + 3 * out_bytes,
         // The block held, as float64, gradients, products and smoothing passes.
@@ -1666,11 +1677,15 @@ fn plan_stage(
                 );
                 return None;
             }
-            for (s, name) in [(a, &ins[0].name), (b, &ins[1].name)] {
-                if s.grid.num_chunks() != 1 {
-                    bad(d, format!("matmul holds its inputs whole: \"{name}\" {:?} comes in chunks of {:?}; rechunk it to one chunk (or reduce it first)", s.shape(), s.grid.chunk_shape()));
-                    return None;
-                }
+            // `a` streams in bands of whole rows; `b` is held whole.
+            let banded = sa.len() == 2 && a.grid.num_chunks() > 1;
+            if banded && a.grid.chunk_shape()[1] != sa[1] {
+                bad(d, format!("matmul streams \"{}\" by bands of whole rows: {sa:?} comes in chunks of {:?}; rechunk it to [{}, {}] (or any band height)", ins[0].name, a.grid.chunk_shape(), a.grid.chunk_shape()[0], sa[1]));
+                return None;
+            }
+            if !banded && a.grid.num_chunks() != 1 {
+                bad(d, format!("matmul holds a 1-D \"{}\" whole: {sa:?} comes in chunks of {:?}; rechunk it to one chunk", ins[0].name, a.grid.chunk_shape()));
+                return None;
             }
             let mut shape = Vec::new();
             if sa.len() == 2 {
@@ -1687,9 +1702,19 @@ fn plan_stage(
                 (x, y) if x.is_float() || y.is_float() => DType::F64,
                 _ => DType::I64,
             };
-            let grid = ChunkGrid::whole(shape);
+            let grid = if banded {
+                let mut c = shape.clone();
+                c[0] = a.grid.chunk_shape()[0];
+                ChunkGrid::new(shape, c).ok()?
+            } else {
+                ChunkGrid::whole(shape)
+            };
             Some((
-                StageKind::Matmul,
+                StageKind::Matmul {
+                    a: a.grid.clone(),
+                    b_elems: b.grid.total_elements(),
+                    dir: PathBuf::new(),
+                },
                 Some(ArraySpec {
                     dtype,
                     grid: grid.clone(),
@@ -2780,7 +2805,12 @@ impl Plan {
                 StageKind::Slice { text, window, .. } => {
                     format!("[{text}], holding up to {window} source chunks")
                 }
-                StageKind::Matmul => "a @ b".to_string(),
+                StageKind::Matmul { a, .. } if a.num_chunks() > 1 => format!(
+                    "a @ b, a in {} bands of {:?} (kept in scratch until b has arrived), b held whole",
+                    a.num_chunks(),
+                    a.chunk_shape()
+                ),
+                StageKind::Matmul { .. } => "a @ b".to_string(),
                 StageKind::Join {
                     axis,
                     new_axis,

@@ -325,7 +325,7 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "matmul",
         role: "kernel",
-        summary: "numpy's a @ b for 1-D and 2-D arrays (1-D @ 1-D: the inner product, a 1-element array), with matrixmultiply's blocked kernels for floats; integers accumulate in int64, never wrapping silently (an overflowing product is an error). Both inputs are held in memory (the plan counts them)",
+        summary: "numpy's a @ b for 1-D and 2-D arrays (1-D @ 1-D: the inner product, a 1-element array), with matrixmultiply's blocked kernels for floats; integers accumulate in int64, never wrapping silently (an overflowing product is an error). Out of core in `a`: a 2-D `a` streams in bands of whole rows (its chunks must span the rows), kept in a scratch store until `b` has arrived; `b` is held whole (the plan counts it); the result comes in the same bands",
         inputs: Arity::Exactly(2),
         params: &[],
     },
