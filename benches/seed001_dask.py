@@ -56,7 +56,8 @@ def main():
     sets = []
     for k, f in (("mean_image_zarr", "mean.zarr"), ("mean_image_png", "mean.png"), ("stats", "stats.csv"),
                  ("rescaled_zarr", "rescaled.zarr"), ("modes_zarr", "modes.zarr"),
-                 ("first_mode_png", "mode0.png"), ("summary", "summary.json")):
+                 ("first_mode_png", "mode0.png"), ("second_mode_png", "mode1.png"),
+                 ("third_mode_png", "mode2.png"), ("summary", "summary.json")):
         sets += ["--set", f"{k}.path={OUT}/{f}"]
     sets += ["--set", f"pipeline.report={OUT}/report.json", "--set", f"pipeline.scratch={OUT}"]
     t = time.perf_counter()

@@ -68,6 +68,8 @@ fn cells_workflow_matches_numpy_and_skimage() {
         format!("rescaled_zarr.path={}", p("rescaled.zarr")),
         format!("modes_zarr.path={}", p("modes.zarr")),
         format!("first_mode_png.path={}", p("mode0.png")),
+        format!("second_mode_png.path={}", p("mode1.png")),
+        format!("third_mode_png.path={}", p("mode2.png")),
         format!("summary.path={}", p("summary.json")),
         format!("modes.k={k}"),
         format!("image_730.index=\"{}, :, :, :\"", n - 3),

@@ -549,3 +549,77 @@ impl AxisReducer {
             .collect()
     }
 }
+
+/// [`partial_of_chunk`] for one reduction: the sums, means, variances,
+/// minima and maxima keep only what `op` reads, in tight loops (a second
+/// pass over the chunk for the squared deviations, which is also more
+/// accurate than the running update); the other reductions take the
+/// general path.
+pub fn partial_of_chunk_op(
+    data: &ArrayData,
+    origin: &[u64],
+    shape: &[u64],
+    op: Reduction,
+) -> Partial {
+    use Reduction::*;
+    let skip = op.skips_nan();
+    if matches!(op, Count | ArgMin | ArgMax | Any | All) {
+        return partial_of_chunk(data, origin, shape, skip);
+    }
+    let moments = matches!(op, Std | Var | NanStd | NanVar);
+    let (n, sum, min, max, first_nan, m2) = with_array!(data, a => {
+        let a = a.as_standard_layout();
+        let values = a.as_slice().unwrap_or(&[]);
+        let (mut n, mut sum) = (0u64, 0.0f64);
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut first_nan: Option<usize> = None;
+        for (k, v) in values.iter().enumerate() {
+            let v = v.to_f64();
+            if v.is_nan() {
+                if first_nan.is_none() {
+                    first_nan = Some(k);
+                }
+                continue;
+            }
+            n += 1;
+            sum += v;
+            min = min.min(v);
+            max = max.max(v);
+        }
+        let mut m2 = 0.0;
+        if moments && n > 0 {
+            let mean = sum / n as f64;
+            for v in values.iter() {
+                let v = v.to_f64();
+                if !v.is_nan() {
+                    m2 += (v - mean) * (v - mean);
+                }
+            }
+        }
+        (n, sum, min, max, first_nan, m2)
+    });
+    let mut p = Partial {
+        n: n as f64,
+        sum,
+        mean: if n > 0 { sum / n as f64 } else { 0.0 },
+        m2,
+        min,
+        max,
+        ..Partial::default()
+    };
+    if let (Some(k), false) = (first_nan, skip) {
+        // The NaN's global flat index.
+        let local = data.shape();
+        let mut rem = k;
+        let mut flat = 0u64;
+        let mut stride = 1u64;
+        for ax in (0..local.len()).rev() {
+            let i = (rem % local[ax]) as u64;
+            rem /= local[ax];
+            flat += (origin[ax] + i) * stride;
+            stride *= shape[ax];
+        }
+        p.nan_at = Some(flat);
+    }
+    p
+}

@@ -2,7 +2,7 @@
 //! scripts/fixtures/make_reduce_fixtures.py): over the whole array from
 //! partials of several chunkings merged in different orders, and per block.
 
-use blockflow_kernels::reduce::{Partial, Reduction};
+use blockflow_kernels::reduce::{partial_of_chunk_op, Partial, Reduction};
 use serde_json::Value;
 
 const H: usize = 37;
@@ -115,6 +115,24 @@ fn reductions_match_numpy_whole_and_per_block() {
                     assert!(
                         same(got, want[k], exact),
                         "{what}, block {bs} #{k}: {got} vs numpy {}",
+                        want[k]
+                    );
+                    // The op-aware partial of the block as a chunk.
+                    let (y1, c1) = ((y + bh).min(H), (c + bw).min(W));
+                    let block = ndarray::Array2::from_shape_fn((y1 - y, c1 - c), |(i, j)| {
+                        x[(y + i) * W + c + j]
+                    })
+                    .into_dyn();
+                    let got = partial_of_chunk_op(
+                        &blockflow_core::ArrayData::F64(block),
+                        &[y as u64, c as u64],
+                        &[H as u64, W as u64],
+                        op,
+                    )
+                    .finish(op, ddof);
+                    assert!(
+                        same(got, want[k], exact),
+                        "{what}, block {bs} #{k} (op-aware partial): {got} vs numpy {}",
                         want[k]
                     );
                     k += 1;

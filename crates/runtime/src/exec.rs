@@ -873,11 +873,11 @@ fn run_stage(
                             let t = Instant::now();
                             let c = &set[0];
                             (
-                                reduce::partial_of_chunk(
+                                reduce::partial_of_chunk_op(
                                     c.array(),
                                     &c.region.origin,
                                     &shape,
-                                    op.skips_nan(),
+                                    op,
                                 ),
                                 t.elapsed().as_secs_f64(),
                             )
