@@ -1646,6 +1646,12 @@ if_exists = "overwrite"
                 assert_eq!(s[[i, 1, j]], a(i, j) + 0.5);
             }
         }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".blockflow-"))
+            .collect();
+        assert!(left.is_empty(), "scratch stores left behind: {left:?}");
         let ArrayData::I32(t) = read_all(&dir.path().join("t.zarr")) else {
             panic!("i32")
         };

@@ -603,30 +603,10 @@ fn run_stage(
         (StageKind::Matmul { a, dir, .. }, _) => {
             let spec = stage.output.clone().expect("matmul sends");
             // Bands of `a` wait in a scratch store while `b` arrives whole.
-            let base = scratch_path(ctx, dir);
-            let mut store: Option<ZarrWriter> = None;
-            let mut b_parts = Vec::new();
-            drain_each(ctx, inputs, |ctx, i, c| {
-                if i == 1 {
-                    b_parts.push(c);
-                    return Ok(());
-                }
-                if store.is_none() {
-                    store = Some(scratch_store(ctx, &base, c.array().dtype(), a)?);
-                }
-                if let Some(w) = &store {
-                    w.write(&c.region, c.array(), &c.index)
-                        .map_err(|e| ctx.err(Some(&c.index), format!("keeping the band: {e}")))?;
-                }
-                Ok(())
-            })?;
-            let b = gather(&b_parts)
+            let kept = keep(ctx, inputs, &[Some(a), None], dir)?;
+            let b = gather(&kept.chunks[1])
                 .map_err(|m| ctx.err(None, format!("input \"{}\": {m}", inputs[1].from)))?;
-            drop(b_parts);
-            let store = store
-                .ok_or_else(|| ctx.err(None, format!("\"{}\" sent no chunks", inputs[0].from)))?;
-            let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&base))
-                .map_err(|e| ctx.err(None, format!("reading the bands back: {e}")))?;
+            let reader = kept_reader(ctx, &kept, 0)?;
             let grid = spec.grid.clone();
             for idx in a.indices() {
                 ctx.check_cancel()?;
@@ -649,7 +629,7 @@ fn run_stage(
                 ctx.send(outs, Chunk::new(oidx, oregion, c, ctx.meter))?;
             }
             ctx.end(outs);
-            drop(store);
+            drop(kept);
             Ok(None)
         }
         (StageKind::WriteCsv { path, .. }, _) => {
@@ -1042,23 +1022,36 @@ fn scratch_store(
     ZarrWriter::create(path, &options).map_err(|e| ctx.err(None, e.to_string()))
 }
 
-/// Every chunk of every input into a scratch store of its own (the input's
-/// grid); returns readers of them once all inputs have ended, and the
-/// stores (dropping them removes them).
-fn keep_all(
+/// What [`keep`] kept: a reader and its store (dropping the store removes
+/// it) for each input kept on disk, the chunks of each input kept in memory.
+struct Kept {
+    readers: Vec<Option<ZarrReader>>,
+    stores: Vec<ZarrWriter>,
+    chunks: Vec<Vec<Chunk>>,
+}
+
+/// Drains every input: the chunks of an input with a grid go into a scratch
+/// store of their own (that grid), the others are kept in memory (small
+/// inputs: an index, a matrix held whole). Returns once all have ended.
+fn keep(
     ctx: &mut Ctx<'_>,
     inputs: &[In],
-    grids: &[ChunkGrid],
+    grids: &[Option<&ChunkGrid>],
     dir: &std::path::Path,
-) -> Result<(Vec<ZarrReader>, Vec<ZarrWriter>), RunError> {
+) -> Result<Kept, RunError> {
     let base = scratch_path(ctx, dir);
     let paths: Vec<PathBuf> = (0..inputs.len())
         .map(|i| PathBuf::from(format!("{}-{i}", base.display())))
         .collect();
     let mut stores: Vec<Option<ZarrWriter>> = (0..inputs.len()).map(|_| None).collect();
+    let mut chunks: Vec<Vec<Chunk>> = vec![Vec::new(); inputs.len()];
     drain_each(ctx, inputs, |ctx, i, c| {
+        let Some(grid) = grids[i] else {
+            chunks[i].push(c);
+            return Ok(());
+        };
         if stores[i].is_none() {
-            stores[i] = Some(scratch_store(ctx, &paths[i], c.array().dtype(), &grids[i])?);
+            stores[i] = Some(scratch_store(ctx, &paths[i], c.array().dtype(), grid)?);
         }
         if let Some(w) = &stores[i] {
             let t = Instant::now();
@@ -1068,18 +1061,32 @@ fn keep_all(
         }
         Ok(())
     })?;
-    let mut readers = Vec::new();
-    let mut kept = Vec::new();
+    let mut kept = Kept {
+        readers: Vec::new(),
+        stores: Vec::new(),
+        chunks,
+    };
     for (i, (store, path)) in stores.into_iter().zip(&paths).enumerate() {
+        if grids[i].is_none() {
+            kept.readers.push(None);
+            continue;
+        }
         let store =
             store.ok_or_else(|| ctx.err(None, format!("\"{}\" sent no chunks", inputs[i].from)))?;
-        readers.push(
+        kept.readers.push(Some(
             ZarrReader::open(&blockflow_io::zarr::partial_path(path))
                 .map_err(|e| ctx.err(None, format!("reading \"{}\" back: {e}", inputs[i].from)))?,
-        );
-        kept.push(store);
+        ));
+        kept.stores.push(store);
     }
-    Ok((readers, kept))
+    Ok(kept)
+}
+
+/// The reader of input `i` of what [`keep`] kept on disk.
+fn kept_reader<'a>(ctx: &Ctx<'_>, kept: &'a Kept, i: usize) -> Result<&'a ZarrReader, RunError> {
+    kept.readers[i]
+        .as_ref()
+        .ok_or_else(|| ctx.err(None, format!("internal: input {i} was not kept on disk")))
 }
 
 /// concatenate / stack: the inputs wait in scratch stores; then every
@@ -1093,7 +1100,15 @@ fn join(
     new_axis: bool,
     dir: &std::path::Path,
 ) -> Result<(), RunError> {
-    let (readers, stores) = keep_all(ctx, inputs, grids, dir)?;
+    let kept = keep(
+        ctx,
+        inputs,
+        &grids.iter().map(Some).collect::<Vec<_>>(),
+        dir,
+    )?;
+    let readers: Vec<&ZarrReader> = (0..inputs.len())
+        .map(|i| kept_reader(ctx, &kept, i))
+        .collect::<Result<_, _>>()?;
     let spec = ctx
         .stage
         .output
@@ -1150,7 +1165,7 @@ fn join(
         ctx.send(outs, Chunk::new(idx.clone(), region, data, ctx.meter))?;
     }
     ctx.end(outs);
-    drop(stores);
+    drop(kept);
     Ok(())
 }
 
@@ -1164,7 +1179,8 @@ fn transpose(
     src: &ChunkGrid,
     dir: &std::path::Path,
 ) -> Result<(), RunError> {
-    let (readers, stores) = keep_all(ctx, inputs, std::slice::from_ref(src), dir)?;
+    let kept = keep(ctx, inputs, &[Some(src)], dir)?;
+    let reader = kept_reader(ctx, &kept, 0)?;
     let grid = ctx.stage.grid.clone();
     for idx in grid.indices() {
         ctx.check_cancel()?;
@@ -1175,7 +1191,7 @@ fn transpose(
             sub.origin[p] = region.origin[k];
             sub.shape[p] = region.shape[k];
         }
-        let part = readers[0]
+        let part = reader
             .read(&sub, &idx)
             .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
         let data = with_array!(part, a => ArrayKind::wrap(
@@ -1186,7 +1202,7 @@ fn transpose(
         ctx.send(outs, Chunk::new(idx.clone(), region, data, ctx.meter))?;
     }
     ctx.end(outs);
-    drop(stores);
+    drop(kept);
     Ok(())
 }
 
@@ -1199,25 +1215,10 @@ fn take(
     src: &ChunkGrid,
     dir: &std::path::Path,
 ) -> Result<(), RunError> {
-    let path = scratch_path(ctx, dir);
-    let mut store: Option<ZarrWriter> = None;
-    let mut index: Option<f64> = None;
-    drain_each(ctx, inputs, |ctx, i, c| {
-        if i == 1 {
-            index = c.array().to_f64().iter().next().copied();
-            return Ok(());
-        }
-        if store.is_none() {
-            store = Some(scratch_store(ctx, &path, c.array().dtype(), src)?);
-        }
-        if let Some(w) = &store {
-            let t = Instant::now();
-            w.write(&c.region, c.array(), &c.index)
-                .map_err(|e| ctx.err(Some(&c.index), format!("keeping the chunk: {e}")))?;
-            ctx.report.busy_seconds += t.elapsed().as_secs_f64();
-        }
-        Ok(())
-    })?;
+    let kept = keep(ctx, inputs, &[Some(src), None], dir)?;
+    let index = kept.chunks[1]
+        .first()
+        .and_then(|c| c.array().to_f64().iter().next().copied());
     let n = src.num_chunks();
     let k = match index {
         Some(v) if v >= 0.0 && v < n as f64 && v.fract() == 0.0 => v as u64,
@@ -1232,9 +1233,6 @@ fn take(
         }
         None => return Err(ctx.err(None, format!("\"{}\" sent no index", inputs[1].from))),
     };
-    let Some(store) = store else {
-        return Err(ctx.err(None, format!("\"{}\" sent no chunks", inputs[0].from)));
-    };
     let block = src.unravel(k);
     let region = src.region(&block);
     if region.shape != src.chunk_shape() {
@@ -1247,9 +1245,7 @@ fn take(
             ),
         ));
     }
-    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
-        .map_err(|e| ctx.err(None, format!("reading the block back: {e}")))?;
-    let data = reader
+    let data = kept_reader(ctx, &kept, 0)?
         .read(&region, &block)
         .map_err(|e| ctx.err(Some(&block), format!("reading the block back: {e}")))?;
     let grid = ctx.stage.grid.clone();
@@ -1259,7 +1255,7 @@ fn take(
         Chunk::new(index.clone(), grid.region(&index), data, ctx.meter),
     )?;
     ctx.end(outs);
-    drop(store);
+    drop(kept);
     Ok(())
 }
 
