@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use blockflow_core::ArrayData;
 use blockflow_kernels::linalg;
-use blockflow_kernels::reduce::{partial_of_chunk, AxisReducer, Reduction};
+use blockflow_kernels::reduce::{partial_of_chunk_op, AxisReducer, Reduction};
 use criterion::{Criterion, Throughput};
 use ndarray::{Array2, ArrayD, IxDyn};
 
@@ -115,7 +115,7 @@ fn main() {
             })
         });
         g.bench_function(format!("{op} of the whole array"), |b| {
-            b.iter(|| partial_of_chunk(&data, &[0, 0, 0], &shape64, r.skips_nan()).finish(r, 0))
+            b.iter(|| partial_of_chunk_op(&data, &[0, 0, 0], &shape64, r).finish(r, 0))
         });
     }
     g.finish();
