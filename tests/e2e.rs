@@ -1740,3 +1740,90 @@ path = "cf.zarr"
         }
     }
 }
+
+/// Seed 002's input through the HDF5 stages: generated per-timepoint files
+/// stacked (natural order), rechunked to whole time series, written as HDF5
+/// and Zarr; both equal the files; a timepoint of another shape is an error
+/// naming the file and the dataset, and leaves no output.
+#[test]
+fn hdf5_timepoints_stack_rechunk_and_write() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = dir.path();
+    let out = bin()
+        .args(["generate", "timeseries", t.join("tp").to_str().expect("u")])
+        .args(["--count", "5", "--size", "12"])
+        .output()
+        .expect("generate");
+    assert!(out.status.success(), "{out:?}");
+    let cfg = write_config(
+        t,
+        "ts.toml",
+        r#"
+[stage.tp]
+kind = "read-hdf5-stack"
+path = "tp/t_*.h5"
+dataset = "data"
+
+[stage.series]
+kind = "rechunk"
+inputs = ["tp"]
+chunks = [5, 4, 4, 4]
+
+[stage.h5]
+kind = "write-hdf5"
+inputs = ["series"]
+path = "series.h5"
+dataset = "volume"
+
+[stage.z]
+kind = "write-zarr"
+inputs = ["series"]
+path = "series.zarr"
+"#,
+    );
+    let (code, plan, err) = blockflow(&["plan", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(plan.contains("5 timepoints of [12, 12, 12]"), "{plan}");
+    let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+    assert_eq!(code, 0, "{err}");
+    let whole = blockflow_core::Region::new(vec![0, 0, 0, 0], vec![5, 12, 12, 12]);
+    let stack =
+        blockflow_io::hdf5::StackReader::open(&format!("{}/tp/t_*.h5", t.display()), "data")
+            .expect("stack")
+            .read(&whole)
+            .expect("read");
+    let h5 = blockflow_io::hdf5::Hdf5Reader::open(&t.join("series.h5"), "volume").expect("open");
+    assert_eq!(h5.read(&whole).expect("read"), stack);
+    assert_eq!(read_all(&t.join("series.zarr")), stack);
+
+    // A timepoint of another shape: an error naming it; nothing committed.
+    std::fs::remove_file(t.join("series.h5")).expect("rm");
+    let w = blockflow_io::hdf5::Hdf5Writer::create(
+        &t.join("tp/t_0003.h5"),
+        "data",
+        blockflow_core::DType::F64,
+        &[12, 12, 11],
+        &[12, 12, 11],
+        true,
+    )
+    .expect("create");
+    w.write(
+        &blockflow_core::Region::new(vec![0, 0, 0], vec![12, 12, 11]),
+        &ArrayData::F64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[12, 12, 11]))),
+    )
+    .expect("write");
+    w.finish().expect("finish");
+    let (code, _, err) = blockflow(&[
+        "run",
+        "-q",
+        cfg.to_str().expect("u"),
+        "--set",
+        "z.if_exists=overwrite",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("t_0003.h5") && err.contains("\"data\"") && err.contains("[12, 12, 11]"),
+        "{err}"
+    );
+    assert!(!t.join("series.h5").exists());
+}

@@ -61,19 +61,22 @@ enum Cmd {
     /// List every stage kind with its parameters.
     Stages,
     /// Write generated input data: `cells` writes seed 001's stack of RGB
-    /// PNG images (cell_0000.png, ...) into a folder.
+    /// PNG images (cell_0000.png, ...); `timeseries` writes seed 002's
+    /// per-timepoint HDF5 volumes (t_0000.h5, ..., dataset "data", float64,
+    /// blobs and noise moved by a known rigid shift per timepoint, listed in
+    /// shifts.json).
     Generate {
-        /// What to generate (cells).
-        #[arg(value_parser = ["cells"])]
+        /// What to generate.
+        #[arg(value_parser = ["cells", "timeseries"])]
         what: String,
         /// The folder to write into (created if missing).
         dir: PathBuf,
-        /// How many images.
-        #[arg(long, default_value_t = 844)]
-        count: usize,
-        /// Image height and width in pixels.
-        #[arg(long, default_value_t = 256)]
-        size: usize,
+        /// How many images or timepoints (default: 844 images, 10 timepoints).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Image height and width, or volume edge, in pixels (default: 256, 100).
+        #[arg(long)]
+        size: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -135,18 +138,29 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Generate {
-            what: _,
+            what,
             dir,
             count,
             size,
             seed,
         } => {
-            let files = blockflow_io::images::write_cell_images(&dir, count, size, size, seed)?;
-            println!(
-                "wrote {} images of {size} x {size} x 3 into {}",
-                files.len(),
-                dir.display()
-            );
+            if what == "timeseries" {
+                let (count, size) = (count.unwrap_or(10), size.unwrap_or(100));
+                let files = blockflow_io::hdf5::write_timeseries(&dir, count, size, seed)?;
+                println!(
+                    "wrote {} timepoints of {size}^3 float64 into {} (and shifts.json)",
+                    files.len(),
+                    dir.display()
+                );
+            } else {
+                let (count, size) = (count.unwrap_or(844), size.unwrap_or(256));
+                let files = blockflow_io::images::write_cell_images(&dir, count, size, size, seed)?;
+                println!(
+                    "wrote {} images of {size} x {size} x 3 into {}",
+                    files.len(),
+                    dir.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stages => {

@@ -89,6 +89,8 @@ struct In {
 
 enum Resource {
     None,
+    Hdf5(blockflow_io::hdf5::Hdf5Reader),
+    Hdf5Writer(blockflow_io::hdf5::Hdf5Writer),
     Reader(ZarrReader),
     Writer(ZarrWriter),
     Blocks(BlocksWriter),
@@ -99,6 +101,7 @@ enum Resource {
 /// A finished writer's result, committed when every stage succeeded.
 enum Output {
     Csv(PathBuf, String),
+    Hdf5(blockflow_io::hdf5::Hdf5Writer),
     Zarr(Box<ZarrWriter>),
     Blocks(BlocksWriter),
     Png(PreviewWriter),
@@ -112,6 +115,7 @@ impl Output {
             Output::Blocks(b) => b.finish(),
             Output::Png(p) => p.finish().map(|p| vec![p]),
             Output::Json(j) => j.finish().map(|p| vec![p]),
+            Output::Hdf5(w) => w.finish().map(|p| vec![p]),
             Output::Csv(path, text) => {
                 blockflow_io::blocks::write_atomic(&path, &text).map(|_| vec![path])
             }
@@ -311,6 +315,35 @@ fn build(plan: &Plan) -> Result<Vec<Resource>, RunError> {
                 ),
                 StageKind::WriteJson { path, overwrite } => {
                     Resource::Json(JsonWriter::create(path, *overwrite).map_err(fail)?)
+                }
+                StageKind::ReadHdf5 { path, dataset } => Resource::Hdf5(
+                    blockflow_io::hdf5::Hdf5Reader::open(path, dataset).map_err(fail)?,
+                ),
+                StageKind::WriteHdf5 {
+                    path,
+                    dataset,
+                    chunks,
+                    overwrite,
+                } => {
+                    let spec = plan
+                        .stages
+                        .get(st.inputs[0])
+                        .and_then(|i| i.output.clone())
+                        .ok_or_else(|| RunError::Build {
+                            stage: st.name.clone(),
+                            msg: "internal: no input".into(),
+                        })?;
+                    Resource::Hdf5Writer(
+                        blockflow_io::hdf5::Hdf5Writer::create(
+                            path,
+                            dataset,
+                            spec.dtype,
+                            spec.shape(),
+                            chunks,
+                            *overwrite,
+                        )
+                        .map_err(fail)?,
+                    )
                 }
                 StageKind::WriteCsv { path, overwrite } => {
                     if path.exists() && !*overwrite {
@@ -522,6 +555,25 @@ fn run_stage(
                 Ok(synthetic::generate(pattern, seed, &shape, dtype, region))
             })?;
             Ok(None)
+        }
+        (StageKind::ReadHdf5 { .. }, Resource::Hdf5(r)) => {
+            source(ctx, outs, |region, _| {
+                r.read(region).map_err(|e| e.to_string())
+            })?;
+            Ok(None)
+        }
+        (StageKind::ReadHdf5Stack { stack }, _) => {
+            source(ctx, outs, |region, _| {
+                stack.read(region).map_err(|e| e.to_string())
+            })?;
+            Ok(None)
+        }
+        (StageKind::WriteHdf5 { .. }, Resource::Hdf5Writer(w)) => {
+            let progress = ctx.progress;
+            consume_parallel(ctx, inputs, progress, |c| {
+                w.write(&c.region, c.array()).map_err(|e| e.to_string())
+            })?;
+            Ok(Some(Output::Hdf5(w)))
         }
         (StageKind::ReadImages { files, image }, _) => {
             let dtype = stage.output.as_ref().map_or(DType::U8, |o| o.dtype);

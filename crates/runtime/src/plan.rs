@@ -82,6 +82,19 @@ pub enum StageKind {
         /// "features", "energy" or "anisotropy".
         output: String,
     },
+    ReadHdf5 {
+        path: PathBuf,
+        dataset: String,
+    },
+    ReadHdf5Stack {
+        stack: blockflow_io::hdf5::StackReader,
+    },
+    WriteHdf5 {
+        path: PathBuf,
+        dataset: String,
+        chunks: Vec<u64>,
+        overwrite: bool,
+    },
     /// Images of one shape and dtype, `(H, W, C)` each, stacked on axis 0.
     ReadImages {
         files: Vec<PathBuf>,
@@ -162,6 +175,9 @@ impl StageKind {
             StageKind::StructureTensor { .. } => "structure-tensor",
             StageKind::Overlap { .. } => "overlap",
             StageKind::ReadImages { .. } => "read-images",
+            StageKind::ReadHdf5 { .. } => "read-hdf5",
+            StageKind::ReadHdf5Stack { .. } => "read-hdf5-stack",
+            StageKind::WriteHdf5 { .. } => "write-hdf5",
             StageKind::Rescale { .. } => "rescale",
             StageKind::Pca { .. } => "pca",
             StageKind::WriteCsv { .. } => "write-csv",
@@ -846,6 +862,13 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             .unwrap_or(threads);
         let made = plan_stage(&mut d, raw, st, ks, &ins, memory);
         if let Some((kind, output, grid)) = made {
+            // The HDF5 library runs one call at a time (its global lock).
+            let parallel = match kind {
+                StageKind::ReadHdf5 { .. }
+                | StageKind::ReadHdf5Stack { .. }
+                | StageKind::WriteHdf5 { .. } => 1,
+                _ => parallel,
+            };
             planned[i] = Some(PlannedStage {
                 name: sname.to_string(),
                 kind,
@@ -1189,6 +1212,9 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Overlap { window, .. } => window * in_chunk_bytes + out_bytes,
         // The block held, as float64, the pass being written, the result.
         StageKind::Filter { .. } => p * (in_chunk_bytes + in_elems * 8 * 3 + out_bytes),
+        // The chunk, as the library reads it and as it is sent.
+        StageKind::ReadHdf5 { .. } | StageKind::ReadHdf5Stack { .. } => 2 * out_bytes,
+        StageKind::WriteHdf5 { .. } => 2 * in_chunk_bytes,
         // Each image decoded and the chunk it is copied into.
         StageKind::ReadImages { .. } => p * 3 * out_bytes,
         // The chunk, its float64 values, the result.
@@ -1257,6 +1283,88 @@ fn plan_stage(
                 grid: grid.clone(),
             };
             Some((StageKind::Synthetic { pattern, seed }, Some(spec), grid))
+        }
+        "read-hdf5" | "read-hdf5-stack" => {
+            let pv = get(st, "path")?;
+            let dataset = get_str(st, "dataset")?.to_string();
+            let full = resolve(&raw.path, pv);
+            let (kind, shape, dtype, default) = if ks.kind == "read-hdf5" {
+                match blockflow_io::hdf5::Hdf5Reader::open(&full, &dataset) {
+                    Ok(r) => {
+                        let default = r
+                            .info
+                            .chunks
+                            .clone()
+                            .unwrap_or_else(|| r.info.shape.clone());
+                        (
+                            StageKind::ReadHdf5 {
+                                path: full,
+                                dataset,
+                            },
+                            r.info.shape.clone(),
+                            r.info.dtype,
+                            default,
+                        )
+                    }
+                    Err(e) => {
+                        d.err(&pv.span, sname, e.to_string());
+                        return None;
+                    }
+                }
+            } else {
+                match blockflow_io::hdf5::StackReader::open(&full.to_string_lossy(), &dataset) {
+                    Ok(stack) => {
+                        let shape = stack.shape();
+                        let mut default = vec![1];
+                        default.extend(&stack.frame);
+                        let dtype = stack.dtype;
+                        (StageKind::ReadHdf5Stack { stack }, shape, dtype, default)
+                    }
+                    Err(e) => {
+                        d.err(&pv.span, sname, e.to_string());
+                        return None;
+                    }
+                }
+            };
+            let chunks = get_shape(st, "chunks").unwrap_or(default);
+            let grid = match ChunkGrid::new(shape, chunks) {
+                Ok(g) => g,
+                Err(e) => {
+                    d.err(&span_of(st, "chunks"), sname, e.to_string());
+                    return None;
+                }
+            };
+            Some((
+                kind,
+                Some(ArraySpec {
+                    dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "write-hdf5" => {
+            let stream = ins.first()?.output.as_ref()?;
+            if stream.dtype == DType::Bool {
+                d.err(
+                    &span_of(st, "inputs"),
+                    sname,
+                    "HDF5 output of booleans is not supported; cast to uint8 first",
+                );
+                return None;
+            }
+            let chunks =
+                get_shape(st, "chunks").unwrap_or_else(|| stream.grid.chunk_shape().to_vec());
+            Some((
+                StageKind::WriteHdf5 {
+                    path: resolve(&raw.path, get(st, "path")?),
+                    dataset: get_str(st, "dataset").unwrap_or("data").to_string(),
+                    chunks,
+                    overwrite: get_str(st, "if_exists") == Some("overwrite"),
+                },
+                None,
+                stream.grid.clone(),
+            ))
         }
         "read-images" => {
             let pv = get(st, "path")?;
@@ -2796,6 +2904,20 @@ impl Plan {
                     }
                 ),
                 StageKind::WriteCsv { path, .. } => format!("CSV {}", path.display()),
+                StageKind::ReadHdf5 { path, dataset } => {
+                    format!("{} dataset \"{dataset}\"", path.display())
+                }
+                StageKind::ReadHdf5Stack { stack } => format!(
+                    "{} timepoints of {:?} (dataset \"{}\", {} ... {})",
+                    stack.files.len(),
+                    stack.frame,
+                    stack.dataset,
+                    stack.files.first().map(|f| f.display().to_string()).unwrap_or_default(),
+                    stack.files.last().map(|f| f.display().to_string()).unwrap_or_default()
+                ),
+                StageKind::WriteHdf5 { path, dataset, .. } => {
+                    format!("HDF5 {} dataset \"{dataset}\"", path.display())
+                }
                 StageKind::Take { src, dir } => format!(
                     "a block of chunks {:?}, chosen at run time (the chunks wait in {})",
                     src.chunk_shape(),

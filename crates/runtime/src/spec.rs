@@ -245,6 +245,28 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "read-hdf5",
+        role: "reader",
+        summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); HDF5 I/O runs one chunk at a time (the library's global lock)",
+        inputs: Arity::None,
+        params: &[
+            p("path", PType::Path, None, "the HDF5 file"),
+            p("dataset", PType::Str, None, "the dataset's path in the file, e.g. `data` or `/group/volume`"),
+            p("chunks", PType::Shape, Some(""), "the chunks to stream (default: the dataset's own chunks, or the whole dataset)"),
+        ],
+    },
+    KindSpec {
+        kind: "read-hdf5-stack",
+        role: "reader",
+        summary: "a glob of per-timepoint HDF5 files (natural order of their names: t2 before t10), each holding `dataset` of one shape and dtype, stacked on a new leading axis; a file whose dataset is missing or differs is an error naming the file and the dataset",
+        inputs: Arity::None,
+        params: &[
+            p("path", PType::Path, None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
+            p("dataset", PType::Str, None, "the dataset in every file"),
+            p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),
+        ],
+    },
+    KindSpec {
         kind: "read-images",
         role: "reader",
         summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
@@ -328,6 +350,18 @@ pub const KINDS: &[KindSpec] = &[
         summary: "numpy's a @ b for 1-D and 2-D arrays (1-D @ 1-D: the inner product, a 1-element array), with matrixmultiply's blocked kernels for floats; integers accumulate in int64, never wrapping silently (an overflowing product is an error). Out of core in `a`: a 2-D `a` streams in bands of whole rows (its chunks must span the rows), kept in a scratch store until `b` has arrived; `b` is held whole (the plan counts it); the result comes in the same bands",
         inputs: Arity::Exactly(2),
         params: &[],
+    },
+    KindSpec {
+        kind: "write-hdf5",
+        role: "writer",
+        summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("path", PType::Path, None, "the HDF5 file"),
+            p("dataset", PType::Str, Some("data"), "the dataset's name"),
+            p("chunks", PType::Shape, Some(""), "the dataset's chunks (default: the stream's)"),
+            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
+        ],
     },
     KindSpec {
         kind: "write-csv",

@@ -1,0 +1,536 @@
+//! HDF5: one dataset of one file read by hyperslabs, a glob of
+//! per-timepoint files stacked on a new leading axis, a writer, and a
+//! generator of seed 002's input. hdf5-metno serialises every call into the
+//! library behind its own global lock, so the runtime gives HDF5 I/O stages
+//! of their own and reads one chunk at a time in them.
+
+use std::path::{Path, PathBuf};
+
+use blockflow_core::{with_dtype, ArrayData, ArrayKind, DType, Region};
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
+use ndarray::{ArrayD, IxDyn, SliceInfo, SliceInfoElem};
+
+use crate::IoError;
+
+fn h5err(path: &Path, dataset: &str, e: impl std::fmt::Display) -> IoError {
+    IoError::Store {
+        path: path.to_path_buf(),
+        why: format!("dataset \"{dataset}\": {e}"),
+    }
+}
+
+/// Shape and dtype of one dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hdf5Info {
+    pub path: PathBuf,
+    pub dataset: String,
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+    /// The dataset's own chunks, if it is chunked.
+    pub chunks: Option<Vec<u64>>,
+}
+
+fn dtype_of(path: &Path, dataset: &str, ds: &hdf5::Dataset) -> Result<DType, IoError> {
+    let desc = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| h5err(path, dataset, e))?;
+    Ok(match desc {
+        TypeDescriptor::Unsigned(IntSize::U1) => DType::U8,
+        TypeDescriptor::Unsigned(IntSize::U2) => DType::U16,
+        TypeDescriptor::Unsigned(IntSize::U4) => DType::U32,
+        TypeDescriptor::Integer(IntSize::U2) => DType::I16,
+        TypeDescriptor::Integer(IntSize::U4) => DType::I32,
+        TypeDescriptor::Integer(IntSize::U8) => DType::I64,
+        TypeDescriptor::Float(FloatSize::U4) => DType::F32,
+        TypeDescriptor::Float(FloatSize::U8) => DType::F64,
+        other => {
+            return Err(IoError::UnsupportedDType {
+                path: path.to_path_buf(),
+                dtype: format!("{other} (dataset \"{dataset}\")"),
+            })
+        }
+    })
+}
+
+/// One dataset of one file, read by regions (hyperslabs).
+pub struct Hdf5Reader {
+    pub info: Hdf5Info,
+    ds: hdf5::Dataset,
+}
+
+impl std::fmt::Debug for Hdf5Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hdf5Reader")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl Hdf5Reader {
+    pub fn open(path: &Path, dataset: &str) -> Result<Self, IoError> {
+        if !path.exists() {
+            return Err(IoError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let file = hdf5::File::open(path).map_err(|e| IoError::Store {
+            path: path.to_path_buf(),
+            why: format!("not a readable HDF5 file ({e})"),
+        })?;
+        let ds = file.dataset(dataset).map_err(|_| IoError::Store {
+            path: path.to_path_buf(),
+            why: format!(
+                "no dataset \"{dataset}\" (it has: {})",
+                file.member_names()
+                    .map(|m| m.join(", "))
+                    .unwrap_or_default()
+            ),
+        })?;
+        let shape: Vec<u64> = ds.shape().iter().map(|&n| n as u64).collect();
+        let dtype = dtype_of(path, dataset, &ds)?;
+        let chunks = ds.chunk().map(|c| c.iter().map(|&n| n as u64).collect());
+        Ok(Hdf5Reader {
+            info: Hdf5Info {
+                path: path.to_path_buf(),
+                dataset: dataset.to_string(),
+                shape,
+                dtype,
+                chunks,
+            },
+            ds,
+        })
+    }
+
+    /// The values of `region`.
+    pub fn read(&self, region: &Region) -> Result<ArrayData, IoError> {
+        let elems: Vec<SliceInfoElem> = region
+            .origin
+            .iter()
+            .zip(&region.shape)
+            .map(|(&o, &n)| SliceInfoElem::Slice {
+                start: o as isize,
+                end: Some((o + n) as isize),
+                step: 1,
+            })
+            .collect();
+        let err = |e: String| IoError::Chunk {
+            path: self.info.path.clone(),
+            chunk: Vec::new(),
+            region: region.to_string(),
+            why: format!("dataset \"{}\": {e}", self.info.dataset),
+        };
+        let info = SliceInfo::<_, IxDyn, IxDyn>::try_from(elems).map_err(|e| err(e.to_string()))?;
+        Ok(with_dtype!(self.info.dtype, T => {
+            read_typed::<T>(&self.ds, info).map_err(err)?
+        }))
+    }
+}
+
+trait H5Elem: ArrayKind {
+    fn read(
+        ds: &hdf5::Dataset,
+        s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>,
+    ) -> Result<ArrayD<Self>, String>;
+    fn write(
+        ds: &hdf5::Dataset,
+        a: &ArrayD<Self>,
+        s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>,
+    ) -> Result<(), String>;
+    fn create(
+        f: &hdf5::File,
+        name: &str,
+        shape: &[usize],
+        chunks: &[usize],
+    ) -> Result<hdf5::Dataset, String>;
+}
+
+macro_rules! h5elem {
+    ($($t:ty),*) => {$(
+        impl H5Elem for $t {
+            fn read(ds: &hdf5::Dataset, s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>) -> Result<ArrayD<Self>, String> {
+                ds.read_slice::<$t, _, IxDyn>(s).map_err(|e| e.to_string())
+            }
+            fn write(ds: &hdf5::Dataset, a: &ArrayD<Self>, s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>) -> Result<(), String> {
+                ds.write_slice(a, s).map_err(|e| e.to_string())
+            }
+            fn create(f: &hdf5::File, name: &str, shape: &[usize], chunks: &[usize]) -> Result<hdf5::Dataset, String> {
+                f.new_dataset::<$t>().shape(shape).chunk(chunks).create(name).map_err(|e| e.to_string())
+            }
+        }
+    )*};
+}
+h5elem!(u8, u16, u32, i16, i32, i64, f32, f64);
+
+impl H5Elem for bool {
+    fn read(
+        _: &hdf5::Dataset,
+        _: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>,
+    ) -> Result<ArrayD<Self>, String> {
+        Err("boolean datasets are not supported".into())
+    }
+    fn write(
+        _: &hdf5::Dataset,
+        _: &ArrayD<Self>,
+        _: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>,
+    ) -> Result<(), String> {
+        Err("boolean datasets are not supported; cast to uint8".into())
+    }
+    fn create(_: &hdf5::File, _: &str, _: &[usize], _: &[usize]) -> Result<hdf5::Dataset, String> {
+        Err("boolean datasets are not supported; cast to uint8".into())
+    }
+}
+
+fn read_typed<T: H5Elem>(
+    ds: &hdf5::Dataset,
+    s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>,
+) -> Result<ArrayData, String> {
+    T::read(ds, s).map(T::wrap)
+}
+
+/// Natural order: runs of digits compare as numbers (t2 before t10).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a.chars().peekable(), b.chars().peekable());
+    loop {
+        match (x.peek().copied(), y.peek().copied()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let mut n = String::new();
+                while let Some(c) = x.peek().copied().filter(char::is_ascii_digit) {
+                    n.push(c);
+                    x.next();
+                }
+                let mut m = String::new();
+                while let Some(d) = y.peek().copied().filter(char::is_ascii_digit) {
+                    m.push(d);
+                    y.next();
+                }
+                let (n, m) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
+                let o = n.len().cmp(&m.len()).then_with(|| n.cmp(m));
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(&d);
+                }
+                x.next();
+                y.next();
+            }
+        }
+    }
+}
+
+/// The files of a glob, in natural order of their names.
+pub fn list_timepoints(pattern: &str) -> Result<Vec<PathBuf>, IoError> {
+    let mut files = crate::images::list_images(pattern)?;
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    Ok(files)
+}
+
+/// A glob of per-timepoint files, each holding `dataset` of one shape and
+/// dtype, as one array with a new leading axis (time).
+#[derive(Debug, Clone)]
+pub struct StackReader {
+    pub files: Vec<PathBuf>,
+    pub dataset: String,
+    /// One timepoint's shape (the first file's).
+    pub frame: Vec<u64>,
+    pub dtype: DType,
+}
+
+impl StackReader {
+    /// Lists the files and reads the first one's dataset header.
+    pub fn open(pattern: &str, dataset: &str) -> Result<Self, IoError> {
+        let files = list_timepoints(pattern)?;
+        let first = Hdf5Reader::open(&files[0], dataset)?;
+        Ok(StackReader {
+            frame: first.info.shape.clone(),
+            dtype: first.info.dtype,
+            files,
+            dataset: dataset.to_string(),
+        })
+    }
+
+    /// The stack's shape: (files, frame...).
+    pub fn shape(&self) -> Vec<u64> {
+        let mut s = vec![self.files.len() as u64];
+        s.extend(&self.frame);
+        s
+    }
+
+    /// Opens timepoint `t`, checking its shape and dtype against the first.
+    pub fn timepoint(&self, t: usize) -> Result<Hdf5Reader, IoError> {
+        let path = &self.files[t];
+        let r = Hdf5Reader::open(path, &self.dataset)?;
+        if r.info.shape != self.frame || r.info.dtype != self.dtype {
+            return Err(IoError::Store {
+                path: path.clone(),
+                why: format!(
+                    "dataset \"{}\" is {:?} {}, but the stack's timepoints are {:?} {} (as {})",
+                    self.dataset,
+                    r.info.shape,
+                    r.info.dtype,
+                    self.frame,
+                    self.dtype,
+                    self.files[0].display()
+                ),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The values of `region` of the stack.
+    pub fn read(&self, region: &Region) -> Result<ArrayData, IoError> {
+        let (t0, nt) = (region.origin[0] as usize, region.shape[0] as usize);
+        let sub = Region::new(region.origin[1..].to_vec(), region.shape[1..].to_vec());
+        let shape = region.shape_usize();
+        Ok(with_dtype!(self.dtype, T => {
+            let mut out = ArrayD::<T>::default(IxDyn(&shape));
+            for k in 0..nt {
+                let part = self.timepoint(t0 + k)?.read(&sub)?;
+                let typed = T::unwrap_ref(&part).ok_or_else(|| IoError::Store {
+                    path: self.files[t0 + k].clone(),
+                    why: "internal: dtype".into(),
+                })?;
+                out.index_axis_mut(ndarray::Axis(0), k).assign(typed);
+            }
+            T::wrap(out)
+        }))
+    }
+}
+
+/// An HDF5 dataset being written: into `PATH.partial`, renamed into place
+/// by [`Hdf5Writer::finish`]; removed if never finished.
+pub struct Hdf5Writer {
+    pub path: PathBuf,
+    partial: PathBuf,
+    dataset: String,
+    dtype: DType,
+    overwrite: bool,
+    committed: bool,
+    file: Option<hdf5::File>,
+    ds: Option<hdf5::Dataset>,
+}
+
+impl std::fmt::Debug for Hdf5Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hdf5Writer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Hdf5Writer {
+    pub fn create(
+        path: &Path,
+        dataset: &str,
+        dtype: DType,
+        shape: &[u64],
+        chunks: &[u64],
+        overwrite: bool,
+    ) -> Result<Self, IoError> {
+        if path.exists() && !overwrite {
+            return Err(IoError::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        let partial = crate::zarr::partial_path(path);
+        if let Some(dir) = partial.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let file = hdf5::File::create(&partial).map_err(|e| h5err(&partial, dataset, e))?;
+        let shape: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+        let chunks: Vec<usize> = chunks
+            .iter()
+            .zip(&shape)
+            .map(|(&c, &n)| (c as usize).min(n).max(1))
+            .collect();
+        let ds = with_dtype!(dtype, T => <T as H5Elem>::create(&file, dataset, &shape, &chunks))
+            .map_err(|e| h5err(path, dataset, e))?;
+        Ok(Hdf5Writer {
+            path: path.to_path_buf(),
+            partial,
+            dataset: dataset.to_string(),
+            dtype,
+            overwrite,
+            committed: false,
+            file: Some(file),
+            ds: Some(ds),
+        })
+    }
+
+    pub fn write(&self, region: &Region, data: &ArrayData) -> Result<(), IoError> {
+        let err = |why: String| IoError::Chunk {
+            path: self.path.clone(),
+            chunk: Vec::new(),
+            region: region.to_string(),
+            why: format!("dataset \"{}\": {why}", self.dataset),
+        };
+        if data.dtype() != self.dtype {
+            return Err(err(format!(
+                "data is {} but the dataset is {}",
+                data.dtype(),
+                self.dtype
+            )));
+        }
+        let ds = self
+            .ds
+            .as_ref()
+            .ok_or_else(|| err("already finished".into()))?;
+        let elems: Vec<SliceInfoElem> = region
+            .origin
+            .iter()
+            .zip(&region.shape)
+            .map(|(&o, &n)| SliceInfoElem::Slice {
+                start: o as isize,
+                end: Some((o + n) as isize),
+                step: 1,
+            })
+            .collect();
+        let info = SliceInfo::<_, IxDyn, IxDyn>::try_from(elems).map_err(|e| err(e.to_string()))?;
+        with_dtype!(self.dtype, T => {
+            let a = T::unwrap_ref(data).ok_or_else(|| err("dtype".into()))?;
+            <T as H5Elem>::write(ds, a, info).map_err(err)
+        })
+    }
+
+    /// Closes the file and moves it into place.
+    pub fn finish(mut self) -> Result<PathBuf, IoError> {
+        self.ds = None;
+        if let Some(f) = self.file.take() {
+            f.close()
+                .map_err(|e| h5err(&self.partial, &self.dataset, e))?;
+        }
+        if self.path.exists() {
+            if !self.overwrite {
+                return Err(IoError::Exists {
+                    path: self.path.clone(),
+                });
+            }
+            std::fs::remove_file(&self.path).map_err(|source| IoError::Os {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        std::fs::rename(&self.partial, &self.path).map_err(|source| IoError::Os {
+            path: self.partial.clone(),
+            source,
+        })?;
+        self.committed = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for Hdf5Writer {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.ds = None;
+            self.file = None;
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// splitmix64: a small deterministic generator.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn uniform(seed: u64, k: u64) -> f64 {
+    (mix(seed ^ mix(k)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The rigid displacement (z, y, x) of timepoint `t` (timepoint 0: none),
+/// within ±`max` voxels, in steps of 1/20 voxel.
+pub fn timepoint_shift(seed: u64, t: usize, max: f64) -> [f64; 3] {
+    if t == 0 {
+        return [0.0; 3];
+    }
+    let mut s = [0.0; 3];
+    for (ax, v) in s.iter_mut().enumerate() {
+        let u = uniform(seed, (t * 3 + ax) as u64 + 1000);
+        *v = ((u * 2.0 - 1.0) * max * 20.0).round() / 20.0;
+    }
+    s
+}
+
+/// One timepoint of seed 002's input: Gaussian blobs (fixed positions and
+/// sizes, moved by [`timepoint_shift`]) on a dim background, plus noise.
+pub fn timepoint_volume(seed: u64, t: usize, n: usize) -> ArrayD<f64> {
+    let blobs: Vec<[f64; 5]> = (0..24u64)
+        .map(|b| {
+            let u = |k: u64| uniform(seed, b * 8 + k);
+            let c = |k: u64| n as f64 * (0.2 + 0.6 * u(k));
+            [
+                c(0),
+                c(1),
+                c(2),
+                n as f64 * (0.02 + 0.05 * u(3)),
+                0.5 + u(4),
+            ]
+        })
+        .collect();
+    let d = timepoint_shift(seed, t, 3.0);
+    ArrayD::from_shape_fn(IxDyn(&[n, n, n]), |i| {
+        let (z, y, x) = (i[0] as f64 - d[0], i[1] as f64 - d[1], i[2] as f64 - d[2]);
+        let mut v = 0.1;
+        for b in &blobs {
+            let r2 = (z - b[0]).powi(2) + (y - b[1]).powi(2) + (x - b[2]).powi(2);
+            v += b[4] * (-r2 / (2.0 * b[3] * b[3])).exp();
+        }
+        let k = ((t * n + i[0]) * n + i[1]) * n + i[2];
+        v + 0.05 * (uniform(seed ^ 0xA5A5, k as u64) - 0.5)
+    })
+}
+
+/// Writes `count` timepoints of `n`^3 float64 as `t_0000.h5`, ... (dataset
+/// "data") into `dir`, each atomically, and `shifts.json` with the true
+/// displacement of each. Returns the files.
+pub fn write_timeseries(
+    dir: &Path,
+    count: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<PathBuf>, IoError> {
+    std::fs::create_dir_all(dir).map_err(|source| IoError::Os {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files = Vec::with_capacity(count);
+    for t in 0..count {
+        let path = dir.join(format!("t_{t:04}.h5"));
+        let vol = ArrayData::F64(timepoint_volume(seed, t, n));
+        let nn = n as u64;
+        let w = Hdf5Writer::create(
+            &path,
+            "data",
+            DType::F64,
+            &[nn, nn, nn],
+            &[nn, nn, nn],
+            true,
+        )?;
+        w.write(&Region::new(vec![0, 0, 0], vec![nn, nn, nn]), &vol)?;
+        files.push(w.finish()?);
+    }
+    let shifts: Vec<[f64; 3]> = (0..count).map(|t| timepoint_shift(seed, t, 3.0)).collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "shifts_zyx": shifts,
+        "note": "timepoint t is timepoint 0 moved by this vector (voxels)"
+    }))
+    .map_err(|e| IoError::Store {
+        path: dir.join("shifts.json"),
+        why: e.to_string(),
+    })?;
+    crate::blocks::write_atomic(&dir.join("shifts.json"), &text)?;
+    Ok(files)
+}

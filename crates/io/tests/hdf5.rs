@@ -1,0 +1,181 @@
+//! HDF5 in and out: regions of every dtype round-trip, a glob of
+//! timepoints stacks in natural order, and a file whose dataset is missing,
+//! of another shape or dtype, or not HDF5 at all is an error naming the file
+//! and the dataset.
+
+use blockflow_core::{ArrayData, DType, Region};
+use blockflow_io::hdf5::{natural_cmp, write_timeseries, Hdf5Reader, Hdf5Writer, StackReader};
+use ndarray::{ArrayD, IxDyn};
+
+fn ramp(dtype: DType, shape: &[usize]) -> ArrayData {
+    let n: usize = shape.iter().product();
+    ArrayData::F64(
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|v| (v % 200) as f64).collect())
+            .expect("shape"),
+    )
+    .cast(dtype)
+}
+
+#[test]
+fn every_dtype_round_trips_by_regions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for dtype in [
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::F32,
+        DType::F64,
+    ] {
+        let path = dir.path().join(format!("{dtype}.h5"));
+        let whole = ramp(dtype, &[6, 7, 5]);
+        let w =
+            Hdf5Writer::create(&path, "vol", dtype, &[6, 7, 5], &[3, 7, 5], false).expect("create");
+        // Written in two slabs.
+        for z in [0u64, 3] {
+            let r = Region::new(vec![z, 0, 0], vec![3, 7, 5]);
+            let part = ramp(DType::F64, &[6, 7, 5]);
+            let part = match part {
+                ArrayData::F64(a) => ArrayData::F64(
+                    a.slice_axis(
+                        ndarray::Axis(0),
+                        ndarray::Slice::from(z as usize..z as usize + 3),
+                    )
+                    .to_owned(),
+                ),
+                _ => unreachable!(),
+            }
+            .cast(dtype);
+            w.write(&r, &part).expect("write");
+        }
+        assert!(!path.exists(), "not in place before finish");
+        w.finish().expect("finish");
+        let r = Hdf5Reader::open(&path, "vol").expect("open");
+        assert_eq!(r.info.shape, vec![6, 7, 5]);
+        assert_eq!(r.info.dtype, dtype);
+        assert_eq!(
+            r.read(&Region::new(vec![0, 0, 0], vec![6, 7, 5]))
+                .expect("read"),
+            whole
+        );
+        let sub = r
+            .read(&Region::new(vec![2, 3, 1], vec![2, 2, 3]))
+            .expect("read");
+        let want = match &whole.cast(DType::F64) {
+            ArrayData::F64(a) => {
+                ArrayData::F64(a.slice(ndarray::s![2..4, 3..5, 1..4]).to_owned().into_dyn())
+                    .cast(dtype)
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(sub, want, "{dtype}");
+    }
+}
+
+#[test]
+fn a_writer_that_is_not_finished_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("x.h5");
+    {
+        let _w = Hdf5Writer::create(&path, "d", DType::F32, &[4], &[4], false).expect("create");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}
+
+#[test]
+fn timepoints_stack_in_natural_order_and_bad_files_are_named() {
+    assert_eq!(natural_cmp("t2.h5", "t10.h5"), std::cmp::Ordering::Less);
+    assert_eq!(
+        natural_cmp("t_0009.h5", "t_0010.h5"),
+        std::cmp::Ordering::Less
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    for t in [0u64, 1, 2, 10] {
+        let path = dir.path().join(format!("t{t}.h5"));
+        let w =
+            Hdf5Writer::create(&path, "data", DType::I32, &[2, 3], &[2, 3], false).expect("create");
+        let v = ArrayData::I32(ArrayD::from_elem(IxDyn(&[2, 3]), t as i32));
+        w.write(&Region::new(vec![0, 0], vec![2, 3]), &v)
+            .expect("write");
+        w.finish().expect("finish");
+    }
+    let pattern = format!("{}/t*.h5", dir.path().display());
+    let s = StackReader::open(&pattern, "data").expect("stack");
+    assert_eq!(s.shape(), vec![4, 2, 3]);
+    let all = s
+        .read(&Region::new(vec![0, 0, 0], vec![4, 2, 3]))
+        .expect("read");
+    let ArrayData::I32(a) = all else {
+        panic!("i32")
+    };
+    assert_eq!(
+        [a[[0, 0, 0]], a[[1, 0, 0]], a[[2, 0, 0]], a[[3, 1, 2]]],
+        [0, 1, 2, 10]
+    );
+
+    // A missing dataset names the file and the dataset.
+    let err = StackReader::open(&pattern, "volume")
+        .expect_err("no such dataset")
+        .to_string();
+    assert!(err.contains("t0.h5") && err.contains("\"volume\""), "{err}");
+    // A timepoint of another shape.
+    let odd = dir.path().join("t3.h5");
+    let w = Hdf5Writer::create(&odd, "data", DType::I32, &[3, 3], &[3, 3], false).expect("create");
+    w.write(
+        &Region::new(vec![0, 0], vec![3, 3]),
+        &ArrayData::I32(ArrayD::zeros(IxDyn(&[3, 3]))),
+    )
+    .expect("write");
+    w.finish().expect("finish");
+    let s = StackReader::open(&pattern, "data").expect("stack");
+    let err = s
+        .read(&Region::new(vec![0, 0, 0], vec![5, 2, 3]))
+        .expect_err("shape")
+        .to_string();
+    assert!(
+        err.contains("t3.h5") && err.contains("[3, 3]") && err.contains("\"data\""),
+        "{err}"
+    );
+    // Not HDF5 at all (a truncated or foreign file).
+    std::fs::write(&odd, b"not hdf5").expect("write");
+    let err = s
+        .read(&Region::new(vec![3, 0, 0], vec![1, 2, 3]))
+        .expect_err("not hdf5")
+        .to_string();
+    assert!(err.contains("t3.h5"), "{err}");
+}
+
+#[test]
+fn the_generator_is_deterministic_and_moves_timepoints() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = write_timeseries(dir.path(), 3, 24, 7).expect("write");
+    assert_eq!(files.len(), 3);
+    let shifts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("shifts.json")).expect("json"),
+    )
+    .expect("json");
+    assert_eq!(shifts["shifts_zyx"][0], serde_json::json!([0.0, 0.0, 0.0]));
+    let a = Hdf5Reader::open(&files[1], "data").expect("open");
+    assert_eq!(a.info.shape, vec![24, 24, 24]);
+    assert_eq!(a.info.dtype, DType::F64);
+    let again = tempfile::tempdir().expect("tmp");
+    let files2 = write_timeseries(again.path(), 3, 24, 7).expect("write");
+    let whole = Region::new(vec![0, 0, 0], vec![24, 24, 24]);
+    assert_eq!(
+        a.read(&whole).expect("read"),
+        Hdf5Reader::open(&files2[1], "data")
+            .expect("open")
+            .read(&whole)
+            .expect("read")
+    );
+    assert_ne!(
+        a.read(&whole).expect("read"),
+        Hdf5Reader::open(&files[0], "data")
+            .expect("open")
+            .read(&whole)
+            .expect("read"),
+        "timepoint 1 is moved"
+    );
+}
