@@ -6,9 +6,12 @@
 pub mod expr;
 pub mod filters;
 pub mod linalg;
+pub mod rank;
 pub mod reduce;
 pub mod rescale;
+pub mod shift;
 pub mod tensor;
+pub mod zscore;
 
 pub use expr::{Expr, ExprError, InputInfo};
 
