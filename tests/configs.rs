@@ -30,6 +30,18 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
                 assert!(out.status.success(), "{out:?}");
             }
             sets.push(format!("{name}.path=\"{}/*.png\"", stack.display()));
+        } else if matches!(kind, Some(Val::Str(k)) if k == "read-hdf5-stack") {
+            // A few small generated timepoints.
+            let volumes = tmp.join("volumes");
+            if !volumes.exists() {
+                let out = bin()
+                    .args(["generate", "timeseries", volumes.to_str().expect("u")])
+                    .args(["--count", "4", "--size", "20"])
+                    .output()
+                    .expect("generate");
+                assert!(out.status.success(), "{out:?}");
+            }
+            sets.push(format!("{name}.path=\"{}/t_*.h5\"", volumes.display()));
         } else if let Some(Val::Str(p)) = st.get("path").map(|v| &v.v) {
             let file = std::path::Path::new(p).file_name().expect("file name");
             sets.push(format!("{name}.path=\"{}\"", tmp.join(file).display()));
@@ -46,7 +58,7 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
             sets.push(format!("{name}.region=[{}]", vals.join(", ")));
         }
         if let Some(Val::Str(k)) = st.get("kind").map(|v| &v.v) {
-            reads |= k == "read-zarr" || k == "read-images";
+            reads |= k == "read-zarr" || k == "read-images" || k == "read-hdf5-stack";
             if k == "synthetic" {
                 if let Some(Val::Array(shape)) = st.get("shape").map(|v| &v.v) {
                     let dims: Vec<String> = shape

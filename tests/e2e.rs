@@ -1827,3 +1827,98 @@ path = "series.zarr"
     );
     assert!(!t.join("series.h5").exists());
 }
+
+/// Seed 002's median and zscore as stages: a (1, 3, 3, 3) median of the
+/// stacked timepoints in several chunkings (the halo from the overlap
+/// window) equals scipy's whole-array median (the kernel is checked against
+/// scipy); zscore along time after a rechunk to whole time series equals the
+/// whole-array zscore.
+#[test]
+fn median_and_zscore_stages_match_the_whole_array() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = dir.path();
+    let out = bin()
+        .args(["generate", "timeseries", t.join("tp").to_str().expect("u")])
+        .args(["--count", "4", "--size", "14"])
+        .output()
+        .expect("generate");
+    assert!(out.status.success(), "{out:?}");
+    let whole = blockflow_core::Region::new(vec![0, 0, 0, 0], vec![4, 14, 14, 14]);
+    let ArrayData::F64(stack) =
+        blockflow_io::hdf5::StackReader::open(&format!("{}/tp/t_*.h5", t.display()), "data")
+            .expect("stack")
+            .read(&whole)
+            .expect("read")
+    else {
+        panic!("f64")
+    };
+    let med = blockflow_kernels::rank::median_filter(
+        stack.view(),
+        &[1, 3, 3, 3],
+        blockflow_kernels::filters::Boundary::Reflect,
+    )
+    .expect("median");
+    let z = blockflow_kernels::zscore::zscore(med.view(), 0, 0).expect("zscore");
+    for (k, chunks) in ["[1, 14, 14, 14]", "[1, 5, 4, 14]", "[2, 3, 14, 6]"]
+        .iter()
+        .enumerate()
+    {
+        let cfg = write_config(
+            t,
+            &format!("m{k}.toml"),
+            &format!(
+                r#"
+[stage.tp]
+kind = "read-hdf5-stack"
+path = "tp/t_*.h5"
+dataset = "data"
+chunks = {chunks}
+
+[stage.med]
+kind = "median"
+inputs = ["tp"]
+size = [1, 3, 3, 3]
+
+[stage.series]
+kind = "rechunk"
+inputs = ["med"]
+chunks = [4, 7, 7, 7]
+
+[stage.z]
+kind = "zscore"
+inputs = ["series"]
+axis = 0
+
+[stage.wm]
+kind = "write-zarr"
+inputs = ["med"]
+path = "med{k}.zarr"
+
+[stage.wz]
+kind = "write-zarr"
+inputs = ["z"]
+path = "z{k}.zarr"
+"#
+            ),
+        );
+        let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
+        assert_eq!(code, 0, "chunks {chunks}: {err}");
+        assert_eq!(
+            read_all(&t.join(format!("med{k}.zarr"))),
+            ArrayData::F64(med.clone()),
+            "median in chunks {chunks}"
+        );
+        let ArrayData::F64(got) = read_all(&t.join(format!("z{k}.zarr"))) else {
+            panic!("f64")
+        };
+        let worst = got
+            .iter()
+            .zip(z.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-12,
+            "zscore in chunks {chunks} differs by {worst}"
+        );
+    }
+}

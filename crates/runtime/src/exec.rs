@@ -556,6 +556,27 @@ fn run_stage(
             })?;
             Ok(None)
         }
+        (StageKind::Median { filter, .. }, _) => {
+            let shape: Vec<usize> = ctx.stage.grid.shape().iter().map(|&n| n as usize).collect();
+            kernel_loop(ctx, inputs, outs, |set, _, _| {
+                let c = &set[0];
+                let geom = block_geometry(c, &shape);
+                with_array!(c.array(), a => filter
+                    .filter_block(a.view(), &geom)
+                    .map(ArrayKind::wrap)
+                    .map_err(|e| e.to_string()))
+            })?;
+            Ok(None)
+        }
+        (StageKind::Zscore { axis, ddof }, _) => {
+            let (axis, ddof) = (*axis, *ddof);
+            kernel_loop(ctx, inputs, outs, |set, _, _| {
+                with_array!(set[0].array(), a => blockflow_kernels::zscore::zscore(a.view(), axis, ddof)
+                    .map(ArrayData::F64)
+                    .map_err(|e| e.to_string()))
+            })?;
+            Ok(None)
+        }
         (StageKind::ReadHdf5 { .. }, Resource::Hdf5(r)) => {
             source(ctx, outs, |region, _| {
                 r.read(region).map_err(|e| e.to_string())

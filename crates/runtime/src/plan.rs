@@ -86,6 +86,14 @@ pub enum StageKind {
         path: PathBuf,
         dataset: String,
     },
+    Median {
+        filter: blockflow_kernels::rank::RankFilter,
+        desc: String,
+    },
+    Zscore {
+        axis: usize,
+        ddof: usize,
+    },
     ReadHdf5Stack {
         stack: blockflow_io::hdf5::StackReader,
     },
@@ -176,6 +184,8 @@ impl StageKind {
             StageKind::Overlap { .. } => "overlap",
             StageKind::ReadImages { .. } => "read-images",
             StageKind::ReadHdf5 { .. } => "read-hdf5",
+            StageKind::Median { .. } => "median",
+            StageKind::Zscore { .. } => "zscore",
             StageKind::ReadHdf5Stack { .. } => "read-hdf5-stack",
             StageKind::WriteHdf5 { .. } => "write-hdf5",
             StageKind::Rescale { .. } => "rescale",
@@ -1212,6 +1222,10 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Overlap { window, .. } => window * in_chunk_bytes + out_bytes,
         // The block held, as float64, the pass being written, the result.
         StageKind::Filter { .. } => p * (in_chunk_bytes + in_elems * 8 * 3 + out_bytes),
+        // The block with its halo, the gathered windows, the result.
+        StageKind::Median { .. } => p * (3 * in_chunk_bytes + out_bytes),
+        // The chunk as float64, sums, the result.
+        StageKind::Zscore { .. } => p * (in_chunk_bytes + 3 * out_bytes),
         // The chunk, as the library reads it and as it is sent.
         StageKind::ReadHdf5 { .. } | StageKind::ReadHdf5Stack { .. } => 2 * out_bytes,
         StageKind::WriteHdf5 { .. } => 2 * in_chunk_bytes,
@@ -1283,6 +1297,86 @@ fn plan_stage(
                 grid: grid.clone(),
             };
             Some((StageKind::Synthetic { pattern, seed }, Some(spec), grid))
+        }
+        "median" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let nd = stream.shape().len();
+            let size: Vec<usize> = match get(st, "size").map(|v| &v.v) {
+                Some(Val::Int(i)) if *i >= 1 => vec![*i as usize; nd],
+                Some(Val::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| match x.v {
+                        Val::Int(i) if i >= 1 => Some(i as usize),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if size.len() != nd {
+                d.err(&span_of(st, "size"), sname, format!("`size` must be a positive integer or one per axis ({nd} for the input {:?})", stream.shape()));
+                return None;
+            }
+            let stat = if let Some(r) = get_int(st, "rank") {
+                blockflow_kernels::rank::Statistic::Rank(r)
+            } else if let Some(q) = get_float(st, "percentile") {
+                blockflow_kernels::rank::Statistic::Percentile(q)
+            } else {
+                blockflow_kernels::rank::Statistic::Median
+            };
+            let filter = match blockflow_kernels::rank::RankFilter::new(&size, stat, boundary(st)) {
+                Ok(f) => f,
+                Err(e) => {
+                    d.err(&span_of(st, "size"), sname, e.to_string());
+                    return None;
+                }
+            };
+            if !check_wrap(d, st, &stream.grid, &filter.halo()) {
+                return None;
+            }
+            let desc = format!(
+                "{stat:?} of {size:?} windows, mode {}",
+                get_str(st, "mode").unwrap_or("reflect")
+            );
+            let grid = stream.grid.clone();
+            Some((
+                StageKind::Median { filter, desc },
+                Some(ArraySpec {
+                    dtype: stream.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "zscore" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let nd = stream.shape().len() as i64;
+            let a = get_int(st, "axis").unwrap_or(0);
+            let ax = if a < 0 { a + nd } else { a };
+            if ax < 0 || ax >= nd {
+                d.err(
+                    &span_of(st, "axis"),
+                    sname,
+                    format!("axis {a} is out of range for the input's {nd} axes"),
+                );
+                return None;
+            }
+            let ax = ax as usize;
+            if stream.grid.chunk_shape()[ax] != stream.shape()[ax] {
+                d.err(&span_of(st, "inputs"), sname, format!("zscore along axis {ax} needs each chunk to hold that axis whole: the input {:?} comes in chunks of {:?}; rechunk it (e.g. to whole time series) first", stream.shape(), stream.grid.chunk_shape()));
+                return None;
+            }
+            let grid = stream.grid.clone();
+            Some((
+                StageKind::Zscore {
+                    axis: ax,
+                    ddof: get_int(st, "ddof").unwrap_or(0) as usize,
+                },
+                Some(ArraySpec {
+                    dtype: DType::F64,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
         }
         "read-hdf5" | "read-hdf5-stack" => {
             let pv = get(st, "path")?;
@@ -2553,6 +2647,7 @@ pub fn needs_halo(s: &PlannedStage, input_ndim: usize) -> Option<Vec<(usize, usi
             let (b, a) = params.halo();
             vec![(b, a), (b, a), (0, 0)]
         }
+        StageKind::Median { filter, .. } => filter.halo(),
         _ => return None,
     };
     h.iter().any(|&(b, a)| b + a > 0).then_some(h)
@@ -2904,6 +2999,8 @@ impl Plan {
                     }
                 ),
                 StageKind::WriteCsv { path, .. } => format!("CSV {}", path.display()),
+                StageKind::Median { desc, .. } => desc.clone(),
+                StageKind::Zscore { axis, ddof } => format!("along axis {axis}, ddof {ddof}"),
                 StageKind::ReadHdf5 { path, dataset } => {
                     format!("{} dataset \"{dataset}\"", path.display())
                 }

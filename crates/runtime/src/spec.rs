@@ -267,6 +267,29 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "median",
+        role: "kernel",
+        summary: "scipy.ndimage's median_filter (or rank_filter, percentile_filter) with a window size per axis, e.g. [1, 3, 3, 3] on a (T, Z, Y, X) stack: chunk by chunk with the halo the window needs, equal to scipy on the whole array; keeps the dtype",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("size", PType::Ints, None, "the window's size per axis (an integer: every axis); 1 leaves an axis alone"),
+            p("rank", PType::Int(i64::MIN, i64::MAX), Some(""), "rank_filter: this rank of each window instead of the median (negative counts from the top)"),
+            p("percentile", PType::Float, Some(""), "percentile_filter: this percentile (0..100) instead of the median"),
+            p("mode", PType::Choice(&["reflect", "mirror", "nearest", "wrap", "constant", "none"]), Some("reflect"), "how the array is extended at its edges, as scipy.ndimage"),
+            p("cval", PType::Float, Some("0.0"), "the value beyond the edges for mode = \"constant\""),
+        ],
+    },
+    KindSpec {
+        kind: "zscore",
+        role: "kernel",
+        summary: "scipy.stats.zscore along an axis each chunk holds whole (rechunk to whole time series first): (x - mean) / std with `ddof`; float64 out; a constant series gives NaN, as scipy",
+        inputs: Arity::Exactly(1),
+        params: &[
+            p("axis", PType::Int(-32, 31), Some("0"), "the axis"),
+            p("ddof", PType::Int(0, 1_000_000), Some("0"), "delta degrees of freedom, as scipy"),
+        ],
+    },
+    KindSpec {
         kind: "read-images",
         role: "reader",
         summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
