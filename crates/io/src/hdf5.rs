@@ -19,6 +19,20 @@ fn h5err(path: &Path, dataset: &str, e: impl std::fmt::Display) -> IoError {
     }
 }
 
+/// A region as hyperslab bounds.
+fn region_slice(region: &Region) -> Vec<SliceInfoElem> {
+    region
+        .origin
+        .iter()
+        .zip(&region.shape)
+        .map(|(&o, &n)| SliceInfoElem::Slice {
+            start: o as isize,
+            end: Some((o + n) as isize),
+            step: 1,
+        })
+        .collect()
+}
+
 /// Shape and dtype of one dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hdf5Info {
@@ -104,16 +118,7 @@ impl Hdf5Reader {
 
     /// The values of `region`.
     pub fn read(&self, region: &Region) -> Result<ArrayData, IoError> {
-        let elems: Vec<SliceInfoElem> = region
-            .origin
-            .iter()
-            .zip(&region.shape)
-            .map(|(&o, &n)| SliceInfoElem::Slice {
-                start: o as isize,
-                end: Some((o + n) as isize),
-                step: 1,
-            })
-            .collect();
+        let elems = region_slice(region);
         let err = |e: String| IoError::Chunk {
             path: self.info.path.clone(),
             chunk: Vec::new(),
@@ -384,16 +389,7 @@ impl Hdf5Writer {
             .ds
             .as_ref()
             .ok_or_else(|| err("already finished".into()))?;
-        let elems: Vec<SliceInfoElem> = region
-            .origin
-            .iter()
-            .zip(&region.shape)
-            .map(|(&o, &n)| SliceInfoElem::Slice {
-                start: o as isize,
-                end: Some((o + n) as isize),
-                step: 1,
-            })
-            .collect();
+        let elems = region_slice(region);
         let info = SliceInfo::<_, IxDyn, IxDyn>::try_from(elems).map_err(|e| err(e.to_string()))?;
         with_dtype!(self.dtype, T => {
             let a = T::unwrap_ref(data).ok_or_else(|| err("dtype".into()))?;

@@ -540,6 +540,22 @@ fn get_shape(st: &RawStage, key: &str) -> Option<Vec<u64>> {
         _ => None,
     }
 }
+/// The stage's `axis` (negative counts from the end) among `nd` axes; an
+/// error naming it when out of range.
+fn get_axis(d: &mut Diags, st: &RawStage, default: i64, nd: usize, whose: &str) -> Option<usize> {
+    let a = get_int(st, "axis").unwrap_or(default);
+    let ax = if a < 0 { a + nd as i64 } else { a };
+    if ax < 0 || ax >= nd as i64 {
+        d.err(
+            &span_of(st, "axis"),
+            Some(st.name.v.as_str()),
+            format!("axis {a} is out of range for {whose} {nd} axes"),
+        );
+        return None;
+    }
+    Some(ax as usize)
+}
+
 fn get_bool(st: &RawStage, key: &str) -> Option<bool> {
     match get(st, key).map(|v| &v.v) {
         Some(Val::Bool(b)) => Some(*b),
@@ -1349,18 +1365,7 @@ fn plan_stage(
         }
         "zscore" => {
             let stream = ins.first()?.output.as_ref()?;
-            let nd = stream.shape().len() as i64;
-            let a = get_int(st, "axis").unwrap_or(0);
-            let ax = if a < 0 { a + nd } else { a };
-            if ax < 0 || ax >= nd {
-                d.err(
-                    &span_of(st, "axis"),
-                    sname,
-                    format!("axis {a} is out of range for the input's {nd} axes"),
-                );
-                return None;
-            }
-            let ax = ax as usize;
+            let ax = get_axis(d, st, 0, stream.shape().len(), "the input's")?;
             if stream.grid.chunk_shape()[ax] != stream.shape()[ax] {
                 d.err(&span_of(st, "inputs"), sname, format!("zscore along axis {ax} needs each chunk to hold that axis whole: the input {:?} comes in chunks of {:?}; rechunk it (e.g. to whole time series) first", stream.shape(), stream.grid.chunk_shape()));
                 return None;
@@ -1620,18 +1625,8 @@ fn plan_stage(
             let new_axis = ks.kind == "stack";
             let specs: Vec<&ArraySpec> = ins.iter().filter_map(|i| i.output.as_ref()).collect();
             let first = specs.first()?;
-            let nd = first.shape().len() as i64 + i64::from(new_axis);
-            let a = get_int(st, "axis").unwrap_or(0);
-            let ax = if a < 0 { a + nd } else { a };
-            if ax < 0 || ax >= nd {
-                d.err(
-                    &span_of(st, "axis"),
-                    sname,
-                    format!("axis {a} is out of range for a result of {nd} axes"),
-                );
-                return None;
-            }
-            let ax = ax as usize;
+            let nd = first.shape().len() + usize::from(new_axis);
+            let ax = get_axis(d, st, 0, nd, "the result's")?;
             let mut dtype = first.dtype;
             let mut extent = 0;
             for (i, sp) in specs.iter().enumerate() {
@@ -1821,21 +1816,7 @@ fn plan_stage(
         }
         "diff" => {
             let stream = ins.first()?.output.as_ref()?;
-            let nd = stream.shape().len() as i64;
-            let a = get_int(st, "axis").unwrap_or(-1);
-            let ax = if a < 0 { a + nd } else { a };
-            if ax < 0 || ax >= nd {
-                d.err(
-                    &span_of(st, "axis"),
-                    sname,
-                    format!(
-                        "axis {a} is out of range for the input's {nd} axes (shape {:?})",
-                        stream.shape()
-                    ),
-                );
-                return None;
-            }
-            let ax = ax as usize;
+            let ax = get_axis(d, st, -1, stream.shape().len(), "the input's")?;
             let (n, c) = (stream.shape()[ax], stream.grid.chunk_shape()[ax]);
             if c != n || n < 2 {
                 d.err(&span_of(st, "inputs"), sname, format!("diff along axis {ax} needs each chunk to hold that axis whole and at least 2 long: the input {:?} is in chunks of {:?}; rechunk it first", stream.shape(), stream.grid.chunk_shape()));
