@@ -8,6 +8,7 @@ pub mod filters;
 pub mod linalg;
 pub mod rank;
 pub mod reduce;
+pub mod register;
 pub mod rescale;
 pub mod shift;
 pub mod tensor;
