@@ -568,6 +568,70 @@ fn run_stage(
             })?;
             Ok(None)
         }
+        (StageKind::Register { upsample }, _) => {
+            // Frames arrive in order: the first is the reference.
+            let grid = ctx.stage.grid.clone();
+            let mut reference: Option<ndarray::ArrayD<f64>> = None;
+            while let Some(c) = ctx.recv(&inputs[0])? {
+                ctx.check_cancel()?;
+                let t = Instant::now();
+                let frame = c.array().to_f64().index_axis_move(ndarray::Axis(0), 0);
+                let shift = match &reference {
+                    None => {
+                        let zeros = vec![0.0; frame.ndim()];
+                        reference = Some(frame);
+                        zeros
+                    }
+                    Some(r) => {
+                        let (r, up) = (r.view(), *upsample);
+                        ctx.pool
+                            .install(|| {
+                                blockflow_kernels::register::phase_cross_correlation(
+                                    r,
+                                    frame.view(),
+                                    up,
+                                )
+                            })
+                            .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?
+                    }
+                };
+                ctx.report.busy_seconds += t.elapsed().as_secs_f64();
+                let idx = vec![c.index[0], 0];
+                let n = shift.len();
+                let data = ArrayData::F64(
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, n]), shift)
+                        .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?,
+                );
+                ctx.note_held(c.nbytes() * 6);
+                ctx.send(
+                    outs,
+                    Chunk::new(idx.clone(), grid.region(&idx), data, ctx.meter),
+                )?;
+            }
+            ctx.end(outs);
+            Ok(None)
+        }
+        (
+            StageKind::Shift {
+                order,
+                mode,
+                cval,
+                prefilter,
+            },
+            _,
+        ) => {
+            let (order, mode, cval, prefilter) = (*order, *mode, *cval, *prefilter);
+            kernel_loop(ctx, inputs, outs, |set, _, _| {
+                let data = set[0].array();
+                let v: Vec<f64> = set[1].array().to_f64().iter().copied().collect();
+                let frame = data.to_f64().index_axis_move(ndarray::Axis(0), 0);
+                let moved =
+                    blockflow_kernels::shift::shift(frame.view(), &v, order, mode, cval, prefilter)
+                        .map_err(|e| e.to_string())?;
+                Ok(ArrayData::F64(moved.insert_axis(ndarray::Axis(0))).cast(data.dtype()))
+            })?;
+            Ok(None)
+        }
         (StageKind::Zscore { axis, ddof }, _) => {
             let (axis, ddof) = (*axis, *ddof);
             kernel_loop(ctx, inputs, outs, |set, _, _| {

@@ -94,6 +94,15 @@ pub enum StageKind {
         axis: usize,
         ddof: usize,
     },
+    Register {
+        upsample: usize,
+    },
+    Shift {
+        order: usize,
+        mode: blockflow_kernels::shift::InterpMode,
+        cval: f64,
+        prefilter: bool,
+    },
     ReadHdf5Stack {
         stack: blockflow_io::hdf5::StackReader,
     },
@@ -186,6 +195,8 @@ impl StageKind {
             StageKind::ReadHdf5 { .. } => "read-hdf5",
             StageKind::Median { .. } => "median",
             StageKind::Zscore { .. } => "zscore",
+            StageKind::Register { .. } => "register",
+            StageKind::Shift { .. } => "shift",
             StageKind::ReadHdf5Stack { .. } => "read-hdf5-stack",
             StageKind::WriteHdf5 { .. } => "write-hdf5",
             StageKind::Rescale { .. } => "rescale",
@@ -1242,6 +1253,11 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Median { .. } => p * (3 * in_chunk_bytes + out_bytes),
         // The chunk as float64, sums, the result.
         StageKind::Zscore { .. } => p * (in_chunk_bytes + 3 * out_bytes),
+        // The reference and the frame as complex spectra (16 bytes a value
+        // each), their product and its inverse.
+        StageKind::Register { .. } => in_chunk_bytes + in_elems * 16 * 5,
+        // The frame as float64, its spline coefficients, the result.
+        StageKind::Shift { .. } => p * (in_chunk_bytes + in_elems * 8 * 3),
         // The chunk, as the library reads it and as it is sent.
         StageKind::ReadHdf5 { .. } | StageKind::ReadHdf5Stack { .. } => 2 * out_bytes,
         StageKind::WriteHdf5 { .. } => 2 * in_chunk_bytes,
@@ -1356,6 +1372,50 @@ fn plan_stage(
             let grid = stream.grid.clone();
             Some((
                 StageKind::Median { filter, desc },
+                Some(ArraySpec {
+                    dtype: stream.dtype,
+                    grid: grid.clone(),
+                }),
+                grid,
+            ))
+        }
+        "register" | "shift" => {
+            let stream = ins.first()?.output.as_ref()?;
+            let (shape, c) = (stream.shape(), stream.grid.chunk_shape());
+            if shape.len() < 2 || c[0] != 1 || c[1..] != shape[1..] {
+                d.err(&span_of(st, "inputs"), sname, format!("{} works frame by frame: the input {shape:?} must come one whole frame per chunk, [1, {:?}...], not {c:?}", ks.kind, &shape[1..]));
+                return None;
+            }
+            let frame_nd = shape.len() as u64 - 1;
+            if ks.kind == "register" {
+                let grid = ChunkGrid::new(vec![shape[0], frame_nd], vec![1, frame_nd]).ok()?;
+                return Some((
+                    StageKind::Register {
+                        upsample: get_int(st, "upsample_factor").unwrap_or(1) as usize,
+                    },
+                    Some(ArraySpec {
+                        dtype: DType::F64,
+                        grid: grid.clone(),
+                    }),
+                    grid,
+                ));
+            }
+            let v = ins.get(1)?.output.as_ref()?;
+            if v.shape() != [shape[0], frame_nd] || v.grid.chunk_shape()[0] != 1 {
+                d.err(&span_of(st, "inputs"), sname, format!("the second input, \"{}\", must hold one vector per frame, [{}, {frame_nd}] in chunks of one row (a `register` stage); it is {:?} in chunks of {:?}", ins[1].name, shape[0], v.shape(), v.grid.chunk_shape()));
+                return None;
+            }
+            let mode = blockflow_kernels::shift::InterpMode::parse(
+                get_str(st, "mode").unwrap_or("constant"),
+            )?;
+            let grid = stream.grid.clone();
+            Some((
+                StageKind::Shift {
+                    order: get_int(st, "order").unwrap_or(3) as usize,
+                    mode,
+                    cval: get_float(st, "cval").unwrap_or(0.0),
+                    prefilter: get_bool(st, "prefilter").unwrap_or(true),
+                },
                 Some(ArraySpec {
                     dtype: stream.dtype,
                     grid: grid.clone(),
@@ -2982,6 +3042,17 @@ impl Plan {
                 StageKind::WriteCsv { path, .. } => format!("CSV {}", path.display()),
                 StageKind::Median { desc, .. } => desc.clone(),
                 StageKind::Zscore { axis, ddof } => format!("along axis {axis}, ddof {ddof}"),
+                StageKind::Register { upsample } => format!(
+                    "each frame to the first by phase cross-correlation, to 1/{upsample} voxel"
+                ),
+                StageKind::Shift {
+                    order,
+                    mode,
+                    cval,
+                    prefilter,
+                } => format!(
+                    "each frame by its vector: spline order {order}, {mode:?} (cval {cval}), prefilter {prefilter}"
+                ),
                 StageKind::ReadHdf5 { path, dataset } => {
                     format!("{} dataset \"{dataset}\"", path.display())
                 }

@@ -280,6 +280,25 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "register",
+        role: "kernel",
+        summary: "rigid registration of each frame of a stack (one whole frame per chunk along axis 0) to the first, by phase cross-correlation as scikit-image's phase_cross_correlation: the stream is the shift that registers each frame, (N, frame axes) float64 in chunks of one frame, ready for a `shift` stage",
+        inputs: Arity::Exactly(1),
+        params: &[p("upsample_factor", PType::Int(1, 10_000), Some("1"), "1: to the voxel; k: to 1/k voxel by an upsampled DFT around the peak")],
+    },
+    KindSpec {
+        kind: "shift",
+        role: "kernel",
+        summary: "scipy.ndimage.shift of each frame of a stack (one whole frame per chunk along axis 0) by that frame's vector from the second input (e.g. a `register` stage): spline interpolation, scipy's modes; keeps the dtype",
+        inputs: Arity::Exactly(2),
+        params: &[
+            p("order", PType::Int(0, 5), Some("3"), "the spline order (0 nearest, 1 linear, 3 cubic)"),
+            p("mode", PType::Choice(&["constant", "grid-constant", "nearest", "reflect", "mirror", "grid-mirror", "wrap", "grid-wrap"]), Some("constant"), "how the frame is extended beyond its edges, as scipy.ndimage"),
+            p("cval", PType::Float, Some("0.0"), "the value beyond the edges for the constant modes"),
+            p("prefilter", PType::Bool, Some("true"), "spline-filter first (orders > 1), as scipy"),
+        ],
+    },
+    KindSpec {
         kind: "zscore",
         role: "kernel",
         summary: "scipy.stats.zscore along an axis each chunk holds whole (rechunk to whole time series first): (x - mean) / std with `ddof`; float64 out; a constant series gives NaN, as scipy",
