@@ -22,24 +22,14 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
             // A small generated stack in place of the shipped one.
             let stack = tmp.join("images");
             if !stack.exists() {
-                let out = bin()
-                    .args(["generate", "cells", stack.to_str().expect("u")])
-                    .args(["--count", "844", "--size", "16"])
-                    .output()
-                    .expect("generate");
-                assert!(out.status.success(), "{out:?}");
+                generate("cells", &stack, 844, 16, 1);
             }
             sets.push(format!("{name}.path=\"{}/*.png\"", stack.display()));
         } else if matches!(kind, Some(Val::Str(k)) if k == "read-hdf5-stack") {
             // A few small generated timepoints.
             let volumes = tmp.join("volumes");
             if !volumes.exists() {
-                let out = bin()
-                    .args(["generate", "timeseries", volumes.to_str().expect("u")])
-                    .args(["--count", "4", "--size", "20"])
-                    .output()
-                    .expect("generate");
-                assert!(out.status.success(), "{out:?}");
+                generate("timeseries", &volumes, 4, 20, 1);
             }
             sets.push(format!("{name}.path=\"{}/t_*.h5\"", volumes.display()));
         } else if let Some(Val::Str(p)) = st.get("path").map(|v| &v.v) {

@@ -161,9 +161,7 @@ fn plan_text_dot_stages_and_inspect() {
     );
     assert!(out.contains("20 chunks"), "{out}");
     // The report has per-stage numbers.
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).expect("report"))
-            .expect("json");
+    let rep: serde_json::Value = read_json(dir.path().join("r.json"));
     assert_eq!(rep["ok"], true);
     assert_eq!(rep["stages"][0]["chunks_out"], 20);
     assert!(rep["peak_rss_bytes"].as_u64().expect("rss") > 0);
@@ -503,9 +501,7 @@ fn interrupt_stops_cleanly_and_commits_nothing() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(!dir.path().join("big.zarr").exists() && !dir.path().join("big.zarr.partial").exists());
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).expect("report"))
-            .expect("json");
+    let rep: serde_json::Value = read_json(dir.path().join("r.json"));
     assert_eq!(rep["ok"], false);
 }
 
@@ -817,10 +813,7 @@ region = [100, 300, 0, 250]
     ]);
     assert_eq!(code, 0, "{err}");
     // ramp: value = 60*y + x; above 2000 means y >= 33 (or y = 33, x > 20).
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("blocks.json")).expect("json"),
-    )
-    .expect("parse");
+    let doc: serde_json::Value = read_json(dir.path().join("blocks.json"));
     assert_eq!(
         doc["blocks_of_interest"],
         serde_json::json!([[3, 0], [3, 1], [3, 2]])
@@ -1081,8 +1074,7 @@ fn rechunk_to_any_grid_keeps_the_data() {
         for (i, v) in a.iter().enumerate() {
             assert_eq!(*v as usize, i, "ramp value at {i} after rechunk to {to}");
         }
-        let rep: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).expect("r")).expect("json");
+        let rep: serde_json::Value = read_json(&report);
         assert!(
             rep["peak_buffered_bytes"].as_u64() <= rep["projected_bytes"].as_u64(),
             "{to}"
@@ -1112,10 +1104,7 @@ fn small_results_as_one_json_document() {
         dir.path().join("r.json").to_str().expect("u"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("summary.json")).expect("json"),
-    )
-    .expect("parse");
+    let doc: serde_json::Value = read_json(dir.path().join("summary.json"));
     assert_eq!(doc["mean"], serde_json::json!(299.5));
     // Block maxima of a ramp 30 wide: block (by, bx) ends at row 10*by+9,
     // col 10*bx+9; max keeps the input's dtype (int32), as numpy.
@@ -1272,9 +1261,7 @@ fn elevation_exact_matmul_sum_and_the_smoothest_block() {
         }
     }
     let exact: i128 = r.iter().zip(&g).map(|(a, b)| a * b).sum();
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(t.join("s.json")).expect("json"))
-            .expect("json");
+    let s: serde_json::Value = read_json(t.join("s.json"));
     assert_eq!(i128::from(s["matmul_sum"].as_i64().expect("int")), exact);
     // The smoothest block: the argmin of the per-block std it wrote.
     let stds = read_all(&t.join("std.zarr")).to_f64();
@@ -1389,9 +1376,7 @@ path = "mm.json"
     );
     let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("mm.json")).expect("json"))
-            .expect("json");
+    let s: serde_json::Value = read_json(dir.path().join("mm.json"));
     let a = |i: i64, j: i64| i * 7 + j;
     let v: Vec<i64> = (0..7).map(|j| (0..5).map(|i| a(i, j)).sum()).collect();
     for i in 0..5 {
@@ -1425,9 +1410,7 @@ path = "mm.json"
     );
     let (code, _, err) = blockflow(&["run", "-q", exact.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("big.json")).expect("json"))
-            .expect("json");
+    let s: serde_json::Value = read_json(dir.path().join("big.json"));
     assert_eq!(
         s["bigdot"].as_i64(),
         Some(7 * 1_012_333_499i64 * 1_012_333_499)
@@ -1749,12 +1732,7 @@ path = "cf.zarr"
 fn hdf5_timepoints_stack_rechunk_and_write() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = dir.path();
-    let out = bin()
-        .args(["generate", "timeseries", t.join("tp").to_str().expect("u")])
-        .args(["--count", "5", "--size", "12"])
-        .output()
-        .expect("generate");
-    assert!(out.status.success(), "{out:?}");
+    generate("timeseries", &t.join("tp"), 5, 12, 1);
     let cfg = write_config(
         t,
         "ts.toml",
@@ -1787,11 +1765,7 @@ path = "series.zarr"
     let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
     let whole = blockflow_core::Region::new(vec![0, 0, 0, 0], vec![5, 12, 12, 12]);
-    let stack =
-        blockflow_io::hdf5::StackReader::open(&format!("{}/tp/t_*.h5", t.display()), "data")
-            .expect("stack")
-            .read(&whole)
-            .expect("read");
+    let stack = read_timepoints(&t.join("tp"));
     let h5 = blockflow_io::hdf5::Hdf5Reader::open(&t.join("series.h5"), "volume").expect("open");
     assert_eq!(h5.read(&whole).expect("read"), stack);
     assert_eq!(read_all(&t.join("series.zarr")), stack);
@@ -1837,19 +1811,8 @@ path = "series.zarr"
 fn median_and_zscore_stages_match_the_whole_array() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = dir.path();
-    let out = bin()
-        .args(["generate", "timeseries", t.join("tp").to_str().expect("u")])
-        .args(["--count", "4", "--size", "14"])
-        .output()
-        .expect("generate");
-    assert!(out.status.success(), "{out:?}");
-    let whole = blockflow_core::Region::new(vec![0, 0, 0, 0], vec![4, 14, 14, 14]);
-    let ArrayData::F64(stack) =
-        blockflow_io::hdf5::StackReader::open(&format!("{}/tp/t_*.h5", t.display()), "data")
-            .expect("stack")
-            .read(&whole)
-            .expect("read")
-    else {
+    generate("timeseries", &t.join("tp"), 4, 14, 1);
+    let ArrayData::F64(stack) = read_timepoints(&t.join("tp")) else {
         panic!("f64")
     };
     let med = blockflow_kernels::rank::median_filter(
@@ -1932,12 +1895,7 @@ path = "z{k}.zarr"
 fn register_and_shift_stages() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = dir.path();
-    let out = bin()
-        .args(["generate", "timeseries", t.join("tp").to_str().expect("u")])
-        .args(["--count", "4", "--size", "24"])
-        .output()
-        .expect("generate");
-    assert!(out.status.success(), "{out:?}");
+    generate("timeseries", &t.join("tp"), 4, 24, 1);
     let cfg = write_config(
         t,
         "rs.toml",
@@ -1969,19 +1927,9 @@ path = "moved.zarr"
     );
     let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
-    let got: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(t.join("shifts.json")).expect("json"))
-            .expect("json");
-    let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(t.join("tp/shifts.json")).expect("json"))
-            .expect("json");
-    let whole = blockflow_core::Region::new(vec![0, 0, 0, 0], vec![4, 24, 24, 24]);
-    let ArrayData::F64(stack) =
-        blockflow_io::hdf5::StackReader::open(&format!("{}/tp/t_*.h5", t.display()), "data")
-            .expect("stack")
-            .read(&whole)
-            .expect("read")
-    else {
+    let got: serde_json::Value = read_json(t.join("shifts.json"));
+    let truth: serde_json::Value = read_json(t.join("tp/shifts.json"));
+    let ArrayData::F64(stack) = read_timepoints(&t.join("tp")) else {
         panic!("f64")
     };
     let ArrayData::F64(moved) = read_all(&t.join("moved.zarr")) else {

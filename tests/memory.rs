@@ -50,8 +50,7 @@ level = 1
         report.to_str().expect("u"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let rep: serde_json::Value = read_json(&report);
     let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
     let buffered = rep["peak_buffered_bytes"].as_u64().expect("buffered");
     let projected = rep["projected_bytes"].as_u64().expect("projected");
@@ -110,8 +109,7 @@ fn structure_tensor_at_the_tutorial_size_within_512_mib() {
     ];
     let (code, _, err) = run_with_sets(&cfg, &sets);
     assert_eq!(code, 0, "{err}");
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let rep: serde_json::Value = read_json(&report);
     let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
     let budget = rep["memory_budget_bytes"].as_u64().expect("budget");
     assert_eq!(budget, 512 << 20);
@@ -206,8 +204,7 @@ codec = "none"
         report.to_str().expect("u"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let rep: serde_json::Value = read_json(&report);
     let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
     eprintln!(
         "4-D rechunk of {} MiB with a {} MiB budget: {:.2} s, projected {} MiB, peak buffered {} MiB, peak RSS {} MiB",

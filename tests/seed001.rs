@@ -37,10 +37,7 @@ fn f64s(a: ArrayData) -> Vec<f64> {
 
 #[test]
 fn cells_workflow_matches_numpy_and_skimage() {
-    let fx: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/cells_numpy.json")).expect("fixture"),
-    )
-    .expect("json");
+    let fx: Value = read_json(root().join("tests/fixtures/cells_numpy.json"));
     let (n, size, seed, k) = (
         fx["n"].as_u64().expect("n"),
         fx["size"].as_u64().expect("size"),
@@ -50,13 +47,7 @@ fn cells_workflow_matches_numpy_and_skimage() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = dir.path();
     let stack = t.join("stack");
-    let out = bin()
-        .args(["generate", "cells", stack.to_str().expect("u")])
-        .args(["--count", &n.to_string(), "--size", &size.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .expect("generate");
-    assert!(out.status.success(), "{out:?}");
+    generate("cells", &stack, n as usize, size as usize, seed);
     let p = |f: &str| t.join(f).display().to_string();
     let sets = vec![
         format!("cells.path={}/*.png", stack.display()),
@@ -111,9 +102,7 @@ fn cells_workflow_matches_numpy_and_skimage() {
         assert_eq!(r[11] == 1.0, cm[i * 3] < cm[i * 3 + 1], "image {i} green");
     }
     // The green count and the singular values (the modes' norms).
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(t.join("summary.json")).expect("json"))
-            .expect("json");
+    let summary: Value = read_json(t.join("summary.json"));
     assert_eq!(summary["green_count"], fx["green_count"]);
     assert_eq!(summary["image_730_max"].as_i64(), Some(im[n as usize - 3]));
     let s = floats(&fx["singular_values"]);
@@ -194,9 +183,7 @@ path = "values.json"
     );
     let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(t.join("values.json")).expect("json"))
-            .expect("json");
+    let v: Value = read_json(t.join("values.json"));
     let got: Vec<f64> = v["s"]
         .as_array()
         .expect("s")
@@ -217,12 +204,7 @@ path = "values.json"
 fn bad_images_are_named() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = dir.path();
-    let out = bin()
-        .args(["generate", "cells", t.to_str().expect("u")])
-        .args(["--count", "4", "--size", "16"])
-        .output()
-        .expect("generate");
-    assert!(out.status.success());
+    generate("cells", t, 4, 16, 1);
     let cfg = write_config(
         t,
         "p.toml",

@@ -55,3 +55,28 @@ pub fn run_with_sets(cfg: &Path, sets: &[String]) -> (i32, String, String) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     blockflow(&refs)
 }
+
+/// Runs `blockflow generate WHAT DIR --count N --size S --seed SEED`.
+pub fn generate(what: &str, dir: &Path, count: usize, size: usize, seed: u64) {
+    let out = bin()
+        .args(["generate", what, dir.to_str().expect("utf-8 path")])
+        .args(["--count", &count.to_string(), "--size", &size.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .expect("generate");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A JSON file (a run report, a result).
+pub fn read_json(path: impl AsRef<Path>) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read JSON")).expect("parse JSON")
+}
+
+/// The whole stack of the timepoints `dir/t_*.h5` (dataset "data").
+pub fn read_timepoints(dir: &Path) -> ArrayData {
+    let s = blockflow_io::hdf5::StackReader::open(&format!("{}/t_*.h5", dir.display()), "data")
+        .expect("stack");
+    let shape = s.shape();
+    s.read(&Region::new(vec![0; shape.len()], shape))
+        .expect("read stack")
+}

@@ -526,6 +526,44 @@ fn decode_tiff(path: &Path, bytes: &[u8]) -> Result<ArrayData, IoError> {
     })
 }
 
+/// Decodes the images `region.origin[0]..` (`region.shape[0]` of them) of
+/// a stack of `files` into one array; every image must be `image` (H, W, C)
+/// of `dtype`, else an error names the file.
+pub fn read_stack(
+    files: &[PathBuf],
+    image: &[u64],
+    dtype: DType,
+    region: &blockflow_core::Region,
+) -> Result<ArrayData, IoError> {
+    use blockflow_core::{with_dtype, ArrayKind};
+    let (first, count) = (region.origin[0] as usize, region.shape[0] as usize);
+    let mut shape = vec![count];
+    shape.extend(image.iter().map(|&n| n as usize));
+    Ok(with_dtype!(dtype, T => {
+        let mut out = ndarray::ArrayD::<T>::default(ndarray::IxDyn(&shape));
+        for (k, path) in files[first..first + count].iter().enumerate() {
+            let img = decode_image(path)?;
+            let got: Vec<u64> = img.shape().iter().map(|&n| n as u64).collect();
+            match T::unwrap_ref(&img) {
+                Some(typed) if got == image => {
+                    out.index_axis_mut(ndarray::Axis(0), k).assign(typed)
+                }
+                _ => {
+                    return Err(IoError::Store {
+                        path: path.clone(),
+                        why: format!(
+                            "image {} is {got:?} {}, but the stack's images are {image:?} {dtype} (as its first file)",
+                            first + k,
+                            img.dtype()
+                        ),
+                    })
+                }
+            }
+        }
+        T::wrap(out)
+    }))
+}
+
 /// The shape `[H, W, C]` and dtype that [`decode_image`] will give, read
 /// from the file's header (PNG up to the first image data, JPEG up to the
 /// first scan, TIFF its first directory).

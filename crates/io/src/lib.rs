@@ -17,6 +17,7 @@ pub mod images;
 pub mod json;
 pub mod preview;
 pub mod synthetic;
+pub mod table;
 pub mod zarr;
 
 use std::path::PathBuf;

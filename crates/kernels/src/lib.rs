@@ -6,6 +6,7 @@
 pub mod expr;
 pub mod filters;
 pub mod linalg;
+pub mod ops;
 pub mod rank;
 pub mod reduce;
 pub mod register;

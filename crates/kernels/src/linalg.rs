@@ -401,6 +401,33 @@ impl Tsqr {
     }
 }
 
+/// A band of a stack (N, f...) as the features x observations block of a
+/// PCA's data matrix (f rows, N columns, each image a column), each feature
+/// centred by its mean over the N observations (the band's own part of the
+/// mean image).
+pub fn centred_features(data: &blockflow_core::ArrayData) -> Array2<f64> {
+    use blockflow_core::{with_array, Element};
+    let n = data.shape()[0];
+    let f = data.len() / n.max(1);
+    let mut b = Array2::<f64>::zeros((f, n));
+    with_array!(data, a => {
+        let a = a.as_standard_layout();
+        if let Some(values) = a.as_slice() {
+            for (t, row) in values.chunks(f.max(1)).enumerate() {
+                let mut col = b.column_mut(t);
+                for (dst, v) in col.iter_mut().zip(row) {
+                    *dst = v.to_f64();
+                }
+            }
+        }
+    });
+    for mut row in b.rows_mut() {
+        let m = row.sum() / n.max(1) as f64;
+        row.mapv_inplace(|v| v - m);
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

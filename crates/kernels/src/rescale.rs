@@ -104,6 +104,12 @@ pub enum OutRange {
 /// Errors of [`rescale_intensity`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RescaleError {
+    #[error("image {index} of the chunk: {source}")]
+    Image {
+        index: usize,
+        #[source]
+        source: Box<RescaleError>,
+    },
     #[error("rescale_intensity: the image is empty, so it has no min, max or percentile")]
     Empty,
     #[error("rescale_intensity: percentiles must be within [0, 100], got ({0}, {1})")]
@@ -292,6 +298,34 @@ pub fn rescale_intensity(
             }
         })
     })
+}
+
+/// [`rescale_intensity`] of each image (along axis 0) of a stack.
+pub fn rescale_each(
+    data: &ArrayData,
+    in_range: &InRange,
+    out_range: &OutRange,
+) -> Result<ArrayData, RescaleError> {
+    let n = data.shape()[0];
+    let mut parts = Vec::with_capacity(n);
+    with_array!(data, a => {
+        for k in 0..n {
+            let img = ArrayKind::wrap(a.index_axis(ndarray::Axis(0), k).to_owned());
+            parts.push(rescale_intensity(&img, in_range, out_range).map_err(|e| {
+                RescaleError::Image { index: k, source: Box::new(e) }
+            })?);
+        }
+    });
+    let dtype = output_dtype(data.dtype(), out_range);
+    Ok(with_dtype!(dtype, T => {
+        let mut out = ndarray::ArrayD::<T>::default(data.shape());
+        for (k, p) in parts.iter().enumerate() {
+            if let Some(img) = T::unwrap_ref(p) {
+                out.index_axis_mut(ndarray::Axis(0), k).assign(img);
+            }
+        }
+        T::wrap(out)
+    }))
 }
 
 #[cfg(test)]

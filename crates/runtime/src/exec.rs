@@ -663,7 +663,8 @@ fn run_stage(
         (StageKind::ReadImages { files, image }, _) => {
             let dtype = stage.output.as_ref().map_or(DType::U8, |o| o.dtype);
             source(ctx, outs, |region, _| {
-                read_images(files, image, dtype, region)
+                blockflow_io::images::read_stack(files, image, dtype, region)
+                    .map_err(|e| e.to_string())
             })?;
             Ok(None)
         }
@@ -675,7 +676,8 @@ fn run_stage(
             _,
         ) => {
             kernel_loop(ctx, inputs, outs, |set, _, _| {
-                rescale_images(set[0].array(), in_range, out_range)
+                blockflow_kernels::rescale::rescale_each(set[0].array(), in_range, out_range)
+                    .map_err(|e| e.to_string())
             })?;
             Ok(None)
         }
@@ -733,7 +735,7 @@ fn run_stage(
         (StageKind::Diff { axis }, _) => {
             let axis = *axis;
             kernel_loop(ctx, inputs, outs, |set, _, _| {
-                Ok(diff_along(set[0].array(), axis))
+                Ok(blockflow_kernels::ops::diff(set[0].array(), axis))
             })?;
             Ok(None)
         }
@@ -759,8 +761,8 @@ fn run_stage(
                 let t = Instant::now();
                 let c = ctx
                     .pool
-                    .install(|| matmul(&band, &b, spec.dtype, &shape))
-                    .map_err(|m| ctx.err(Some(&idx), m))?;
+                    .install(|| blockflow_kernels::ops::matmul(&band, &b, spec.dtype, &shape))
+                    .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
                 ctx.report.busy_seconds += t.elapsed().as_secs_f64();
                 ctx.note_held(b.nbytes() + 2 * band.nbytes() + 2 * c.nbytes());
                 ctx.send(outs, Chunk::new(oidx, oregion, c, ctx.meter))?;
@@ -780,7 +782,8 @@ fn run_stage(
                 );
                 names.push(input.from.clone());
             }
-            let text = csv_table(&names, &arrays).map_err(|m| ctx.err(None, m))?;
+            let text = blockflow_io::table::csv_table(path, &names, &arrays)
+                .map_err(|e| ctx.err(None, e.to_string()))?;
             Ok(Some(Output::Csv(path.clone(), text)))
         }
         (StageKind::ReadZarr { .. }, Resource::Reader(r)) => {
@@ -1396,145 +1399,6 @@ fn take(
     Ok(())
 }
 
-/// numpy's diff (n = 1) along `axis`.
-fn diff_along(data: &ArrayData, axis: usize) -> ArrayData {
-    use ndarray::{Axis, Slice, Zip};
-    macro_rules! d {
-        ($a:expr, $f:expr) => {{
-            let hi = $a.slice_axis(Axis(axis), Slice::from(1..));
-            let lo = $a.slice_axis(Axis(axis), Slice::from(..-1));
-            Zip::from(&hi).and(&lo).map_collect($f)
-        }};
-    }
-    match data {
-        ArrayData::Bool(a) => ArrayData::Bool(d!(a, |x: &bool, y: &bool| x != y)),
-        ArrayData::U8(a) => ArrayData::U8(d!(a, |x: &u8, y: &u8| x.wrapping_sub(*y))),
-        ArrayData::U16(a) => ArrayData::U16(d!(a, |x: &u16, y: &u16| x.wrapping_sub(*y))),
-        ArrayData::U32(a) => ArrayData::U32(d!(a, |x: &u32, y: &u32| x.wrapping_sub(*y))),
-        ArrayData::I16(a) => ArrayData::I16(d!(a, |x: &i16, y: &i16| x.wrapping_sub(*y))),
-        ArrayData::I32(a) => ArrayData::I32(d!(a, |x: &i32, y: &i32| x.wrapping_sub(*y))),
-        ArrayData::I64(a) => ArrayData::I64(d!(a, |x: &i64, y: &i64| x.wrapping_sub(*y))),
-        ArrayData::F32(a) => ArrayData::F32(d!(a, |x: &f32, y: &f32| x - y)),
-        ArrayData::F64(a) => ArrayData::F64(d!(a, |x: &f64, y: &f64| x - y)),
-    }
-}
-
-/// An array as a matrix: 2-D as it is, 1-D as a row (`row`) or a column.
-fn as_matrix(a: &ndarray::ArrayD<f64>, row: bool) -> ndarray::Array2<f64> {
-    let s = a.shape();
-    let (m, n) = match (s.len(), row) {
-        (2, _) => (s[0], s[1]),
-        (_, true) => (1, a.len()),
-        (_, false) => (a.len(), 1),
-    };
-    a.as_standard_layout()
-        .to_owned()
-        .into_shape_with_order((m, n))
-        .unwrap_or_else(|_| ndarray::Array2::zeros((m, n)))
-}
-
-/// numpy's `a @ b` for 1-D and 2-D arrays. Floats through matrixmultiply
-/// (float32 @ float32 in float32); integers in int64: through float64 when
-/// every partial sum is below 2^53 (so exact), else exactly in i128, and an
-/// error where a result does not fit int64.
-fn matmul(a: &ArrayData, b: &ArrayData, out: DType, shape: &[usize]) -> Result<ArrayData, String> {
-    let reshape = |c: ndarray::ArrayD<f64>| -> Result<ndarray::ArrayD<f64>, String> {
-        c.into_shape_with_order(ndarray::IxDyn(shape))
-            .map_err(|e| e.to_string())
-    };
-    if let (ArrayData::F32(x), ArrayData::F32(y)) = (a, b) {
-        let f = |v: &ndarray::ArrayD<f32>, row: bool| {
-            as_matrix(&v.mapv(f64::from), row).mapv(|v| v as f32)
-        };
-        let c = f(x, true).dot(&f(y, false));
-        return c
-            .into_dyn()
-            .into_shape_with_order(ndarray::IxDyn(shape))
-            .map(ArrayData::F32)
-            .map_err(|e| e.to_string());
-    }
-    let (x, y) = (as_matrix(&a.to_f64(), true), as_matrix(&b.to_f64(), false));
-    if out.is_float() {
-        return reshape(x.dot(&y).into_dyn()).map(ArrayData::F64);
-    }
-    let amax = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let bmax = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let k = x.ncols() as f64;
-    if amax * bmax * k < 9_007_199_254_740_992.0 {
-        let c = reshape(x.dot(&y).into_dyn())?;
-        return Ok(ArrayData::I64(c.mapv(|v| v as i64)));
-    }
-    let (xi, yi) = (a.cast(DType::I64), b.cast(DType::I64));
-    let (ArrayData::I64(xi), ArrayData::I64(yi)) = (xi, yi) else {
-        return Err("internal: integer cast".into());
-    };
-    let (m, kk, n) = (x.nrows(), x.ncols(), y.ncols());
-    let (xs, ys) = (
-        xi.as_standard_layout().to_owned(),
-        yi.as_standard_layout().to_owned(),
-    );
-    let (xs, ys) = (xs.as_slice().unwrap_or(&[]), ys.as_slice().unwrap_or(&[]));
-    let mut c = Vec::with_capacity(m * n);
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc: i128 = 0;
-            for t in 0..kk {
-                acc += xs[i * kk + t] as i128 * ys[t * n + j] as i128;
-            }
-            c.push(i64::try_from(acc).map_err(|_| {
-                format!("element ({i}, {j}) of the product, {acc}, does not fit int64")
-            })?);
-        }
-    }
-    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), c)
-        .map(ArrayData::I64)
-        .map_err(|e| e.to_string())
-}
-
-/// A CSV table of small arrays of one length: a column per 1-D input, or
-/// per column of a 2-D one (`name_0`, `name_1`, ...).
-fn csv_table(names: &[String], arrays: &[ArrayData]) -> Result<String, String> {
-    use std::fmt::Write as _;
-    let n = arrays.first().map_or(0, |a| a.shape()[0]);
-    let mut cols: Vec<(String, Vec<String>)> = Vec::new();
-    for (name, a) in names.iter().zip(arrays) {
-        let width = a.shape().get(1).copied().unwrap_or(1);
-        let two_d = a.shape().len() == 2;
-        let flat: Vec<String> = with_array!(a, x => x.iter().map(|v| {
-            let f = v.to_f64();
-            if a.dtype().is_float() { format!("{f:?}") } else { format!("{}", f as i64) }
-        }).collect());
-        if flat.len() != n * width {
-            return Err(format!(
-                "input \"{name}\" has {} values, expected {}",
-                flat.len(),
-                n * width
-            ));
-        }
-        for c in 0..width {
-            let head = if two_d {
-                format!("{name}_{c}")
-            } else {
-                name.clone()
-            };
-            cols.push((head, (0..n).map(|r| flat[r * width + c].clone()).collect()));
-        }
-    }
-    let mut s = String::from("index");
-    for (h, _) in &cols {
-        let _ = write!(s, ",{h}");
-    }
-    s.push('\n');
-    for r in 0..n {
-        let _ = write!(s, "{r}");
-        for (_, v) in &cols {
-            let _ = write!(s, ",{}", v[r]);
-        }
-        s.push('\n');
-    }
-    Ok(s)
-}
-
 /// Runs `f` on every chunk of the (first) input, `parallel` at a time, in
 /// the stage's pool; advances `progress` by what was done.
 fn consume_parallel<F>(
@@ -1678,89 +1542,6 @@ fn crop(data: &ArrayData, whole: &Region, region: &Region) -> ArrayData {
     })
 }
 
-/// Decodes the images of `region` (a run along axis 0) into one chunk.
-fn read_images(
-    files: &[PathBuf],
-    image: &[u64],
-    dtype: DType,
-    region: &Region,
-) -> Result<ArrayData, String> {
-    let (first, count) = (region.origin[0] as usize, region.shape[0] as usize);
-    let mut shape = vec![count];
-    shape.extend(image.iter().map(|&n| n as usize));
-    with_dtype!(dtype, T => {
-        let mut out = ndarray::ArrayD::<T>::default(ndarray::IxDyn(&shape));
-        for (k, path) in files[first..first + count].iter().enumerate() {
-            let img = blockflow_io::images::decode_image(path).map_err(|e| e.to_string())?;
-            let got: Vec<u64> = img.shape().iter().map(|&n| n as u64).collect();
-            if got != image || img.dtype() != dtype {
-                return Err(format!(
-                    "{}: image {} is {got:?} {}, but the stack's images are {image:?} {dtype} (as its first file)",
-                    path.display(),
-                    first + k,
-                    img.dtype()
-                ));
-            }
-            let typed = T::unwrap_ref(&img).ok_or("internal: dtype")?;
-            out.index_axis_mut(ndarray::Axis(0), k).assign(typed);
-        }
-        Ok(T::wrap(out))
-    })
-}
-
-/// rescale_intensity on each image (along axis 0) of a chunk.
-fn rescale_images(
-    data: &ArrayData,
-    in_range: &blockflow_kernels::rescale::InRange,
-    out_range: &blockflow_kernels::rescale::OutRange,
-) -> Result<ArrayData, String> {
-    let n = data.shape()[0];
-    let mut parts = Vec::with_capacity(n);
-    with_array!(data, a => {
-        for k in 0..n {
-            let img = ArrayKind::wrap(a.index_axis(ndarray::Axis(0), k).to_owned());
-            parts.push(
-                blockflow_kernels::rescale::rescale_intensity(&img, in_range, out_range)
-                    .map_err(|e| format!("image {k} of the chunk: {e}"))?,
-            );
-        }
-    });
-    let dtype = parts.first().map_or(data.dtype(), ArrayData::dtype);
-    with_dtype!(dtype, T => {
-        let views: Vec<ndarray::ArrayViewD<T>> = parts
-            .iter()
-            .filter_map(|p| T::unwrap_ref(p).map(|a| a.view()))
-            .collect();
-        ndarray::stack(ndarray::Axis(0), &views)
-            .map(T::wrap)
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// A band (N, f...) as the features x observations block of the data
-/// matrix, each feature centred by its mean over the N observations.
-fn pca_block(data: &ArrayData) -> ndarray::Array2<f64> {
-    let n = data.shape()[0];
-    let f = data.len() / n.max(1);
-    let mut b = ndarray::Array2::<f64>::zeros((f, n));
-    with_array!(data, a => {
-        let a = a.as_standard_layout();
-        if let Some(values) = a.as_slice() {
-            for (t, row) in values.chunks(f.max(1)).enumerate() {
-                let mut col = b.column_mut(t);
-                for (dst, v) in col.iter_mut().zip(row) {
-                    *dst = v.to_f64();
-                }
-            }
-        }
-    });
-    for mut row in b.rows_mut() {
-        let m = row.sum() / n.max(1) as f64;
-        row.mapv_inplace(|v| v - m);
-    }
-    b
-}
-
 /// PCA by TSQR: each band (all N observations of some features) is stacked
 /// under the R factor of the bands before it and factored again (the flat
 /// TSQR: one N x N factor held, and fewer flops than a binary tree, whose
@@ -1786,7 +1567,7 @@ fn pca(
     while let Some(c) = ctx.recv(input)? {
         ctx.check_cancel()?;
         let t = Instant::now();
-        let block = pca_block(c.array());
+        let block = blockflow_kernels::linalg::centred_features(c.array());
         let held = r.as_ref().map_or(0, |r| r.len() as u64 * 8);
         ctx.note_held(c.nbytes() + 2 * (block.len() as u64 * 8 + held) + held);
         let pool = ctx.pool;
@@ -1847,7 +1628,7 @@ fn pca(
         let data = reader
             .read(&region, &idx)
             .map_err(|e| ctx.err(Some(&idx), format!("reading the band back: {e}")))?;
-        let block = pca_block(&data);
+        let block = blockflow_kernels::linalg::centred_features(&data);
         let p = pool
             .install(|| linalg::project(block.view(), &v, k))
             .map_err(|e| ctx.err(Some(&idx), e.to_string()))?;
@@ -2032,8 +1813,8 @@ fn overlap(
             ctx.report.busy_seconds += t.elapsed().as_secs_f64();
             let held: u64 = window.values().map(Chunk::nbytes).sum::<u64>() + block.nbytes();
             ctx.note_held(held);
-            let mut chunk = if drop.iter().any(|&d| d) {
-                // Axes indexed by an integer leave the result.
+            let chunk = if drop.iter().any(|&d| d) {
+                // Axes indexed by an integer leave the result (a slice has no halo).
                 let keep = |v: &[u64]| -> Vec<u64> {
                     v.iter()
                         .zip(drop)
@@ -2049,12 +1830,10 @@ fn overlap(
                 ));
                 Chunk::new(out_idx.clone(), out_grid.region(&out_idx), block, ctx.meter)
             } else {
-                Chunk::new(idx.clone(), grid.region(&idx), block, ctx.meter)
+                let mut chunk = Chunk::new(idx.clone(), grid.region(&idx), block, ctx.meter);
+                chunk.halo = halo.iter().map(|&(b, a)| (b as u64, a as u64)).collect();
+                chunk
             };
-            chunk.halo = halo.iter().map(|&(b, a)| (b as u64, a as u64)).collect();
-            if drop.iter().any(|&d| d) {
-                chunk.halo.clear();
-            }
             ctx.send(outs, chunk)?;
             next += 1;
             window.retain(|&n, _| last_user(&src.unravel(n)).is_some_and(|u| u >= next));

@@ -1295,6 +1295,18 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
 
 type Made = (StageKind, Option<ArraySpec>, ChunkGrid);
 
+/// A stage that sends a stream of `dtype` over `grid` (its own grid too).
+fn made(kind: StageKind, dtype: DType, grid: ChunkGrid) -> Made {
+    (
+        kind,
+        Some(ArraySpec {
+            dtype,
+            grid: grid.clone(),
+        }),
+        grid,
+    )
+}
+
 fn plan_stage(
     d: &mut Diags,
     raw: &RawConfig,
@@ -1370,14 +1382,7 @@ fn plan_stage(
                 get_str(st, "mode").unwrap_or("reflect")
             );
             let grid = stream.grid.clone();
-            Some((
-                StageKind::Median { filter, desc },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
-                grid,
-            ))
+            Some(made(StageKind::Median { filter, desc }, stream.dtype, grid))
         }
         "register" | "shift" => {
             let stream = ins.first()?.output.as_ref()?;
@@ -1389,14 +1394,11 @@ fn plan_stage(
             let frame_nd = shape.len() as u64 - 1;
             if ks.kind == "register" {
                 let grid = ChunkGrid::new(vec![shape[0], frame_nd], vec![1, frame_nd]).ok()?;
-                return Some((
+                return Some(made(
                     StageKind::Register {
                         upsample: get_int(st, "upsample_factor").unwrap_or(1) as usize,
                     },
-                    Some(ArraySpec {
-                        dtype: DType::F64,
-                        grid: grid.clone(),
-                    }),
+                    DType::F64,
                     grid,
                 ));
             }
@@ -1409,17 +1411,14 @@ fn plan_stage(
                 get_str(st, "mode").unwrap_or("constant"),
             )?;
             let grid = stream.grid.clone();
-            Some((
+            Some(made(
                 StageKind::Shift {
                     order: get_int(st, "order").unwrap_or(3) as usize,
                     mode,
                     cval: get_float(st, "cval").unwrap_or(0.0),
                     prefilter: get_bool(st, "prefilter").unwrap_or(true),
                 },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
+                stream.dtype,
                 grid,
             ))
         }
@@ -1431,15 +1430,12 @@ fn plan_stage(
                 return None;
             }
             let grid = stream.grid.clone();
-            Some((
+            Some(made(
                 StageKind::Zscore {
                     axis: ax,
                     ddof: get_int(st, "ddof").unwrap_or(0) as usize,
                 },
-                Some(ArraySpec {
-                    dtype: DType::F64,
-                    grid: grid.clone(),
-                }),
+                DType::F64,
                 grid,
             ))
         }
@@ -1493,14 +1489,7 @@ fn plan_stage(
                     return None;
                 }
             };
-            Some((
-                kind,
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
-                grid,
-            ))
+            Some(made(kind, dtype, grid))
         }
         "write-hdf5" => {
             let stream = ins.first()?.output.as_ref()?;
@@ -1553,14 +1542,7 @@ fn plan_stage(
             let mut chunks = vec![batch.min(files.len() as u64)];
             chunks.extend(&image);
             let grid = ChunkGrid::new(shape, chunks).ok()?;
-            Some((
-                StageKind::ReadImages { files, image },
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
-                grid,
-            ))
+            Some(made(StageKind::ReadImages { files, image }, dtype, grid))
         }
         "rescale" => {
             let input = ins.first()?;
@@ -1615,15 +1597,12 @@ fn plan_stage(
             };
             let dtype = blockflow_kernels::rescale::output_dtype(stream.dtype, &out_range);
             let grid = stream.grid.clone();
-            Some((
+            Some(made(
                 StageKind::Rescale {
                     in_range,
                     out_range,
                 },
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
+                dtype,
                 grid,
             ))
         }
@@ -1648,17 +1627,14 @@ fn plan_stage(
                 (s, ch)
             };
             let grid = ChunkGrid::new(oshape, ochunks).ok()?;
-            Some((
+            Some(made(
                 StageKind::Pca {
                     k: k as usize,
                     values,
                     dir: PathBuf::new(),
                     input: stream.grid.clone(),
                 },
-                Some(ArraySpec {
-                    dtype: DType::F64,
-                    grid: grid.clone(),
-                }),
+                DType::F64,
                 grid,
             ))
         }
@@ -1669,15 +1645,12 @@ fn plan_stage(
                 return None;
             }
             let grid = ChunkGrid::whole(a.grid.chunk_shape().to_vec());
-            Some((
+            Some(made(
                 StageKind::Take {
                     src: a.grid.clone(),
                     dir: PathBuf::new(),
                 },
-                Some(ArraySpec {
-                    dtype: a.dtype,
-                    grid: grid.clone(),
-                }),
+                a.dtype,
                 grid,
             ))
         }
@@ -1734,17 +1707,14 @@ fn plan_stage(
                 (s, first.grid.chunk_shape().to_vec())
             };
             let grid = ChunkGrid::new(shape, chunks).ok()?;
-            Some((
+            Some(made(
                 StageKind::Join {
                     axis: ax,
                     new_axis,
                     grids: specs.iter().map(|s| s.grid.clone()).collect(),
                     dir: PathBuf::new(),
                 },
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
+                dtype,
                 grid,
             ))
         }
@@ -1787,16 +1757,13 @@ fn plan_stage(
             let shape: Vec<u64> = perm.iter().map(|&k| stream.shape()[k]).collect();
             let chunks: Vec<u64> = perm.iter().map(|&k| stream.grid.chunk_shape()[k]).collect();
             let grid = ChunkGrid::new(shape, chunks).ok()?;
-            Some((
+            Some(made(
                 StageKind::Transpose {
                     perm,
                     src: stream.grid.clone(),
                     dir: PathBuf::new(),
                 },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
+                stream.dtype,
                 grid,
             ))
         }
@@ -1858,7 +1825,7 @@ fn plan_stage(
                 map: map.clone(),
             }
             .window();
-            Some((
+            Some(made(
                 StageKind::Slice {
                     src: stream.grid.clone(),
                     map,
@@ -1867,10 +1834,7 @@ fn plan_stage(
                     window,
                     text: text.clone(),
                 },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
+                stream.dtype,
                 grid,
             ))
         }
@@ -1887,14 +1851,7 @@ fn plan_stage(
             let mut chunks = stream.grid.chunk_shape().to_vec();
             chunks[ax] -= 1;
             let grid = ChunkGrid::new(shape, chunks).ok()?;
-            Some((
-                StageKind::Diff { axis: ax },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
-                grid,
-            ))
+            Some(made(StageKind::Diff { axis: ax }, stream.dtype, grid))
         }
         "matmul" => {
             let (a, b) = (ins.first()?.output.as_ref()?, ins.get(1)?.output.as_ref()?);
@@ -1952,16 +1909,13 @@ fn plan_stage(
             } else {
                 ChunkGrid::whole(shape)
             };
-            Some((
+            Some(made(
                 StageKind::Matmul {
                     a: a.grid.clone(),
                     b_elems: b.grid.total_elements(),
                     dir: PathBuf::new(),
                 },
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
+                dtype,
                 grid,
             ))
         }
@@ -2139,17 +2093,14 @@ fn plan_stage(
             } else {
                 RechunkRoute::Memory
             };
-            Some((
+            Some(made(
                 StageKind::Rechunk {
                     src,
                     window,
                     forced,
                     route,
                 },
-                Some(ArraySpec {
-                    dtype: stream.dtype,
-                    grid: grid.clone(),
-                }),
+                stream.dtype,
                 grid,
             ))
         }
@@ -2245,14 +2196,7 @@ fn plan_stage(
                 input: stream.grid.clone(),
                 axes,
             };
-            Some((
-                kind,
-                Some(ArraySpec {
-                    dtype,
-                    grid: grid.clone(),
-                }),
-                grid,
-            ))
+            Some(made(kind, dtype, grid))
         }
         "write-png" => {
             let input = ins.first()?;
