@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use blockflow_core::{human_bytes, ChunkGrid};
 use blockflow_io::zarr::ZarrReader;
+use blockflow_runtime::follow::{FollowError, FollowOptions, IngestProgress, IngestStatus};
 use blockflow_runtime::{ConfigError, Progress, RunError, RunOptions};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,6 +47,13 @@ enum Cmd {
         /// No progress bar and no summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Ingest: watch the folder of the pipeline's read-hdf5-stack stage
+        /// and append each complete new timepoint to the write-zarr output
+        /// as it arrives (see the [follow] table). Runs until SIGTERM or
+        /// Ctrl-C (which finish what is in flight and exit 0), or until
+        /// `[follow] idle_exit`. Restarting resumes where the manifest says.
+        #[arg(long)]
+        follow: bool,
     },
     /// Validate a pipeline and print its plan: stages, shapes, dtypes, chunk grids, projected memory.
     Plan {
@@ -79,6 +87,9 @@ enum Cmd {
         size: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Element type of the generated timepoints: float64 or float32.
+        #[arg(long, default_value = "float64")]
+        dtype: String,
     },
 }
 
@@ -115,13 +126,24 @@ fn main() -> ExitCode {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 100);
         }
     }
+    let cli = Cli::parse();
+    // An ingest without a terminal (a service, a log file) logs each
+    // timepoint; with one, the spinner shows them.
+    let default = match &cli.cmd {
+        Cmd::Run {
+            follow: true,
+            quiet: false,
+            ..
+        } if !std::io::stderr().is_terminal() => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLOCKFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -143,12 +165,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             count,
             size,
             seed,
+            dtype,
         } => {
             if what == "timeseries" {
                 let (count, size) = (count.unwrap_or(10), size.unwrap_or(100));
-                let files = blockflow_io::hdf5::write_timeseries(&dir, count, size, seed)?;
+                let dt = blockflow_core::DType::parse(&dtype)
+                    .with_context(|| format!("unknown dtype \"{dtype}\" (float64 or float32)"))?;
+                let files = blockflow_io::hdf5::write_timeseries_as(&dir, count, size, seed, dt)?;
                 println!(
-                    "wrote {} timepoints of {size}^3 float64 into {} (and shifts.json)",
+                    "wrote {} timepoints of {size}^3 {dt} into {} (and shifts.json)",
                     files.len(),
                     dir.display()
                 );
@@ -182,7 +207,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             sets,
             report,
             quiet,
-        } => run(&config, &sets, report, quiet),
+            follow,
+        } => {
+            if follow {
+                follow_run(&config, &sets, report, quiet)
+            } else {
+                run(&config, &sets, report, quiet)
+            }
+        }
     }
 }
 
@@ -260,6 +292,89 @@ fn run(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+struct Spinner(ProgressBar);
+
+impl IngestProgress for Spinner {
+    fn update(&self, s: &IngestStatus) {
+        self.0.set_message(format!(
+            "{} timepoints ({} this run), backlog {}, quarantined {}, {:.2}/s, latency {:.2} s (p50 {:.2}, p99 {:.2}){}",
+            s.total,
+            s.ingested,
+            s.backlog,
+            s.quarantined,
+            s.rate,
+            s.last_latency,
+            s.p50,
+            s.p99,
+            if s.draining { "; draining" } else { "" }
+        ));
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// `run --follow`: the ingest, until SIGTERM / Ctrl-C or idle.
+fn follow_run(
+    config: &Path,
+    sets: &[String],
+    report: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut raw = blockflow_runtime::config::load(config)?;
+    raw.apply_overrides(sets)?;
+    if let Some(r) = report {
+        raw.apply_overrides(&[format!("pipeline.report={}", r.display())])?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping: finishing the timepoints in flight (again to exit at once; the next run resumes)");
+        })
+        .context("cannot install the signal handler")?;
+    }
+    let progress: Option<Arc<dyn IngestProgress>> = if !quiet && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Some(Arc::new(Spinner(bar)))
+    } else {
+        None
+    };
+    let opts = FollowOptions { stop, progress };
+    let s = blockflow_runtime::follow::run(raw, &opts).map_err(|e| match e {
+        FollowError::Config(c) => anyhow::Error::new(c),
+        other => anyhow::Error::new(other),
+    })?;
+    if !quiet {
+        eprintln!(
+            "ingested {} timepoints this run ({} in {}; resumed from {}), {} quarantined; {:.2} timepoints/s, latency p50 {:.3} s, p99 {:.3} s; peak RSS {}",
+            s.ingested,
+            s.total,
+            s.output.display(),
+            s.resumed_from,
+            s.quarantined,
+            s.timepoints_per_second,
+            s.latency_p50_seconds,
+            s.latency_p99_seconds,
+            human_bytes(s.peak_rss_bytes)
+        );
+        eprintln!(
+            "manifest {}, statistics {}",
+            s.state.join("manifest.jsonl").display(),
+            s.stats.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(path: &Path) -> anyhow::Result<ExitCode> {

@@ -236,6 +236,56 @@ pub fn list_timepoints(pattern: &str) -> Result<Vec<PathBuf>, IoError> {
     Ok(files)
 }
 
+/// The timepoint index of a file: the first capture group of `index`
+/// matched against its name, as an integer.
+pub fn timepoint_index(path: &Path, index: &regex::Regex) -> Result<u64, IoError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bad = |why: String| IoError::Store {
+        path: path.to_path_buf(),
+        why,
+    };
+    let caps = index.captures(&name).ok_or_else(|| {
+        bad(format!(
+            "the name does not match the index pattern `{index}`"
+        ))
+    })?;
+    let text = caps
+        .get(1)
+        .ok_or_else(|| bad(format!("the index pattern `{index}` has no capture group")))?
+        .as_str();
+    text.parse::<u64>().map_err(|_| {
+        bad(format!(
+            "the index pattern `{index}` captures \"{text}\", not an integer"
+        ))
+    })
+}
+
+/// The files of a glob ordered by the index `index` captures from their
+/// names (see [`timepoint_index`]); two files with one index are an error.
+pub fn list_timepoints_indexed(
+    pattern: &str,
+    index: &regex::Regex,
+) -> Result<Vec<PathBuf>, IoError> {
+    let files = crate::images::list_images(pattern)?;
+    let mut keyed = files
+        .into_iter()
+        .map(|f| timepoint_index(&f, index).map(|k| (k, f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    keyed.sort();
+    for w in keyed.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(IoError::Store {
+                path: w[1].1.clone(),
+                why: format!("has timepoint index {} as {} has", w[0].0, w[0].1.display()),
+            });
+        }
+    }
+    Ok(keyed.into_iter().map(|(_, f)| f).collect())
+}
+
 /// A glob of per-timepoint files, each holding `dataset` of one shape and
 /// dtype, as one array with a new leading axis (time).
 #[derive(Debug, Clone)]
@@ -248,9 +298,23 @@ pub struct StackReader {
 }
 
 impl StackReader {
-    /// Lists the files and reads the first one's dataset header.
+    /// Lists the files (in natural order) and reads the first one's
+    /// dataset header.
     pub fn open(pattern: &str, dataset: &str) -> Result<Self, IoError> {
-        let files = list_timepoints(pattern)?;
+        Self::open_ordered(pattern, dataset, None)
+    }
+
+    /// As [`StackReader::open`], the files ordered by the index a regex
+    /// captures from their names where one is given.
+    pub fn open_ordered(
+        pattern: &str,
+        dataset: &str,
+        index: Option<&regex::Regex>,
+    ) -> Result<Self, IoError> {
+        let files = match index {
+            Some(re) => list_timepoints_indexed(pattern, re)?,
+            None => list_timepoints(pattern)?,
+        };
         let first = Hdf5Reader::open(&files[0], dataset)?;
         Ok(StackReader {
             frame: first.info.shape.clone(),
@@ -491,13 +555,37 @@ pub fn timepoint_volume(seed: u64, t: usize, n: usize) -> ArrayD<f64> {
 
 /// Writes `count` timepoints of `n`^3 float64 as `t_0000.h5`, ... (dataset
 /// "data") into `dir`, each atomically, and `shifts.json` with the true
-/// displacement of each. Returns the files.
+/// displacement of each. Returns the files. [`write_timeseries_as`] with
+/// [`DType::F64`].
 pub fn write_timeseries(
     dir: &Path,
     count: usize,
     n: usize,
     seed: u64,
 ) -> Result<Vec<PathBuf>, IoError> {
+    write_timeseries_as(dir, count, n, seed, DType::F64)
+}
+
+/// [`write_timeseries`] with the volumes stored as `dtype`, float32 or
+/// float64: the same generated values (computed in float64, rounded to
+/// float32 for [`DType::F32`]) and the same `shifts.json`. Any other dtype
+/// is an error, before anything is written.
+pub fn write_timeseries_as(
+    dir: &Path,
+    count: usize,
+    size: usize,
+    seed: u64,
+    dtype: DType,
+) -> Result<Vec<PathBuf>, IoError> {
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        return Err(IoError::Store {
+            path: dir.to_path_buf(),
+            why: format!(
+                "cannot write the time series as {dtype}: its volumes are float32 or float64"
+            ),
+        });
+    }
+    let n = size;
     std::fs::create_dir_all(dir).map_err(|source| IoError::Os {
         path: dir.to_path_buf(),
         source,
@@ -505,16 +593,13 @@ pub fn write_timeseries(
     let mut files = Vec::with_capacity(count);
     for t in 0..count {
         let path = dir.join(format!("t_{t:04}.h5"));
-        let vol = ArrayData::F64(timepoint_volume(seed, t, n));
+        let v = timepoint_volume(seed, t, n);
+        let vol = match dtype {
+            DType::F32 => ArrayData::F32(v.mapv(|x| x as f32)),
+            _ => ArrayData::F64(v),
+        };
         let nn = n as u64;
-        let w = Hdf5Writer::create(
-            &path,
-            "data",
-            DType::F64,
-            &[nn, nn, nn],
-            &[nn, nn, nn],
-            true,
-        )?;
+        let w = Hdf5Writer::create(&path, "data", dtype, &[nn, nn, nn], &[nn, nn, nn], true)?;
         w.write(&Region::new(vec![0, 0, 0], vec![nn, nn, nn]), &vol)?;
         files.push(w.finish()?);
     }
@@ -529,4 +614,47 @@ pub fn write_timeseries(
     })?;
     crate::blocks::write_atomic(&dir.join("shifts.json"), &text)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float32_timeseries_are_the_float64_values_rounded() {
+        let (a, b) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let f64s = write_timeseries(a.path(), 2, 12, 3).expect("float64");
+        let f32s = write_timeseries_as(b.path(), 2, 12, 3, DType::F32).expect("float32");
+        let whole = Region::new(vec![0, 0, 0], vec![12, 12, 12]);
+        for (x, y) in f64s.iter().zip(&f32s) {
+            let r = Hdf5Reader::open(y, "data").expect("open");
+            assert_eq!(r.info.dtype, DType::F32);
+            let wide = Hdf5Reader::open(x, "data")
+                .expect("open")
+                .read(&whole)
+                .expect("read");
+            assert_eq!(r.read(&whole).expect("read"), wide.cast(DType::F32));
+        }
+        assert_eq!(
+            std::fs::read_to_string(a.path().join("shifts.json")).expect("json"),
+            std::fs::read_to_string(b.path().join("shifts.json")).expect("json")
+        );
+    }
+
+    #[test]
+    fn other_dtypes_are_refused_before_writing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("vols");
+        let err = write_timeseries_as(&out, 2, 8, 1, DType::U16)
+            .expect_err("uint16")
+            .to_string();
+        assert!(
+            err.contains("uint16") && err.contains("float32 or float64"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -388,28 +388,7 @@ impl ZarrWriter {
             path: partial.clone(),
             why: e.to_string(),
         })?);
-        let meta = metadata_json(o);
-        let bad = |e: String| IoError::Store {
-            path: path.to_path_buf(),
-            why: format!("cannot create the array: {e}"),
-        };
-        let metadata = if o.zarr_format == 2 {
-            let mut m = meta.clone();
-            let attrs = m.as_object_mut().and_then(|o| o.remove("attributes"));
-            let mut v2: ArrayMetadataV2 =
-                serde_json::from_value(m).map_err(|e| bad(e.to_string()))?;
-            if let Some(Value::Object(a)) = attrs {
-                v2 = v2.with_attributes(a);
-            }
-            ArrayMetadata::V2(v2)
-        } else {
-            let v3: ArrayMetadataV3 =
-                serde_json::from_value(meta).map_err(|e| bad(e.to_string()))?;
-            ArrayMetadata::V3(v3)
-        };
-        let array =
-            Array::new_with_metadata(store, "/", metadata).map_err(|e| bad(e.to_string()))?;
-        array.store_metadata().map_err(|e| bad(e.to_string()))?;
+        let array = new_array(store, path, o)?;
         Ok(ZarrWriter {
             path: path.to_path_buf(),
             partial,
@@ -438,40 +417,7 @@ impl ZarrWriter {
                 self.dtype
             )));
         }
-        let mut ranges = Vec::with_capacity(region.ndim());
-        for ax in 0..region.ndim() {
-            let (o, e, c) = (region.origin[ax], region.end()[ax], self.chunks[ax]);
-            if o % c != 0 || (e % c != 0 && e != self.shape[ax]) {
-                return Err(err(format!(
-                    "region does not cover whole output chunks of {:?}",
-                    self.chunks
-                )));
-            }
-            ranges.push(o / c..e.div_ceil(c));
-        }
-        // Edge chunks are stored whole (zarr's convention), padded with the fill value.
-        let padded: Vec<usize> = ranges
-            .iter()
-            .zip(&self.chunks)
-            .map(|(r, c)| ((r.end - r.start) * c) as usize)
-            .collect();
-        with_array!(data, a => {
-            if a.shape() == &padded[..] && a.is_standard_layout() {
-                // Borrowed: zarrs encodes straight from the chunk's buffer.
-                self.array.store_chunks_opt(&ranges, a, &chunk_options()).map_err(|e| err(e.to_string()))
-            } else {
-                let mut p = ArrayD::default(IxDyn(&padded));
-                let view: Vec<ndarray::SliceInfoElem> = a
-                    .shape()
-                    .iter()
-                    .map(|&n| ndarray::SliceInfoElem::Slice { start: 0, end: Some(n as isize), step: 1 })
-                    .collect();
-                let info = ndarray::SliceInfo::<_, IxDyn, IxDyn>::try_from(view)
-                    .map_err(|e| err(e.to_string()))?;
-                p.slice_mut(info).assign(a);
-                self.array.store_chunks_opt(&ranges, &p, &chunk_options()).map_err(|e| err(e.to_string()))
-            }
-        })
+        store_whole_chunks(&self.array, &self.chunks, &self.shape, region, data).map_err(err)
     }
 
     /// Moves the finished array into place (replacing an old one if allowed).
@@ -505,6 +451,396 @@ impl Drop for ZarrWriter {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.partial);
         }
+    }
+}
+
+/// The array `o` describes, created in `store` with its metadata stored.
+fn new_array(
+    store: Arc<AtomicFsStore>,
+    path: &Path,
+    o: &ZarrWriteOptions,
+) -> Result<Array<AtomicFsStore>, IoError> {
+    let meta = metadata_json(o);
+    let bad = |e: String| IoError::Store {
+        path: path.to_path_buf(),
+        why: format!("cannot create the array: {e}"),
+    };
+    let metadata = if o.zarr_format == 2 {
+        let mut m = meta.clone();
+        let attrs = m.as_object_mut().and_then(|o| o.remove("attributes"));
+        let mut v2: ArrayMetadataV2 = serde_json::from_value(m).map_err(|e| bad(e.to_string()))?;
+        if let Some(Value::Object(a)) = attrs {
+            v2 = v2.with_attributes(a);
+        }
+        ArrayMetadata::V2(v2)
+    } else {
+        let v3: ArrayMetadataV3 = serde_json::from_value(meta).map_err(|e| bad(e.to_string()))?;
+        ArrayMetadata::V3(v3)
+    };
+    let array = Array::new_with_metadata(store, "/", metadata).map_err(|e| bad(e.to_string()))?;
+    array.store_metadata().map_err(|e| bad(e.to_string()))?;
+    Ok(array)
+}
+
+/// Stores `data` at `region` of `array` (chunks `chunks`, shape `shape`).
+/// The region must start on a chunk boundary and end on one or at the
+/// array's edge, so whole chunks are written; edge chunks are stored whole
+/// (zarr's convention), padded with the fill value.
+fn store_whole_chunks(
+    array: &Array<AtomicFsStore>,
+    chunks: &[u64],
+    shape: &[u64],
+    region: &Region,
+    data: &ArrayData,
+) -> Result<(), String> {
+    let mut ranges = Vec::with_capacity(region.ndim());
+    for ax in 0..region.ndim() {
+        let (o, e, c) = (region.origin[ax], region.end()[ax], chunks[ax]);
+        if o % c != 0 || (e % c != 0 && e != shape[ax]) {
+            return Err(format!(
+                "region does not cover whole output chunks of {chunks:?}"
+            ));
+        }
+        ranges.push(o / c..e.div_ceil(c));
+    }
+    let padded: Vec<usize> = ranges
+        .iter()
+        .zip(chunks)
+        .map(|(r, c)| ((r.end - r.start) * c) as usize)
+        .collect();
+    with_array!(data, a => {
+        if a.shape() == &padded[..] && a.is_standard_layout() {
+            // Borrowed: zarrs encodes straight from the chunk's buffer.
+            array.store_chunks_opt(&ranges, a, &chunk_options()).map_err(|e| e.to_string())
+        } else {
+            let mut p = ArrayD::default(IxDyn(&padded));
+            let view: Vec<ndarray::SliceInfoElem> = a
+                .shape()
+                .iter()
+                .map(|&n| ndarray::SliceInfoElem::Slice { start: 0, end: Some(n as isize), step: 1 })
+                .collect();
+            let info = ndarray::SliceInfo::<_, IxDyn, IxDyn>::try_from(view)
+                .map_err(|e| e.to_string())?;
+            p.slice_mut(info).assign(a);
+            array.store_chunks_opt(&ranges, &p, &chunk_options()).map_err(|e| e.to_string())
+        }
+    })
+}
+
+/// A Zarr array that grows along its first axis, one slab (index) at a
+/// time, for an ingest that appends data as it arrives. Chunks along the
+/// first axis are 1, so a slab is whole chunks; each chunk file is written
+/// atomically (renamed into place). The stored length (the metadata's
+/// shape) is raised only by [`ZarrAppender::set_len`], which the caller
+/// calls once it has recorded the slab as done: a reader never sees a
+/// length whose chunks are not all written, and [`ZarrAppender::open`]
+/// removes the chunks of slabs past the length, which a killed run may
+/// have left.
+pub struct ZarrAppender {
+    pub path: PathBuf,
+    array: Array<AtomicFsStore>,
+    chunks: Vec<u64>,
+    len: u64,
+}
+
+impl std::fmt::Debug for ZarrAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZarrAppender")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl ZarrAppender {
+    /// Creates an empty array (length 0 along the first axis) with the
+    /// options' dtype, trailing shape, chunks and codec.
+    pub fn create(path: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        if path.exists() {
+            return Err(IoError::Store {
+                path: path.to_path_buf(),
+                why: "exists, but the ingest has no record of it (no state); remove it or point the ingest at its state".into(),
+            });
+        }
+        Self::check_chunks(path, o)?;
+        std::fs::create_dir_all(path).map_err(|source| IoError::Os {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut o = o.clone();
+        o.shape[0] = 0;
+        let store = Arc::new(AtomicFsStore::new(path).map_err(|e| IoError::Store {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?);
+        let array = new_array(store, path, &o)?;
+        Ok(ZarrAppender {
+            path: path.to_path_buf(),
+            array,
+            chunks: o.chunks.clone(),
+            len: 0,
+        })
+    }
+
+    fn check_chunks(path: &Path, o: &ZarrWriteOptions) -> Result<(), IoError> {
+        if o.chunks.first() != Some(&1) {
+            return Err(IoError::Store {
+                path: path.to_path_buf(),
+                why: format!(
+                    "an array that grows along its first axis needs chunks of 1 along it, not {:?}",
+                    o.chunks
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens the array an earlier run created with these options, keeping
+    /// its first `len` slabs: its length is set to `len` and the chunk
+    /// files of later slabs (and temporary files of interrupted writes) are
+    /// removed.
+    pub fn open(path: &Path, o: &ZarrWriteOptions, len: u64) -> Result<Self, IoError> {
+        Self::check_chunks(path, o)?;
+        let i = ZarrReader::open(path)?.info;
+        if i.dtype != o.dtype || i.shape[1..] != o.shape[1..] || i.chunks != o.chunks {
+            return Err(IoError::Store {
+                path: path.to_path_buf(),
+                why: format!(
+                    "holds {} {:?} in chunks {:?}, but this pipeline appends {} (_, {:?}) in chunks {:?}",
+                    i.dtype,
+                    i.shape,
+                    i.chunks,
+                    o.dtype,
+                    &o.shape[1..],
+                    o.chunks
+                ),
+            });
+        }
+        // A run killed after recording slab `len - 1` but before raising
+        // the stored length leaves it one short: the slab's chunks were
+        // written before it was recorded.
+        if i.shape[0] + 1 < len {
+            return Err(IoError::Store {
+                path: path.to_path_buf(),
+                why: format!(
+                    "holds {} timepoints but the manifest records {len}: the array was changed outside the ingest",
+                    i.shape[0]
+                ),
+            });
+        }
+        let os = |p: &Path, source| IoError::Os {
+            path: p.to_path_buf(),
+            source,
+        };
+        remove_slabs_from(path, i.zarr_format, len).map_err(|e| os(path, e))?;
+        let store = Arc::new(AtomicFsStore::new(path).map_err(|e| IoError::Store {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?);
+        let array = Array::open(store, "/").map_err(|e| IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        let mut a = ZarrAppender {
+            path: path.to_path_buf(),
+            array,
+            chunks: o.chunks.clone(),
+            len,
+        };
+        a.set_len(len)?;
+        Ok(a)
+    }
+
+    /// The stored length along the first axis.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes slab `t` (data of shape `(1, ...)`) without changing the
+    /// stored length.
+    pub fn write(&mut self, t: u64, data: &ArrayData) -> Result<(), IoError> {
+        let mut shape = self.array.shape().to_vec();
+        let region = Region::new(
+            std::iter::once(t)
+                .chain(shape[1..].iter().map(|_| 0))
+                .collect(),
+            std::iter::once(1)
+                .chain(shape[1..].iter().copied())
+                .collect(),
+        );
+        let err = |why: String| IoError::Chunk {
+            path: self.path.clone(),
+            chunk: vec![t],
+            region: region.to_string(),
+            why,
+        };
+        if data.shape() != region.shape_usize() {
+            return Err(err(format!(
+                "a slab of shape {:?} where {:?} was expected",
+                data.shape(),
+                region.shape
+            )));
+        }
+        if shape[0] < t + 1 {
+            shape[0] = t + 1;
+            self.array
+                .set_shape(shape.clone())
+                .map_err(|e| err(e.to_string()))?;
+        }
+        store_whole_chunks(&self.array, &self.chunks, &shape, &region, data).map_err(err)
+    }
+
+    /// Stores the length `len` in the array's metadata (atomically).
+    pub fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        let mut shape = self.array.shape().to_vec();
+        shape[0] = len;
+        let bad = |e: String| IoError::Store {
+            path: self.path.clone(),
+            why: format!("cannot store the length {len}: {e}"),
+        };
+        self.array
+            .set_shape(shape)
+            .map_err(|e| bad(e.to_string()))?;
+        self.array
+            .store_metadata()
+            .map_err(|e| bad(e.to_string()))?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// Removes the chunk files of slabs `len..` along the first axis of the
+/// array at `path` (v3 `c/T/...`, v2 `T.…`), and temporary files of writes
+/// that never finished.
+fn remove_slabs_from(path: &Path, zarr_format: u8, len: u64) -> std::io::Result<()> {
+    let (dir, v3) = if zarr_format == 3 {
+        (path.join("c"), true)
+    } else {
+        (path.to_path_buf(), false)
+    };
+    if !dir.exists() {
+        return remove_tmp(path);
+    }
+    for e in std::fs::read_dir(&dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let first = if v3 {
+            name.as_str()
+        } else {
+            name.split('.').next().unwrap_or("")
+        };
+        if name.starts_with('.') && name.contains(".tmp-") {
+            std::fs::remove_file(e.path())?;
+        } else if let Ok(t) = first.parse::<u64>() {
+            if t >= len {
+                if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(e.path())?;
+                } else {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+    }
+    remove_tmp(path)
+}
+
+/// Removes `.NAME.tmp-…` files (interrupted atomic writes) under `dir`.
+fn remove_tmp(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() {
+            remove_tmp(&e.path())?;
+        } else if name.starts_with('.') && name.contains(".tmp-") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a Zarr v3 group at `path` of float64 arrays of one shape, with
+/// `attributes` on the group, replacing an earlier one: everything is
+/// written into `PATH.partial` first, then the old group is moved aside and
+/// the new one moved into place, so a reader finds a whole group (or, for
+/// an instant, none).
+pub fn write_group(
+    path: &Path,
+    attributes: serde_json::Map<String, Value>,
+    arrays: &[(&str, &ArrayD<f64>)],
+    chunks: &[u64],
+    codec: Codec,
+) -> Result<(), IoError> {
+    let partial = partial_path(path);
+    let os = |p: &Path, source| IoError::Os {
+        path: p.to_path_buf(),
+        source,
+    };
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| os(&partial, e))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|e| os(&partial, e))?;
+    let group = json!({"zarr_format": 3, "node_type": "group", "attributes": attributes});
+    let text = serde_json::to_string_pretty(&group).unwrap_or_default() + "\n";
+    std::fs::write(partial.join("zarr.json"), text).map_err(|e| os(&partial, e))?;
+    for (name, a) in arrays {
+        let shape: Vec<u64> = a.shape().iter().map(|&n| n as u64).collect();
+        let o = ZarrWriteOptions {
+            zarr_format: 3,
+            dtype: DType::F64,
+            shape: shape.clone(),
+            chunks: chunks
+                .iter()
+                .zip(&shape)
+                .map(|(&c, &n)| c.min(n).max(1))
+                .collect(),
+            codec,
+            level: 1,
+            overwrite: true,
+            attributes: serde_json::Map::new(),
+        };
+        let w = ZarrWriter::create(&partial.join(name), &o)?;
+        let region = Region::new(vec![0; shape.len()], shape);
+        let data = ArrayData::F64((*a).clone());
+        w.write(&region, &data, &[])?;
+        w.finish()?;
+    }
+    let mut old = path.as_os_str().to_os_string();
+    old.push(".old");
+    let old = PathBuf::from(old);
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| os(&old, e))?;
+    }
+    if path.exists() {
+        std::fs::rename(path, &old).map_err(|e| os(path, e))?;
+    }
+    std::fs::rename(&partial, path).map_err(|e| os(&partial, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| os(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The attributes of the Zarr v3 group at `path`.
+pub fn group_attributes(path: &Path) -> Result<serde_json::Map<String, Value>, IoError> {
+    let meta = path.join("zarr.json");
+    let text = std::fs::read_to_string(&meta).map_err(|source| IoError::Os {
+        path: meta.clone(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| IoError::NotZarr {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    match v.get("attributes") {
+        Some(Value::Object(m)) if v.get("node_type") == Some(&json!("group")) => Ok(m.clone()),
+        _ => Err(IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: "not a Zarr v3 group with attributes".into(),
+        }),
     }
 }
 
@@ -580,5 +916,56 @@ mod tests {
         std::fs::write(dir.path().join("zarr.json"), "{nope").expect("write");
         let e = ZarrReader::open(dir.path()).expect_err("bad json");
         assert!(e.to_string().contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn appender_grows_and_a_reopen_cuts_unrecorded_slabs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("grow.zarr");
+        let o = ZarrWriteOptions {
+            zarr_format: 3,
+            dtype: DType::F32,
+            shape: vec![0, 4, 6],
+            chunks: vec![1, 4, 3],
+            codec: Codec::Zstd,
+            level: 1,
+            overwrite: false,
+            attributes: serde_json::Map::new(),
+        };
+        let slab = |v: f32| ArrayData::F32(ArrayD::from_elem(IxDyn(&[1, 4, 6]), v));
+        let mut a = ZarrAppender::create(&path, &o).expect("create");
+        for t in 0..3 {
+            a.write(t, &slab(t as f32 + 1.0)).expect("write");
+            a.set_len(t + 1).expect("len");
+        }
+        // Slab 3 written but never recorded (a kill), and a torn temp file.
+        a.write(3, &slab(9.0)).expect("write");
+        std::fs::write(path.join("c/.x.tmp-1-2"), b"torn").expect("tmp");
+        drop(a);
+        assert_eq!(
+            ZarrReader::open(&path).expect("open").info.shape,
+            vec![3, 4, 6]
+        );
+        let mut a = ZarrAppender::open(&path, &o, 3).expect("reopen");
+        assert!(!path.join("c/3").exists() && !path.join("c/.x.tmp-1-2").exists());
+        a.write(3, &slab(4.0)).expect("write");
+        a.set_len(4).expect("len");
+        let r = ZarrReader::open(&path).expect("open");
+        let all = r
+            .read(&Region::new(vec![0, 0, 0], vec![4, 4, 6]), &[])
+            .expect("read")
+            .to_f64();
+        for t in 0..4 {
+            assert!(all
+                .index_axis(ndarray::Axis(0), t)
+                .iter()
+                .all(|&x| x == t as f64 + 1.0));
+        }
+        // Reopened by other options, or short of the record, it refuses.
+        let mut other = o.clone();
+        other.dtype = DType::F64;
+        assert!(ZarrAppender::open(&path, &other, 4).is_err());
+        assert!(ZarrAppender::open(&path, &o, 6).is_err());
+        assert!(ZarrAppender::create(&path, &o).is_err());
     }
 }

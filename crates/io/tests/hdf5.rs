@@ -179,3 +179,37 @@ fn the_generator_is_deterministic_and_moves_timepoints() {
         "timepoint 1 is moved"
     );
 }
+
+#[test]
+fn timepoints_ordered_by_a_captured_index() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for name in ["b_10.h5", "a_2.h5", "c_1.h5"] {
+        std::fs::write(dir.path().join(name), b"x").expect("write");
+    }
+    let glob = format!("{}/*.h5", dir.path().display());
+    let re = regex::Regex::new(r"_(\d+)\.h5$").expect("regex");
+    let files = blockflow_io::hdf5::list_timepoints_indexed(&glob, &re).expect("ordered");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["c_1.h5", "a_2.h5", "b_10.h5"]);
+    // Natural order would differ.
+    let natural = blockflow_io::hdf5::list_timepoints(&glob).expect("natural");
+    assert_ne!(natural, files);
+    // Two files with one index, and a name the pattern misses, are named.
+    std::fs::write(dir.path().join("d_02.h5"), b"x").expect("write");
+    let err = blockflow_io::hdf5::list_timepoints_indexed(&glob, &re)
+        .expect_err("duplicate")
+        .to_string();
+    assert!(err.contains("d_02.h5") && err.contains("a_2.h5"), "{err}");
+    std::fs::remove_file(dir.path().join("d_02.h5")).expect("rm");
+    std::fs::write(dir.path().join("extra.h5"), b"x").expect("write");
+    let err = blockflow_io::hdf5::list_timepoints_indexed(&glob, &re)
+        .expect_err("no match")
+        .to_string();
+    assert!(
+        err.contains("extra.h5") && err.contains("does not match"),
+        "{err}"
+    );
+}

@@ -95,7 +95,13 @@ pub struct RawConfig {
     pub path: PathBuf,
     pub text: String,
     pub pipeline: Entries,
+    /// The `[follow]` table: how `blockflow run --follow` watches its folder.
+    pub follow: Entries,
     pub stages: Vec<RawStage>,
+    /// Set by `--follow`: the `read-hdf5-stack` stage is planned as this
+    /// stack (one timepoint) instead of listing its glob, which may match
+    /// nothing yet.
+    pub fixed_stack: Option<blockflow_io::hdf5::StackReader>,
 }
 
 /// One problem found in a pipeline, with where it is.
@@ -265,6 +271,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         }
     };
     let mut pipeline = Entries::new();
+    let mut follow = Entries::new();
     let mut stages = Vec::new();
     let mut top: Vec<_> = doc.get_ref().iter().collect();
     top.sort_by_key(|(k, _)| k.span().start);
@@ -272,6 +279,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         let span = Span::File(k.span());
         match (k.get_ref().as_ref(), v.get_ref()) {
             ("pipeline", DeValue::Table(t)) => pipeline = entries(t),
+            ("follow", DeValue::Table(t)) => follow = entries(t),
             ("stage", DeValue::Table(t)) => {
                 let mut list: Vec<_> = t.iter().collect();
                 list.sort_by_key(|(k, _)| k.span().start);
@@ -297,7 +305,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
                     }
                 }
             }
-            ("pipeline" | "stage", other) => diags.err(
+            ("pipeline" | "stage" | "follow", other) => diags.err(
                 &span,
                 None,
                 format!(
@@ -307,13 +315,13 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
                 ),
             ),
             (other, _) => {
-                let hint = blockflow_kernels::did_you_mean(other, ["pipeline", "stage"])
+                let hint = blockflow_kernels::did_you_mean(other, ["pipeline", "stage", "follow"])
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
                 diags.err(
                     &span,
                     None,
-                    format!("unknown table `{other}`: a pipeline file has `[pipeline]` and `[stage.NAME]` tables{hint}"),
+                    format!("unknown table `{other}`: a pipeline file has `[pipeline]`, `[stage.NAME]` and `[follow]` tables{hint}"),
                 );
             }
         }
@@ -325,7 +333,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         path: path.to_path_buf(),
         text: text.to_string(),
         pipeline,
+        follow,
         stages,
+        fixed_stack: None,
     })
 }
 
@@ -391,6 +401,8 @@ impl RawConfig {
             };
             let target = if stage == "pipeline" {
                 Some(&mut self.pipeline)
+            } else if stage == "follow" {
+                Some(&mut self.follow)
             } else {
                 self.stages
                     .iter_mut()
@@ -426,7 +438,7 @@ impl RawConfig {
                         .stages
                         .iter()
                         .map(|s| s.name.v.as_str())
-                        .chain(["pipeline"]);
+                        .chain(["pipeline", "follow"]);
                     let hint = blockflow_kernels::did_you_mean(stage, names)
                         .map(|n| format!("; did you mean `{n}`?"))
                         .unwrap_or_default();

@@ -569,44 +569,70 @@ fn run_stage(
             Ok(None)
         }
         (StageKind::Register { upsample }, _) => {
-            // Frames arrive in order: the first is the reference.
+            // Frames arrive in order: the first is the reference; its
+            // spectrum is computed once, then up to `parallel` frames are
+            // registered against it at once.
+            use rayon::prelude::*;
             let grid = ctx.stage.grid.clone();
-            let mut reference: Option<ndarray::ArrayD<f64>> = None;
-            while let Some(c) = ctx.recv(&inputs[0])? {
+            let up = *upsample;
+            let mut registrar: Option<blockflow_kernels::register::Registrar> = None;
+            let mut received = 0;
+            loop {
+                // Blocks for one frame, takes up to `parallel` that wait.
+                let (sets, ended) = ctx.recv_batch(inputs, &mut received)?;
+                let batch: Vec<Chunk> = sets
+                    .into_iter()
+                    .filter_map(|s| s.into_iter().next())
+                    .collect();
+                if batch.is_empty() {
+                    if ended {
+                        break;
+                    }
+                    continue;
+                }
                 ctx.check_cancel()?;
                 let t = Instant::now();
-                let frame = c.array().to_f64().index_axis_move(ndarray::Axis(0), 0);
-                let shift = match &reference {
-                    None => {
-                        let zeros = vec![0.0; frame.ndim()];
-                        reference = Some(frame);
-                        zeros
-                    }
-                    Some(r) => {
-                        let (r, up) = (r.view(), *upsample);
-                        ctx.pool
-                            .install(|| {
-                                blockflow_kernels::register::phase_cross_correlation(
-                                    r,
-                                    frame.view(),
-                                    up,
-                                )
-                            })
-                            .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?
-                    }
+                let frames: Vec<ndarray::ArrayD<f64>> = batch
+                    .iter()
+                    .map(|c| c.array().to_f64().index_axis_move(ndarray::Axis(0), 0))
+                    .collect();
+                let mut shifts: Vec<Result<Vec<f64>, _>> = Vec::with_capacity(frames.len());
+                let first = if registrar.is_none() {
+                    let r = blockflow_kernels::register::Registrar::new(frames[0].view())
+                        .map_err(|e| ctx.err(Some(&batch[0].index), e.to_string()))?;
+                    registrar = Some(r);
+                    shifts.push(Ok(vec![0.0; frames[0].ndim()]));
+                    1
+                } else {
+                    0
                 };
+                if let Some(r) = &registrar {
+                    shifts.extend(ctx.pool.install(|| {
+                        frames[first..]
+                            .par_iter()
+                            .map(|f| r.register(f.view(), up))
+                            .collect::<Vec<_>>()
+                    }));
+                }
                 ctx.report.busy_seconds += t.elapsed().as_secs_f64();
-                let idx = vec![c.index[0], 0];
-                let n = shift.len();
-                let data = ArrayData::F64(
-                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, n]), shift)
-                        .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?,
-                );
-                ctx.note_held(c.nbytes() * 6);
-                ctx.send(
-                    outs,
-                    Chunk::new(idx.clone(), grid.region(&idx), data, ctx.meter),
-                )?;
+                drop(frames);
+                for (c, shift) in batch.iter().zip(shifts) {
+                    let shift = shift.map_err(|e| ctx.err(Some(&c.index), e.to_string()))?;
+                    let idx = vec![c.index[0], 0];
+                    let n = shift.len();
+                    let data = ArrayData::F64(
+                        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, n]), shift)
+                            .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?,
+                    );
+                    ctx.note_held(c.nbytes() * 6 * batch.len() as u64);
+                    ctx.send(
+                        outs,
+                        Chunk::new(idx.clone(), grid.region(&idx), data, ctx.meter),
+                    )?;
+                }
+                if ended {
+                    break;
+                }
             }
             ctx.end(outs);
             Ok(None)

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod follow;
 pub mod plan;
 pub mod report;
 pub mod spec;

@@ -452,6 +452,10 @@ fn check_type(ty: PType, v: &Val) -> Result<(), String> {
         (PType::Size, Val::Str(s)) => parse_bytes(s).map(|_| ()),
         (PType::Size, Val::Int(i)) if *i > 0 => Ok(()),
         (PType::Size, _) => want("a size such as \"512 MiB\""),
+        (PType::Duration, Val::Str(s)) => parse_duration(s).map(|_| ()),
+        (PType::Duration, Val::Int(i)) if *i >= 0 => Ok(()),
+        (PType::Duration, Val::Float(f)) if *f >= 0.0 => Ok(()),
+        (PType::Duration, _) => want("a duration such as \"2s\" or \"250ms\""),
         (PType::Shape, Val::Array(a)) => {
             if a.is_empty() {
                 return Err("the list is empty; give one integer per axis".into());
@@ -621,7 +625,41 @@ fn span_of(st: &RawStage, key: &str) -> Span {
 
 /// Resolves a path parameter: relative to the config's folder when written
 /// in the file, to the working directory when given with `--set`.
-fn resolve(config: &Path, v: &Sp<Val>) -> PathBuf {
+/// A duration: `"2s"`, `"250ms"`, `"1.5 min"`, `"1h"`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration (e.g. \"2s\", \"250ms\", \"5 min\")"))?;
+    let scale = match unit {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "ms" => 1e-3,
+        "min" | "m" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\" in \"{s}\" (use ms, s, min or h)"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(x * scale).map_err(|e| format!("\"{s}\": {e}"))
+}
+
+/// A duration parameter's value (see [`parse_duration`]).
+pub fn duration_of(v: &Val) -> Option<std::time::Duration> {
+    match v {
+        Val::Str(s) => parse_duration(s).ok(),
+        Val::Int(i) if *i >= 0 => Some(std::time::Duration::from_secs(*i as u64)),
+        Val::Float(f) if *f >= 0.0 => std::time::Duration::try_from_secs_f64(*f).ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn resolve(config: &Path, v: &Sp<Val>) -> PathBuf {
     let Val::Str(s) = &v.v else {
         return PathBuf::new();
     };
@@ -700,6 +738,7 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         _ => PathBuf::from(format!("{name}.report.json")),
     };
     let _ = pipeline_ok;
+    check_entries(&mut d, None, &top, &raw.follow, &[spec::FOLLOW], "[follow]");
 
     // Names, kinds, parameters.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -1253,9 +1292,12 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Median { .. } => p * (3 * in_chunk_bytes + out_bytes),
         // The chunk as float64, sums, the result.
         StageKind::Zscore { .. } => p * (in_chunk_bytes + 3 * out_bytes),
-        // The reference and the frame as complex spectra (16 bytes a value
-        // each), their product and its inverse.
-        StageKind::Register { .. } => in_chunk_bytes + in_elems * 16 * 5,
+        // The reference's spectrum (16 bytes a value), and per frame being
+        // registered: the frame, as float64, its spectrum, the normalised
+        // cross-power product and its inverse.
+        StageKind::Register { .. } => {
+            in_elems * 16 + p * (in_chunk_bytes + in_elems * (8 + 16 * 3))
+        }
         // The frame as float64, its spline coefficients, the result.
         StageKind::Shift { .. } => p * (in_chunk_bytes + in_elems * 8 * 3),
         // The chunk, as the library reads it and as it is sent.
@@ -1467,7 +1509,33 @@ fn plan_stage(
                     }
                 }
             } else {
-                match blockflow_io::hdf5::StackReader::open(&full.to_string_lossy(), &dataset) {
+                let index = match get_str(st, "index").filter(|s| !s.is_empty()) {
+                    None => None,
+                    Some(re) => match regex::Regex::new(re) {
+                        Ok(r) if r.captures_len() > 1 => Some(r),
+                        Ok(_) => {
+                            d.err(&span_of(st, "index"), sname, format!("`index` = \"{re}\" has no capture group: put the digits in ( )"));
+                            return None;
+                        }
+                        Err(e) => {
+                            d.err(
+                                &span_of(st, "index"),
+                                sname,
+                                format!("`index` is not a valid regex: {e}"),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                let stack = match &raw.fixed_stack {
+                    Some(s) => Ok(s.clone()),
+                    None => blockflow_io::hdf5::StackReader::open_ordered(
+                        &full.to_string_lossy(),
+                        &dataset,
+                        index.as_ref(),
+                    ),
+                };
+                match stack {
                     Ok(stack) => {
                         let shape = stack.shape();
                         let mut default = vec![1];

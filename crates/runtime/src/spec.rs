@@ -27,6 +27,8 @@ pub enum PType {
     Floats,
     /// An integer, or a list of integers (one per axis).
     Ints,
+    /// A duration: `"2s"`, `"250ms"`, or a number of seconds.
+    Duration,
 }
 
 impl PType {
@@ -50,6 +52,7 @@ impl PType {
             PType::Float => "number".into(),
             PType::Floats => "number or list".into(),
             PType::Ints => "integer or list".into(),
+            PType::Duration => "duration (\"2s\")".into(),
         }
     }
 }
@@ -164,6 +167,52 @@ pub const PIPELINE: &[ParamSpec] = &[
     ),
 ];
 
+/// Parameters of the `[follow]` table (`blockflow run --follow`).
+pub const FOLLOW: &[ParamSpec] = &[
+    p(
+        "settle",
+        PType::Duration,
+        Some("2s"),
+        "a file counts as complete once its size and modification time have not changed for this long; \"0s\" where files are renamed into place whole",
+    ),
+    p(
+        "poll",
+        PType::Duration,
+        Some("250ms"),
+        "how often the folder is listed",
+    ),
+    p(
+        "quarantine",
+        PType::Path,
+        Some(""),
+        "where a file that cannot be read is moved, with a .reason.txt beside it (default: `quarantine/` in the watched folder)",
+    ),
+    p(
+        "state",
+        PType::Path,
+        Some(""),
+        "the ingest's folder: manifest.jsonl (every timepoint done, once) and the registration reference (default: <output>.state beside the Zarr output)",
+    ),
+    p(
+        "stats",
+        PType::Path,
+        Some(""),
+        "the running per-voxel statistics along time (Welford), a Zarr group with `mean`, `std` (ddof 0) and `m2` (default: <output>.stats beside the Zarr output)",
+    ),
+    p(
+        "checkpoint",
+        PType::Duration,
+        Some("10s"),
+        "how often the statistics (and a write-json of shifts) are written; always on exit",
+    ),
+    p(
+        "idle_exit",
+        PType::Duration,
+        Some(""),
+        "exit (0) once nothing has arrived and nothing is pending for this long (default: run until SIGTERM or Ctrl-C)",
+    ),
+];
+
 pub const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "synthetic",
@@ -263,6 +312,8 @@ pub const KINDS: &[KindSpec] = &[
         params: &[
             p("path", PType::Path, None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
             p("dataset", PType::Str, None, "the dataset in every file"),
+            p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
+            p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
             p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),
         ],
     },
@@ -508,6 +559,11 @@ pub fn describe_all() -> String {
     };
     let _ = writeln!(s, "[pipeline]");
     table(&mut s, PIPELINE);
+    let _ = writeln!(
+        s,
+        "\n[follow]  (blockflow run --follow: watch the folder of a read-hdf5-stack stage)"
+    );
+    table(&mut s, FOLLOW);
     let _ = writeln!(s, "\nevery [stage.NAME]");
     table(&mut s, COMMON);
     for k in KINDS {
