@@ -360,11 +360,17 @@ impl std::fmt::Debug for ZarrWriter {
     }
 }
 
+/// `path` with `suffix` appended to its last component (`a.zarr` ->
+/// `a.zarr.partial`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// The work directory of an output being written.
 pub fn partial_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".partial");
-    PathBuf::from(s)
+    with_suffix(path, ".partial")
 }
 
 impl ZarrWriter {
@@ -808,9 +814,7 @@ pub fn write_group(
         w.write(&region, &data, &[])?;
         w.finish()?;
     }
-    let mut old = path.as_os_str().to_os_string();
-    old.push(".old");
-    let old = PathBuf::from(old);
+    let old = with_suffix(path, ".old");
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| os(&old, e))?;
     }

@@ -893,6 +893,22 @@ fn c_strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// One timepoint `(1, ...)` of any dtype shifted by `vector` (one value per
+/// trailing axis): computed in float64, returned in the timepoint's dtype
+/// (numpy's astype). The batch stage and the ingest share it.
+pub fn shift_timepoint(
+    data: &blockflow_core::ArrayData,
+    vector: &[f64],
+    order: usize,
+    mode: InterpMode,
+    cval: f64,
+    prefilter: bool,
+) -> Result<blockflow_core::ArrayData, ShiftError> {
+    let frame = data.to_f64().index_axis_move(ndarray::Axis(0), 0);
+    let moved = shift(frame.view(), vector, order, mode, cval, prefilter)?;
+    Ok(blockflow_core::ArrayData::F64(moved.insert_axis(ndarray::Axis(0))).cast(data.dtype()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

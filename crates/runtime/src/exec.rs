@@ -648,13 +648,16 @@ fn run_stage(
         ) => {
             let (order, mode, cval, prefilter) = (*order, *mode, *cval, *prefilter);
             kernel_loop(ctx, inputs, outs, |set, _, _| {
-                let data = set[0].array();
                 let v: Vec<f64> = set[1].array().to_f64().iter().copied().collect();
-                let frame = data.to_f64().index_axis_move(ndarray::Axis(0), 0);
-                let moved =
-                    blockflow_kernels::shift::shift(frame.view(), &v, order, mode, cval, prefilter)
-                        .map_err(|e| e.to_string())?;
-                Ok(ArrayData::F64(moved.insert_axis(ndarray::Axis(0))).cast(data.dtype()))
+                blockflow_kernels::shift::shift_timepoint(
+                    set[0].array(),
+                    &v,
+                    order,
+                    mode,
+                    cval,
+                    prefilter,
+                )
+                .map_err(|e| e.to_string())
             })?;
             Ok(None)
         }

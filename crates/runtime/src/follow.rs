@@ -484,18 +484,16 @@ fn compute(
                 cval,
                 prefilter,
             } => {
-                let data = input(0);
                 let v: Vec<f64> = input(1).to_f64().iter().copied().collect();
-                let f = data.to_f64().index_axis_move(Axis(0), 0);
-                match blockflow_kernels::shift::shift(
-                    f.view(),
+                match blockflow_kernels::shift::shift_timepoint(
+                    input(0),
                     &v,
                     *order,
                     *mode,
                     *cval,
                     *prefilter,
                 ) {
-                    Ok(m) => ArrayData::F64(m.insert_axis(Axis(0))).cast(data.dtype()),
+                    Ok(d) => d,
                     Err(e) => return fail(e.to_string()),
                 }
             }
@@ -1058,12 +1056,6 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 /// A file seen in the folder and not yet taken.
 struct Candidate {
     bytes: u64,
@@ -1087,7 +1079,7 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     let state_guess = set
         .state
         .clone()
-        .or_else(|| output_path(&raw).map(|p| sibling(&p, ".state")));
+        .or_else(|| output_path(&raw).map(|p| blockflow_io::zarr::with_suffix(&p, ".state")));
     let recorded = state_guess
         .as_ref()
         .map(|d| d.join("manifest.jsonl"))
@@ -1127,11 +1119,11 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     let state = set
         .state
         .clone()
-        .unwrap_or_else(|| sibling(&prog.out_path, ".state"));
+        .unwrap_or_else(|| blockflow_io::zarr::with_suffix(&prog.out_path, ".state"));
     let stats_path = set
         .stats
         .clone()
-        .unwrap_or_else(|| sibling(&prog.out_path, ".stats"));
+        .unwrap_or_else(|| blockflow_io::zarr::with_suffix(&prog.out_path, ".stats"));
     let frame_us: Vec<usize> = frame.iter().map(|&n| n as usize).collect();
     let frame_elems: u64 = frame.iter().product();
     let out_bytes = frame_elems * prog.options.dtype.size() as u64;
