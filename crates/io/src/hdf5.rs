@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blockflow_core::{with_dtype, ArrayData, ArrayKind, DType, Region};
+use blockflow_core::{with_array, with_dtype, ArrayData, ArrayKind, DType, Region};
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 use ndarray::{ArrayD, IxDyn, SliceInfo, SliceInfoElem};
 
@@ -357,6 +357,11 @@ impl StackReader {
         let (t0, nt) = (region.origin[0] as usize, region.shape[0] as usize);
         let sub = Region::new(region.origin[1..].to_vec(), region.shape[1..].to_vec());
         let shape = region.shape_usize();
+        if nt == 1 {
+            // One timepoint (the usual chunk): its array as read, no copy.
+            let part = self.timepoint(t0)?.read(&sub)?;
+            return Ok(with_array!(part, a => ArrayKind::wrap(a.insert_axis(ndarray::Axis(0)))));
+        }
         Ok(with_dtype!(self.dtype, T => {
             let mut out = ArrayD::<T>::default(IxDyn(&shape));
             for k in 0..nt {

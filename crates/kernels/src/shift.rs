@@ -607,17 +607,35 @@ fn plan_axis(
     plan
 }
 
-/// scipy.ndimage.shift(input, shift, order=order, mode=mode, cval=cval,
-/// prefilter=prefilter) for a float64 array; the result has the input's shape.
-pub fn shift(
-    input: ArrayViewD<'_, f64>,
-    shift: &[f64],
-    order: usize,
-    mode: InterpMode,
-    cval: f64,
-    prefilter: bool,
-) -> Result<ArrayD<f64>, ShiftError> {
-    let ndim = input.ndim();
+/// Working buffers for [`shift_timepoint`], kept between calls: the
+/// float64 copy of a frame and the passes' results are as large as the
+/// frame itself (128 MiB at 256^3), and fresh pages for them cost more than
+/// the interpolation. Holds at most as many buffers as calls ran at once;
+/// dropped with the stage that owns it.
+#[derive(Debug, Default)]
+pub struct ShiftBuffers {
+    pool: std::sync::Mutex<Vec<Vec<f64>>>,
+}
+
+impl ShiftBuffers {
+    fn take(&self) -> Vec<f64> {
+        self.pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, v: Vec<f64>) {
+        if v.capacity() > 0 {
+            if let Ok(mut p) = self.pool.lock() {
+                p.push(v);
+            }
+        }
+    }
+}
+
+fn check_args(ndim: usize, shift: &[f64], order: usize) -> Result<(), ShiftError> {
     if order > 5 {
         return Err(ShiftError::Order(order));
     }
@@ -633,71 +651,111 @@ pub fn shift(
     if shift.iter().any(|s| !s.is_finite()) {
         return Err(ShiftError::NotFinite(shift.to_vec()));
     }
-    let out_shape = input.shape().to_vec();
-    if out_shape.contains(&0) {
-        return Ok(ArrayD::zeros(IxDyn(&out_shape)));
+    Ok(())
+}
+
+/// scipy.ndimage.shift(input, shift, order=order, mode=mode, cval=cval,
+/// prefilter=prefilter) for a float64 array; the result has the input's shape.
+pub fn shift(
+    input: ArrayViewD<'_, f64>,
+    shift: &[f64],
+    order: usize,
+    mode: InterpMode,
+    cval: f64,
+    prefilter: bool,
+) -> Result<ArrayD<f64>, ShiftError> {
+    check_args(input.ndim(), shift, order)?;
+    let shape = input.shape().to_vec();
+    if shape.contains(&0) {
+        return Ok(ArrayD::zeros(IxDyn(&shape)));
     }
-    // The coefficients: the input itself, or its prefiltered (and padded) copy.
-    let (coef, in_shape, npad) = if prefilter && order > 1 {
+    let values = match input.as_slice() {
+        Some(s) => s.to_vec(),
+        None => input.iter().copied().collect(),
+    };
+    let buffers = ShiftBuffers::default();
+    let out = shift_values(
+        values, &shape, shift, order, mode, cval, prefilter, &buffers,
+    );
+    Ok(from_vec(out, &shape))
+}
+
+/// The shift of the C-order float64 `values` of `shape` (taken over as the
+/// first working buffer); the result is one of `buffers`' or `values`.
+#[allow(clippy::too_many_arguments)]
+fn shift_values(
+    values: Vec<f64>,
+    shape: &[usize],
+    shift: &[f64],
+    order: usize,
+    mode: InterpMode,
+    cval: f64,
+    prefilter: bool,
+    buffers: &ShiftBuffers,
+) -> Vec<f64> {
+    let ndim = shape.len();
+    let out_shape = shape.to_vec();
+    // The samples the spline runs over: the input itself, or its padded
+    // copy; with the prefilter, each axis is filtered just before it is
+    // interpolated (`separable`).
+    let filter = prefilter && order > 1;
+    let (coef, in_shape, npad) = if filter {
         let npad = mode.prepad();
-        let (padded, pshape) = pad(&input, npad, mode, cval);
-        let mut data = padded;
-        for axis in 0..ndim {
-            filter_axis(&mut data, &pshape, order, axis, mode);
-        }
+        let (data, pshape) = if npad == 0 {
+            (values, out_shape.clone())
+        } else {
+            let padded = pad(&values, shape, npad, mode, cval);
+            buffers.give(values);
+            padded
+        };
         (data, pshape, npad)
     } else {
-        let data: Vec<f64> = match input.as_slice() {
-            Some(s) => s.to_vec(),
-            None => input.iter().copied().collect(),
-        };
-        (data, out_shape.clone(), 0)
+        (values, out_shape.clone(), 0)
     };
     let plans: Vec<AxisPlan> = (0..ndim)
         .map(|ax| plan_axis(out_shape[ax], in_shape[ax], shift[ax], npad, order, mode))
         .collect();
     let mut out = if order <= 1 {
-        direct(&coef, &in_shape, &out_shape, &plans, order, cval)
+        let out = direct(&coef, &in_shape, &out_shape, &plans, order, cval);
+        buffers.give(coef);
+        out
     } else {
-        separable(coef, &in_shape, &out_shape, &plans, order, cval)
+        let filter = filter.then(|| (poles(order), init_of(mode)));
+        separable(
+            coef, &in_shape, &out_shape, &plans, order, cval, filter, buffers,
+        )
     };
     // `constant`: cval wherever an axis's coordinate left the array.
     if mode == InterpMode::Constant {
         set_zero_points(&mut out, &out_shape, &plans, cval);
     }
-    Ok(from_vec(out, &out_shape))
+    out
 }
 
 /// np.pad(input, npad, mode='edge' for nearest, 'constant' with cval for
 /// grid-constant), as float64 in C order.
 fn pad(
-    input: &ArrayViewD<'_, f64>,
+    input: &[f64],
+    shape: &[usize],
     npad: usize,
     mode: InterpMode,
     cval: f64,
 ) -> (Vec<f64>, Vec<usize>) {
-    let shape = input.shape().to_vec();
     let pshape: Vec<usize> = shape.iter().map(|&n| n + 2 * npad).collect();
-    if npad == 0 {
-        let data = match input.as_slice() {
-            Some(s) => s.to_vec(),
-            None => input.iter().copied().collect(),
-        };
-        return (data, pshape);
-    }
+    let strides = c_strides(shape);
     let padded = ArrayD::from_shape_fn(IxDyn(&pshape), |idx| {
-        let mut src = Vec::with_capacity(shape.len());
+        let mut at = 0;
         for (ax, &n) in shape.iter().enumerate() {
             let i = idx[ax] as i64 - npad as i64;
             if (0..n as i64).contains(&i) {
-                src.push(i as usize);
+                at += i as usize * strides[ax];
             } else if mode == InterpMode::GridConstant {
                 return cval;
             } else {
-                src.push(i.clamp(0, n as i64 - 1) as usize);
+                at += i.clamp(0, n as i64 - 1) as usize * strides[ax];
             }
         }
-        input[IxDyn(&src)]
+        input[at]
     });
     (padded.into_raw_vec_and_offset().0, pshape)
 }
@@ -796,7 +854,17 @@ fn direct_k<const K1: usize>(
     out
 }
 
-/// Orders 2–5: one 1-D interpolation pass per axis.
+/// Bytes of one block of columns filtered and interpolated together (it
+/// stays in the L2 cache).
+const BLOCK_BYTES: usize = 256 << 10;
+
+/// Orders 2–5: one pass per axis, the last first. With `filter` (the poles
+/// and initialisation of the spline prefilter), each pass first filters
+/// its axis, then interpolates along it, block by block in cache: a line at
+/// a time along the last axis, blocks of columns along the others. The
+/// filter along one axis and the interpolation along another commute, so
+/// this is scipy's spline_filter-then-interpolate in one sweep per axis.
+#[allow(clippy::too_many_arguments)]
 fn separable(
     coef: Vec<f64>,
     in_shape: &[usize],
@@ -804,55 +872,100 @@ fn separable(
     plans: &[AxisPlan],
     order: usize,
     cval: f64,
+    filter: Option<(&[f64], Init)>,
+    buffers: &ShiftBuffers,
 ) -> Vec<f64> {
     let k1 = order + 1;
     let mut cur = coef;
     let mut shape = in_shape.to_vec();
-    for (axis, plan) in plans.iter().enumerate() {
+    let mut tmp: Vec<f64> = Vec::new();
+    for axis in (0..plans.len()).rev() {
+        let plan = &plans[axis];
         let n_in = shape[axis];
         let n_out = out_shape[axis];
         let outer: usize = shape[..axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();
-        let mut next = vec![0.0; outer * n_out * inner];
+        let filter = filter.filter(|_| n_in > 1);
+        let mut next = buffers.take();
+        // Every value is written below (the first tap assigns).
+        next.resize(outer * n_out * inner, 0.0);
         for o in 0..outer {
             let src = &cur[o * n_in * inner..(o + 1) * n_in * inner];
             let dst = &mut next[o * n_out * inner..(o + 1) * n_out * inner];
             if inner == 1 {
+                let line: &[f64] = match filter {
+                    Some((poles, init)) => {
+                        tmp.clear();
+                        tmp.extend_from_slice(src);
+                        apply_filter_line(&mut tmp, poles, init);
+                        &tmp
+                    }
+                    None => src,
+                };
                 for (k, d) in dst.iter_mut().enumerate() {
                     if plan.zero[k] {
+                        *d = 0.0;
                         continue;
                     }
                     let mut t = 0.0;
                     for h in 0..k1 {
                         let tap = plan.taps[k * k1 + h];
-                        let v = if tap == usize::MAX { cval } else { src[tap] };
+                        let v = if tap == usize::MAX { cval } else { line[tap] };
                         t += plan.weights[k * k1 + h] * v;
                     }
                     *d = t;
                 }
                 continue;
             }
-            for k in 0..n_out {
-                if plan.zero[k] {
-                    continue;
-                }
-                let d = &mut dst[k * inner..(k + 1) * inner];
-                for h in 0..k1 {
-                    let w = plan.weights[k * k1 + h];
-                    let tap = plan.taps[k * k1 + h];
-                    if tap == usize::MAX {
-                        let add = w * cval;
-                        d.iter_mut().for_each(|x| *x += add);
-                    } else {
-                        let s = &src[tap * inner..(tap + 1) * inner];
-                        for (x, &v) in d.iter_mut().zip(s) {
-                            *x += w * v;
+            let width = (BLOCK_BYTES / 8 / n_in.max(1)).max(8).min(inner);
+            for c0 in (0..inner).step_by(width) {
+                let w = width.min(inner - c0);
+                // The block's columns, `n_in` rows of `w`: filtered in a
+                // copy, or read where they are.
+                let (block, stride, off): (&[f64], usize, usize) = match filter {
+                    Some((poles, init)) => {
+                        tmp.clear();
+                        for k in 0..n_in {
+                            tmp.extend_from_slice(&src[k * inner + c0..k * inner + c0 + w]);
+                        }
+                        apply_filter_rows(&mut tmp, n_in, w, poles, init);
+                        (&tmp, w, 0)
+                    }
+                    None => (src, inner, c0),
+                };
+                for k in 0..n_out {
+                    let d = &mut dst[k * inner + c0..k * inner + c0 + w];
+                    if plan.zero[k] {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    for h in 0..k1 {
+                        let wt = plan.weights[k * k1 + h];
+                        let tap = plan.taps[k * k1 + h];
+                        if tap == usize::MAX {
+                            let add = wt * cval;
+                            if h == 0 {
+                                d.fill(add);
+                            } else {
+                                d.iter_mut().for_each(|x| *x += add);
+                            }
+                        } else {
+                            let s = &block[tap * stride + off..tap * stride + off + w];
+                            if h == 0 {
+                                for (x, &v) in d.iter_mut().zip(s) {
+                                    *x = wt * v;
+                                }
+                            } else {
+                                for (x, &v) in d.iter_mut().zip(s) {
+                                    *x += wt * v;
+                                }
+                            }
                         }
                     }
                 }
             }
         }
-        cur = next;
+        buffers.give(std::mem::replace(&mut cur, next));
         shape[axis] = n_out;
     }
     cur
@@ -895,7 +1008,8 @@ fn c_strides(shape: &[usize]) -> Vec<usize> {
 
 /// One timepoint `(1, ...)` of any dtype shifted by `vector` (one value per
 /// trailing axis): computed in float64, returned in the timepoint's dtype
-/// (numpy's astype). The batch stage and the ingest share it.
+/// (numpy's astype). The batch stage and the ingest share it; `buffers`
+/// keeps the working memory between timepoints.
 pub fn shift_timepoint(
     data: &blockflow_core::ArrayData,
     vector: &[f64],
@@ -903,10 +1017,30 @@ pub fn shift_timepoint(
     mode: InterpMode,
     cval: f64,
     prefilter: bool,
+    buffers: &ShiftBuffers,
 ) -> Result<blockflow_core::ArrayData, ShiftError> {
-    let frame = data.to_f64().index_axis_move(ndarray::Axis(0), 0);
-    let moved = shift(frame.view(), vector, order, mode, cval, prefilter)?;
-    Ok(blockflow_core::ArrayData::F64(moved.insert_axis(ndarray::Axis(0))).cast(data.dtype()))
+    use blockflow_core::{with_array, with_dtype, ArrayKind, Element};
+    let full = data.shape().to_vec();
+    let shape = full.get(1..).unwrap_or(&[]).to_vec();
+    check_args(shape.len(), vector, order)?;
+    if full.contains(&0) {
+        return Ok(blockflow_core::ArrayData::zeros(data.dtype(), &full));
+    }
+    let mut values = buffers.take();
+    values.clear();
+    with_array!(data, a => match a.as_slice() {
+        Some(s) => values.extend(s.iter().map(|v| v.to_f64())),
+        None => values.extend(a.iter().map(|v| v.to_f64())),
+    });
+    let out = shift_values(
+        values, &shape, vector, order, mode, cval, prefilter, buffers,
+    );
+    let result = with_dtype!(data.dtype(), T => {
+        let typed: Vec<T> = out.iter().map(|&v| T::from_f64(v)).collect();
+        ndarray::ArrayD::from_shape_vec(IxDyn(&full), typed).map(T::wrap)
+    });
+    buffers.give(out);
+    result.map_err(|_| ShiftError::ZeroDim)
 }
 
 #[cfg(test)]
@@ -941,6 +1075,38 @@ mod tests {
         assert_eq!(s0.into_raw_vec_and_offset().0, vec![0.0, 1.0, 4.0, 9.0]);
         let s1 = shift(a.view(), &[0.25], 1, InterpMode::Constant, -1.0, true).expect("1");
         assert_eq!(s1.into_raw_vec_and_offset().0, vec![-1.0, 0.75, 3.25, 7.75]);
+    }
+
+    #[test]
+    fn column_blocks_shift_as_each_column_alone() {
+        // 2000 rows: blocks of 16 columns, the last one partial (200 = 12 x
+        // 16 + 8), against each column shifted as a 1-D line.
+        let (rows, cols) = (2000, 200);
+        let a = ArrayD::from_shape_fn(IxDyn(&[rows, cols]), |i| {
+            ((i[0] * 31 + i[1] * 17) % 97) as f64 / 97.0 + (i[0] as f64 * 0.01).sin()
+        });
+        for mode in [
+            InterpMode::Constant,
+            InterpMode::Nearest,
+            InterpMode::Reflect,
+        ] {
+            let got = shift(a.view(), &[-7.3, 0.0], 3, mode, 0.0, true).expect("2-D");
+            for j in [0, 15, 16, 100, 199] {
+                let col = a.index_axis(ndarray::Axis(1), j).to_owned().into_dyn();
+                let want = shift(col.view(), &[-7.3], 3, mode, 0.0, true).expect("1-D");
+                for (r, (g, w)) in got
+                    .index_axis(ndarray::Axis(1), j)
+                    .iter()
+                    .zip(want.iter())
+                    .enumerate()
+                {
+                    assert!(
+                        (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                        "{mode:?} row {r} column {j}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Phase cross-correlation against scikit-image (fixtures made by
 //! scripts/fixtures/make_register_fixtures.py from `blockflow generate
-//! timeseries` volumes): the same shift to the pixel without upsampling,
-//! and to 1e-9 with upsample_factor 20 (the same 1/20 grid point).
+//! timeseries` volumes, whole and cropped to odd and even axes, in float64
+//! and float32): the same shift to the pixel without upsampling, and the
+//! same 1/20 grid point with upsample_factor 20 (to 1e-9 in float64; to
+//! float32's rounding of it, 1e-6, in float32).
 
 use blockflow_kernels::register::{phase_cross_correlation, RegisterError};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{s, ArrayD, IxDyn};
 use serde_json::Value;
 
 #[test]
@@ -31,21 +33,41 @@ fn shifts_match_skimage() {
         })
         .collect();
     let cases = fx["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 24);
     for case in cases {
         let t = case["t"].as_u64().expect("t") as usize;
         let up = case["upsample"].as_u64().expect("up") as usize;
+        let dtype = case["dtype"].as_str().expect("dtype");
         let want: Vec<f64> = case["shift"]
             .as_array()
             .expect("shift")
             .iter()
             .map(|v| v.as_f64().expect("f"))
             .collect();
-        let got = phase_cross_correlation(vols[0].view(), vols[t].view(), up).expect("register");
+        let crop = |v: &ArrayD<f64>| -> ArrayD<f64> {
+            match case["crop"].as_array() {
+                Some(c) => {
+                    let c: Vec<usize> = c.iter().map(|v| v.as_u64().expect("n") as usize).collect();
+                    v.slice(s![..c[0], ..c[1], ..c[2]]).to_owned().into_dyn()
+                }
+                None => v.clone(),
+            }
+        };
+        let (a, b) = (crop(&vols[0]), crop(&vols[t]));
+        // scikit-image's float32 shifts are the 1/20 grid's values rounded
+        // to float32; blockflow returns them in float64.
+        let (got, tol) = if dtype == "float32" {
+            let (a, b) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            (phase_cross_correlation(a.view(), b.view(), up), 1e-6)
+        } else {
+            (phase_cross_correlation(a.view(), b.view(), up), 1e-9)
+        };
+        let got = got.expect("register");
         for (g, w) in got.iter().zip(&want) {
             assert!(
-                (g - w).abs() <= 1e-9,
-                "timepoint {t}, upsample {up}: {got:?} vs skimage {want:?}"
+                (g - w).abs() <= tol,
+                "{dtype} {:?} timepoint {t}, upsample {up}: {got:?} vs skimage {want:?}",
+                case["crop"]
             );
         }
     }

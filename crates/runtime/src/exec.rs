@@ -592,30 +592,34 @@ fn run_stage(
                 }
                 ctx.check_cancel()?;
                 let t = Instant::now();
-                let frames: Vec<ndarray::ArrayD<f64>> = batch
-                    .iter()
-                    .map(|c| c.array().to_f64().index_axis_move(ndarray::Axis(0), 0))
-                    .collect();
-                let mut shifts: Vec<Result<Vec<f64>, _>> = Vec::with_capacity(frames.len());
+                let mut shifts: Vec<Result<Vec<f64>, _>> = Vec::with_capacity(batch.len());
                 let first = if registrar.is_none() {
-                    let r = blockflow_kernels::register::Registrar::new(frames[0].view())
+                    let r = blockflow_kernels::register::Registrar::of_timepoint(batch[0].array())
                         .map_err(|e| ctx.err(Some(&batch[0].index), e.to_string()))?;
+                    shifts.push(Ok(vec![0.0; r.shape().len()]));
                     registrar = Some(r);
-                    shifts.push(Ok(vec![0.0; frames[0].ndim()]));
                     1
                 } else {
                     0
                 };
                 if let Some(r) = &registrar {
                     shifts.extend(ctx.pool.install(|| {
-                        frames[first..]
+                        batch[first..]
                             .par_iter()
-                            .map(|f| r.register(f.view(), up))
+                            .map(|c| r.register_timepoint(c.array(), up))
                             .collect::<Vec<_>>()
                     }));
                 }
                 ctx.report.busy_seconds += t.elapsed().as_secs_f64();
-                drop(frames);
+                if let Some(r) = &registrar {
+                    let (reference, working) = blockflow_kernels::register::Registrar::memory(
+                        r.shape(),
+                        r.precision_bytes(),
+                        batch.len(),
+                    );
+                    let frames: u64 = batch.iter().map(|c| c.nbytes()).sum();
+                    ctx.note_held(reference as u64 + working as u64 + frames);
+                }
                 for (c, shift) in batch.iter().zip(shifts) {
                     let shift = shift.map_err(|e| ctx.err(Some(&c.index), e.to_string()))?;
                     let idx = vec![c.index[0], 0];
@@ -624,7 +628,6 @@ fn run_stage(
                         ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, n]), shift)
                             .map_err(|e| ctx.err(Some(&c.index), e.to_string()))?,
                     );
-                    ctx.note_held(c.nbytes() * 6 * batch.len() as u64);
                     ctx.send(
                         outs,
                         Chunk::new(idx.clone(), grid.region(&idx), data, ctx.meter),
@@ -646,6 +649,7 @@ fn run_stage(
             },
             _,
         ) => {
+            let buffers = blockflow_kernels::shift::ShiftBuffers::default();
             let (order, mode, cval, prefilter) = (*order, *mode, *cval, *prefilter);
             kernel_loop(ctx, inputs, outs, |set, _, _| {
                 let v: Vec<f64> = set[1].array().to_f64().iter().copied().collect();
@@ -656,6 +660,7 @@ fn run_stage(
                     mode,
                     cval,
                     prefilter,
+                    &buffers,
                 )
                 .map_err(|e| e.to_string())
             })?;

@@ -266,15 +266,20 @@ struct Program {
     options: ZarrWriteOptions,
     /// The register stage, if any, and a write-json of its shifts.
     register: Option<usize>,
+    /// The dtype of the frames it registers (its reference's).
+    reference_dtype: DType,
     shifts_json: Option<PathBuf>,
     /// Bytes one worker holds for one timepoint.
     worker_bytes: u64,
+    /// The shift steps' working buffers, kept between timepoints.
+    shift_buffers: Arc<blockflow_kernels::shift::ShiftBuffers>,
 }
 
 fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
     let mut steps = Vec::new();
     let mut out = None;
     let mut register = None;
+    let mut reference_dtype = DType::F64;
     let mut shifts_json = None;
     let unsupported = |name: &str, kind: &str, why: &str| {
         FollowError::Pipeline(format!(
@@ -308,6 +313,13 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
             }
             StageKind::Register { upsample } => {
                 register = Some(i);
+                if let Some(o) = s
+                    .inputs
+                    .first()
+                    .and_then(|&j| plan.stages[j].output.as_ref())
+                {
+                    reference_dtype = o.dtype;
+                }
                 Step::Register(*upsample)
             }
             StageKind::Shift {
@@ -367,8 +379,10 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
         out_path,
         options,
         register,
+        reference_dtype,
         shifts_json,
         worker_bytes,
+        shift_buffers: Default::default(),
     })
 }
 
@@ -392,7 +406,7 @@ enum Outcome {
         data: ArrayData,
         shift: Option<Vec<f64>>,
         /// Set when this timepoint became the reference.
-        reference: Option<Arc<ArrayD<f64>>>,
+        reference: Option<Arc<ArrayData>>,
     },
     /// The file cannot be used: quarantine it.
     Bad(String),
@@ -454,22 +468,22 @@ fn compute(
                 }
             }
             Step::Register(up) => {
-                let frame = input(0).to_f64().index_axis_move(Axis(0), 0);
+                let frame = input(0);
                 let current = reference.read().map(|r| r.clone()).unwrap_or(None);
                 let v = match current {
                     None => {
-                        let zeros = vec![0.0; frame.ndim()];
-                        let r = match Registrar::new(frame.view()) {
+                        let zeros = vec![0.0; frame.shape().len().saturating_sub(1)];
+                        let r = match Registrar::of_timepoint(frame) {
                             Ok(r) => r,
                             Err(e) => return fail(e.to_string()),
                         };
                         if let Ok(mut w) = reference.write() {
                             *w = Some(Arc::new(r));
                         }
-                        became = Some(Arc::new(frame));
+                        became = Some(Arc::new(frame.clone()));
                         zeros
                     }
-                    Some(r) => match r.register(frame.view(), *up) {
+                    Some(r) => match r.register_timepoint(frame, *up) {
                         Ok(v) => v,
                         Err(e) => return fail(e.to_string()),
                     },
@@ -492,6 +506,7 @@ fn compute(
                     *mode,
                     *cval,
                     *prefilter,
+                    &prog.shift_buffers,
                 ) {
                     Ok(d) => d,
                     Err(e) => return fail(e.to_string()),
@@ -794,7 +809,7 @@ impl Committer {
         job: Job,
         data: ArrayData,
         shift: Option<Vec<f64>>,
-        reference: Option<Arc<ArrayD<f64>>>,
+        reference: Option<Arc<ArrayData>>,
     ) -> Result<(), FollowError> {
         let t = self.appender.len();
         let fail = |msg: String| FollowError::Timepoint {
@@ -932,11 +947,14 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn save_reference(path: &Path, r: &ArrayD<f64>) -> Result<(), IoError> {
+/// Saves the reference timepoint `(1, ...)` as a Zarr array of the frame's
+/// shape, in its dtype.
+fn save_reference(path: &Path, r: &ArrayData) -> Result<(), IoError> {
+    let r: ArrayData = with_array!(r, a => ArrayKind::wrap(a.index_axis(Axis(0), 0).to_owned()));
     let shape: Vec<u64> = r.shape().iter().map(|&n| n as u64).collect();
     let o = ZarrWriteOptions {
         zarr_format: 3,
-        dtype: DType::F64,
+        dtype: r.dtype(),
         shape: shape.clone(),
         chunks: shape.iter().map(|&n| n.max(1)).collect(),
         codec: Codec::None,
@@ -945,16 +963,14 @@ fn save_reference(path: &Path, r: &ArrayD<f64>) -> Result<(), IoError> {
         attributes: serde_json::Map::new(),
     };
     let w = ZarrWriter::create(path, &o)?;
-    w.write(
-        &Region::new(vec![0; shape.len()], shape),
-        &ArrayData::F64(r.clone()),
-        &[],
-    )?;
+    w.write(&Region::new(vec![0; shape.len()], shape), &r, &[])?;
     w.finish()?;
     Ok(())
 }
 
-fn load_reference(path: &Path, frame: &[u64]) -> Result<ArrayD<f64>, FollowError> {
+/// The reference timepoint `(1, ...)` in `dtype` (a state written before
+/// references kept their dtype holds float64).
+fn load_reference(path: &Path, frame: &[u64], dtype: DType) -> Result<ArrayData, FollowError> {
     let r = ZarrReader::open(path).map_err(|e| {
         state_err(
             path,
@@ -963,16 +979,16 @@ fn load_reference(path: &Path, frame: &[u64]) -> Result<ArrayD<f64>, FollowError
             ),
         )
     })?;
-    if r.info.shape != frame || r.info.dtype != DType::F64 {
+    if r.info.shape != frame {
         return Err(state_err(
             path,
             "the registration reference has another shape",
         ));
     }
-    Ok(
-        r.read(&Region::new(vec![0; frame.len()], frame.to_vec()), &[])?
-            .to_f64(),
-    )
+    let data = r
+        .read(&Region::new(vec![0; frame.len()], frame.to_vec()), &[])?
+        .cast(dtype);
+    Ok(with_array!(data, a => ArrayKind::wrap(a.insert_axis(Axis(0)))))
 }
 
 fn save_stats(
@@ -1193,8 +1209,9 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     let reference_path = state.join("reference.zarr");
     let reference: Reference = Arc::new(RwLock::new(None));
     if prog.register.is_some() && len > 0 {
-        let r = load_reference(&reference_path, &frame)?;
-        let r = Registrar::new(r.view()).map_err(|e| state_err(&reference_path, e.to_string()))?;
+        let r = load_reference(&reference_path, &frame, prog.reference_dtype)?;
+        let r =
+            Registrar::of_timepoint(&r).map_err(|e| state_err(&reference_path, e.to_string()))?;
         *reference.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(r));
     }
     let welford = resume_stats(&stats_path, &prog.out_path, &frame_us, len)?;

@@ -1228,7 +1228,11 @@ fn project_all(stages: &mut [PlannedStage]) {
             .filter(|(&i, _)| i == k)
             .map(|(_, &sl)| sl as u64)
             .sum();
-        stages[k].mem = project(&stages[k], in_bytes, in_elems, slack);
+        let first_input = stages[k]
+            .inputs
+            .first()
+            .and_then(|&j| stages[j].output.clone());
+        stages[k].mem = project(&stages[k], first_input.as_ref(), in_bytes, in_elems, slack);
     }
 }
 
@@ -1246,7 +1250,13 @@ pub fn sent_chunk(s: &PlannedStage) -> (u64, u64) {
 }
 
 /// The projected peak bytes of one stage.
-fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> StageMemory {
+fn project(
+    s: &PlannedStage,
+    input: Option<&ArraySpec>,
+    in_chunk_bytes: u64,
+    in_elems: u64,
+    slack: u64,
+) -> StageMemory {
     let p = s.parallel as u64;
     let (out_bytes, out_elems) = sent_chunk(s);
     let working = match &s.kind {
@@ -1292,11 +1302,27 @@ fn project(s: &PlannedStage, in_chunk_bytes: u64, in_elems: u64, slack: u64) -> 
         StageKind::Median { .. } => p * (3 * in_chunk_bytes + out_bytes),
         // The chunk as float64, sums, the result.
         StageKind::Zscore { .. } => p * (in_chunk_bytes + 3 * out_bytes),
-        // The reference's spectrum (16 bytes a value), and per frame being
-        // registered: the frame, as float64, its spectrum, the normalised
-        // cross-power product and its inverse.
+        // The reference's half spectrum and, per frame being registered,
+        // the frame (converted to float64 unless it is float32 or float64),
+        // its half spectrum, the product's copy and the real
+        // cross-correlation, in the frame's precision.
         StageKind::Register { .. } => {
-            in_elems * 16 + p * (in_chunk_bytes + in_elems * (8 + 16 * 3))
+            let (bytes, convert) = match input.map(|i| i.dtype) {
+                Some(DType::F32) => (4, 0),
+                Some(DType::F64) => (8, 0),
+                _ => (8, in_elems * 8),
+            };
+            let frame: Vec<usize> = input
+                .map(|i| {
+                    i.grid.chunk_shape()[1..]
+                        .iter()
+                        .map(|&n| n as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (reference, working) =
+                blockflow_kernels::register::Registrar::memory(&frame, bytes, s.parallel);
+            reference as u64 + working as u64 + p * (in_chunk_bytes + convert)
         }
         // The frame as float64, its spline coefficients, the result.
         StageKind::Shift { .. } => p * (in_chunk_bytes + in_elems * 8 * 3),
