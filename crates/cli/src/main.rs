@@ -223,12 +223,13 @@ const ROOMY: u64 = 256 << 20;
 
 /// Keeps freed memory 1 s instead of 100 ms (see `main`) when the plan
 /// leaves at least [`ROOMY`] of the budget unprojected. What the allocator
-/// then holds beyond the live chunks is about what the run frees in a
-/// second; fresh pages cost more than the work on them for large chunks
-/// (seed 002 at 20 x 256^3: 16.6 s instead of 22 s, 7 s of system time
-/// instead of 16 s, peak RSS 3.0 GiB of a 5 GiB budget). Tight budgets keep
-/// 100 ms: the 4-D rechunk through a 256 MiB budget (226 MiB projected)
-/// peaked at 247 MiB with it, 265-310 MiB with 1 s.
+/// then holds beyond the live chunks is what was freed and not yet reused
+/// in the last second; large per-chunk buffers come back warm instead of
+/// as fresh pages (seed 002 at 20 x 256^3, 3.0 GiB peak RSS of a 5 GiB
+/// budget: 17.1 s against 17.8 s in interleaved runs, 16.6 s against 22 s
+/// and 7 s of system time against 16 s when fresh pages were slow). Tight
+/// budgets keep 100 ms: the 4-D rechunk of tests/memory.rs (226 MiB
+/// projected of 256 MiB) peaked at 247-250 MiB with it, 265-310 MiB with 1 s.
 fn keep_freed_memory_longer(budget: u64, projected: u64) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() || budget < projected + ROOMY {
         return;

@@ -333,7 +333,7 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec {
         kind: "register",
         role: "kernel",
-        summary: "rigid registration of each frame of a stack (one whole frame per chunk along axis 0) to the first, by phase cross-correlation as scikit-image's phase_cross_correlation: the stream is the shift that registers each frame, (N, frame axes) float64 in chunks of one frame, ready for a `shift` stage",
+        summary: "rigid registration of each frame of a stack (one whole frame per chunk along axis 0) to the first, by phase cross-correlation as scikit-image's phase_cross_correlation, in the frames' precision as scikit-image computes it (float32 frames in single precision, others in double): the stream is the shift that registers each frame, (N, frame axes) float64 in chunks of one frame, ready for a `shift` stage",
         inputs: Arity::Exactly(1),
         params: &[p("upsample_factor", PType::Int(1, 10_000), Some("1"), "1: to the voxel; k: to 1/k voxel by an upsampled DFT around the peak")],
     },
