@@ -1570,6 +1570,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_reference_keeps_its_dtype_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("reference.zarr");
+        let frame = ArrayD::from_shape_fn(IxDyn(&[1, 4, 6]), |i| {
+            (i[1] * 6 + i[2]) as f32 * 0.1 + 1.0 / 3.0
+        });
+        let data = ArrayData::F32(frame.clone());
+        save_reference(&path, &data).expect("save");
+        let back = load_reference(&path, &[4, 6], DType::F32).expect("load");
+        assert_eq!(
+            back, data,
+            "float32 read back bit for bit, with its time axis"
+        );
+        // A registrar made from it registers in single precision, as the
+        // one made from the original timepoint did.
+        let r = Registrar::of_timepoint(&back).expect("registrar");
+        assert_eq!(r.precision_bytes(), 4);
+        // A state written before references kept their dtype holds float64.
+        save_reference(&path, &ArrayData::F64(frame.mapv(f64::from))).expect("save f64");
+        assert_eq!(
+            load_reference(&path, &[4, 6], DType::F32).expect("load"),
+            data
+        );
+        assert!(
+            load_reference(&path, &[4, 5], DType::F32).is_err(),
+            "another shape"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         let d = |s: &str| plan::parse_duration(s).expect(s);
         assert_eq!(d("2s"), Duration::from_secs(2));
