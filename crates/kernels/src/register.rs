@@ -57,6 +57,36 @@ pub trait Real: FftNum + Float {
     fn unwrap(r: &Registrar) -> Option<&Reference<Self>>;
 }
 
+/// The methods of [`Real`] that differ between f32 and f64 only in the
+/// type and the [`Registrar`] variant.
+macro_rules! real_common {
+    ($t:ty, $variant:ident, $other:ident) => {
+        fn gemm(
+            dst: MatMut<'_, Complex<$t>>,
+            lhs: MatRef<'_, Complex<$t>>,
+            rhs: MatRef<'_, Complex<$t>>,
+        ) {
+            faer::linalg::matmul::matmul(
+                dst,
+                faer::Accum::Replace,
+                lhs,
+                rhs,
+                Complex::new(1.0, 0.0),
+                faer::Par::Seq,
+            );
+        }
+        fn wrap(r: Reference<$t>) -> Registrar {
+            Registrar::$variant(r)
+        }
+        fn unwrap(r: &Registrar) -> Option<&Reference<$t>> {
+            match r {
+                Registrar::$variant(r) => Some(r),
+                Registrar::$other(_) => None,
+            }
+        }
+    };
+}
+
 impl Real for f32 {
     fn of(v: f64) -> f32 {
         v as f32
@@ -68,29 +98,7 @@ impl Real for f32 {
         let (re, im) = (c.re as f64, c.im as f64);
         (re * re + im * im).sqrt() as f32
     }
-    fn gemm(
-        dst: MatMut<'_, Complex<f32>>,
-        lhs: MatRef<'_, Complex<f32>>,
-        rhs: MatRef<'_, Complex<f32>>,
-    ) {
-        faer::linalg::matmul::matmul(
-            dst,
-            faer::Accum::Replace,
-            lhs,
-            rhs,
-            Complex::new(1.0, 0.0),
-            faer::Par::Seq,
-        );
-    }
-    fn wrap(r: Reference<f32>) -> Registrar {
-        Registrar::F32(r)
-    }
-    fn unwrap(r: &Registrar) -> Option<&Reference<f32>> {
-        match r {
-            Registrar::F32(r) => Some(r),
-            Registrar::F64(_) => None,
-        }
-    }
+    real_common!(f32, F32, F64);
 }
 
 impl Real for f64 {
@@ -108,29 +116,7 @@ impl Real for f64 {
             c.re.hypot(c.im)
         }
     }
-    fn gemm(
-        dst: MatMut<'_, Complex<f64>>,
-        lhs: MatRef<'_, Complex<f64>>,
-        rhs: MatRef<'_, Complex<f64>>,
-    ) {
-        faer::linalg::matmul::matmul(
-            dst,
-            faer::Accum::Replace,
-            lhs,
-            rhs,
-            Complex::new(1.0, 0.0),
-            faer::Par::Seq,
-        );
-    }
-    fn wrap(r: Reference<f64>) -> Registrar {
-        Registrar::F64(r)
-    }
-    fn unwrap(r: &Registrar) -> Option<&Reference<f64>> {
-        match r {
-            Registrar::F64(r) => Some(r),
-            Registrar::F32(_) => None,
-        }
-    }
+    real_common!(f64, F64, F32);
 }
 
 fn zero<T: Real>() -> Complex<T> {
