@@ -579,17 +579,30 @@ pub fn reextend(
     geom: &Geometry,
     mode: Boundary,
 ) -> Result<(), String> {
+    reextend_with(a, shape, axis, geom, mode, mode.fill())
+}
+
+/// [`reextend`] for any element type, with `fill` for the positions a
+/// constant boundary gives (the rank filters' values in their own dtype).
+pub fn reextend_with<T: Copy>(
+    a: &mut [T],
+    shape: &[usize],
+    axis: usize,
+    geom: &Geometry,
+    mode: Boundary,
+    fill: T,
+) -> Result<(), String> {
     let n = shape[axis];
     let len = geom.array[axis];
     let o = geom.origin[axis];
     let (outer, inner) = around(shape, axis);
-    let fill = mode.fill();
     for i in 0..n {
         let g = o + i as isize;
         if g >= 0 && (g as usize) < len {
             continue;
         }
-        match mode.index(g, len) {
+        let src = if len == 0 { None } else { mode.index(g, len) };
+        match src {
             None => {
                 for ob in 0..outer {
                     let s = (ob * n + i) * inner;

@@ -66,7 +66,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
 
 use blockflow_core::Element;
 
-use crate::filters::{Boundary, Geometry};
+use crate::filters::{self, Boundary, Geometry};
 
 /// Windows with more values than this use a per-output selection instead
 /// of a selection network.
@@ -321,7 +321,8 @@ impl RankFilter {
             _ => T::default(),
         };
         for axis in 0..ndim {
-            reextend(&mut data, &shape, axis, geom, self.mode, fill)?;
+            filters::reextend_with(&mut data, &shape, axis, geom, self.mode, fill)
+                .map_err(RankError::Boundary)?;
         }
         let out_shape: Vec<usize> = shape
             .iter()
@@ -633,53 +634,6 @@ fn c_strides(shape: &[usize]) -> Vec<usize> {
         s[ax] = s[ax + 1] * shape[ax + 1];
     }
     s
-}
-
-/// Along `axis`, replaces the values at positions outside the array with
-/// the mode's extension (`fill` for constant and none), as
-/// [`crate::filters::reextend`] does for float64 passes.
-fn reextend<T: Copy>(
-    a: &mut [T],
-    shape: &[usize],
-    axis: usize,
-    geom: &Geometry,
-    mode: Boundary,
-    fill: T,
-) -> Result<(), RankError> {
-    let n = shape[axis];
-    let len = geom.array[axis];
-    let o = geom.origin[axis];
-    let outer: usize = shape[..axis].iter().product();
-    let inner: usize = shape[axis + 1..].iter().product();
-    for i in 0..n {
-        let g = o + i as isize;
-        if g >= 0 && (g as usize) < len {
-            continue;
-        }
-        let src = if len == 0 { None } else { mode.index(g, len) };
-        match src {
-            None => {
-                for ob in 0..outer {
-                    let s = (ob * n + i) * inner;
-                    a[s..s + inner].iter_mut().for_each(|v| *v = fill);
-                }
-            }
-            Some(src) => {
-                let local = src as isize - o;
-                if local < 0 || local as usize >= n {
-                    return Err(RankError::Boundary(format!(
-                        "the {mode:?} boundary along axis {axis} reads position {src}, outside this chunk and its halo; give axis {axis} one chunk"
-                    )));
-                }
-                let local = local as usize;
-                for ob in 0..outer {
-                    let (d, s) = ((ob * n + i) * inner, (ob * n + local) * inner);
-                    a.copy_within(s..s + inner, d);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// scipy's `NI_Select` on a copy of the window as doubles: Hoare partition
