@@ -470,3 +470,135 @@ fn soak_hundreds_of_timepoints_in_bounded_memory() {
         "{rep}"
     );
 }
+
+impl Setup {
+    /// The ingest with extra environment variables.
+    fn spawn_env(&self, extra: &[&str], env: &[(&str, String)]) -> Child {
+        let cfg = root().join("configs/ingest.toml");
+        let mut cmd = bin();
+        cmd.args(["run", "--follow", "-q", cfg.to_str().expect("utf-8")]);
+        for s in self.sets(extra) {
+            cmd.args(["--set", &s]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the ingest")
+    }
+
+    fn wait_manifest(&self, rows: usize, child: &mut Child) {
+        let start = Instant::now();
+        while self.manifest().len() < rows {
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "the ingest exited early"
+            );
+            assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_second_ingest_or_run_on_the_same_output_exits_at_once_naming_the_first() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Setup::new(tmp.path(), 2, 16);
+    s.drop_file(0);
+    let mut first = s.spawn(&["follow.settle=\"0s\""]);
+    s.wait_manifest(1, &mut first);
+    let mut second = s.spawn(&["follow.settle=\"0s\""]);
+    let status = wait_for(&mut second, Duration::from_secs(10));
+    let err = stderr_of(second);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("in use by another blockflow run")
+            && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    // A batch run on the ingest's output is refused too.
+    let cfg = root().join("configs/ingest.toml");
+    let (code, _, err) = run_with_sets(&cfg, &s.sets(&["aligned.if_exists=\"overwrite\""]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use by another blockflow run"), "{err}");
+    // The first goes on: one more file, then stopped.
+    s.drop_file(1);
+    s.wait_manifest(2, &mut first);
+    first.kill().expect("kill");
+    let _ = first.wait();
+    let m = s.manifest();
+    assert_eq!(m.len(), 2, "one row per file: {m:?}");
+}
+
+#[test]
+fn a_file_that_changes_while_it_is_read_is_taken_again_not_ingested_torn() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Setup::new(tmp.path(), 2, 16);
+    // t_0000.h5 first holds other data (t_0001's): the writer is not done.
+    std::fs::copy(s.gen.join("t_0001.h5"), s.watch.join("t_0000.h5")).expect("copy");
+    let marker = tmp.path().join("read.marker");
+    let mut child = s.spawn_env(
+        &["follow.settle=\"0s\"", "follow.idle_exit=\"1s\""],
+        &[(
+            "BLOCKFLOW_TEST_PAUSE",
+            format!("ingest-read:{}", marker.display()),
+        )],
+    );
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(child.try_wait().expect("wait").is_none(), "exited early");
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Read, not yet taken: the writer finishes the file now.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::copy(s.gen.join("t_0000.h5"), s.watch.join("t_0000.h5")).expect("finish");
+    std::fs::remove_file(&marker).expect("resume");
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{}", stderr_of(child));
+    let m = s.manifest();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["status"], "ingested");
+    assert_eq!(
+        read_all(&s.dir.join("ingest.zarr")),
+        batch(&s, &[], 1),
+        "the finished file's data, not what was read while it changed"
+    );
+}
+
+#[test]
+fn a_file_its_writer_holds_locked_is_not_quarantined() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Setup::new(tmp.path(), 1, 16);
+    let path = s.watch.join("t_0000.h5");
+    std::fs::copy(s.gen.join("t_0000.h5"), &path).expect("copy");
+    // The writer holds the file as HDF5 does while it writes: an exclusive
+    // flock (HDF5's file locking), which makes a reader's open fail.
+    let held = std::fs::File::open(&path).expect("open");
+    held.lock().expect("lock");
+    let mut child = s.spawn(&["follow.settle=\"0s\"", "follow.idle_exit=\"1500ms\""]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(child.try_wait().expect("wait").is_none(), "still waiting");
+    assert!(s.manifest().is_empty(), "not taken while locked");
+    assert!(!s.dir.join("quarantine").join("t_0000.h5").exists());
+    drop(held);
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{}", stderr_of(child));
+    let m = s.manifest();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["status"], "ingested", "{m:?}");
+    assert!(!s.dir.join("quarantine").join("t_0000.h5").exists());
+}
+
+#[test]
+fn follow_on_a_config_without_a_watched_reader_is_a_config_error() {
+    let cfg = root().join("configs/survey.toml");
+    let (code, _, err) = blockflow(&["run", "--follow", "-q", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("survey.toml") && err.contains("read-hdf5-stack"),
+        "{err}"
+    );
+}

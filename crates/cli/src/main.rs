@@ -151,6 +151,11 @@ fn main() -> ExitCode {
                 eprintln!("{c}");
                 return ExitCode::from(2);
             }
+            if let Some(FollowError::Unfit(why)) = e.downcast_ref::<FollowError>() {
+                // The configuration cannot run as an ingest: a config error.
+                eprintln!("error: {why} (--follow)");
+                return ExitCode::from(2);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
@@ -251,7 +256,12 @@ fn run(
     report: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    let plan = blockflow_runtime::load_plan(config, sets)?;
+    // --report goes through the config's checks like `pipeline.report`.
+    let mut sets = sets.to_vec();
+    if let Some(r) = &report {
+        sets.push(format!("pipeline.report={}", r.display()));
+    }
+    let plan = blockflow_runtime::load_plan(config, &sets)?;
     keep_freed_memory_longer(plan.memory, plan.projected_bytes());
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -283,7 +293,7 @@ fn run(
     };
     tracing::info!(pipeline = %plan.name, stages = plan.stages.len(), "running");
     let (rep, result) = blockflow_runtime::run(&plan, &opts);
-    let report_path = report.unwrap_or_else(|| plan.report.clone());
+    let report_path = plan.report.clone();
     if let Err(e) = rep.write(&report_path) {
         eprintln!(
             "warning: cannot write the run report {}: {e}",
@@ -381,6 +391,9 @@ fn follow_run(
     let opts = FollowOptions { stop, progress };
     let s = blockflow_runtime::follow::run(raw, &opts).map_err(|e| match e {
         FollowError::Config(c) => anyhow::Error::new(c),
+        FollowError::Unfit(why) => {
+            anyhow::Error::new(FollowError::Unfit(format!("{}: {why}", config.display())))
+        }
         other => anyhow::Error::new(other),
     })?;
     if !quiet {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use crate::output::{Claim, Made};
 use crate::IoError;
 
 /// One block's numbers.
@@ -22,20 +23,11 @@ pub struct BlockStat {
 pub struct BlocksWriter {
     json: PathBuf,
     csv: Option<PathBuf>,
-    overwrite: bool,
+    claims: Vec<Claim>,
     threshold: f64,
     array_shape: Vec<u64>,
     block_shape: Vec<u64>,
     stats: Vec<BlockStat>,
-}
-
-fn exists_check(p: &Path, overwrite: bool) -> Result<(), IoError> {
-    if p.exists() && !overwrite {
-        return Err(IoError::Exists {
-            path: p.to_path_buf(),
-        });
-    }
-    Ok(())
 }
 
 /// Writes `text` to `path` through a temporary file and a rename.
@@ -70,14 +62,14 @@ impl BlocksWriter {
         array_shape: Vec<u64>,
         block_shape: Vec<u64>,
     ) -> Result<Self, IoError> {
-        exists_check(json, overwrite)?;
+        let mut claims = vec![Claim::take(json, Made::Json, overwrite)?];
         if let Some(c) = csv {
-            exists_check(c, overwrite)?;
+            claims.push(Claim::take(c, Made::Csv, overwrite)?);
         }
         Ok(BlocksWriter {
             json: json.to_path_buf(),
             csv: csv.map(Path::to_path_buf),
-            overwrite,
+            claims,
             threshold,
             array_shape,
             block_shape,
@@ -107,9 +99,8 @@ impl BlocksWriter {
             "count": interest.len(),
             "details": interest.iter().map(|s| json!({"index": s.index, "above": s.above, "max": num(s.max)})).collect::<Vec<_>>(),
         });
-        exists_check(&self.json, self.overwrite)?;
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
-        write_atomic(&self.json, &text)?;
+        self.claims[0].commit_bytes(text.as_bytes())?;
         let mut written = vec![self.json.clone()];
         if let Some(csv) = &self.csv {
             let nd = self.block_shape.len();
@@ -129,7 +120,9 @@ impl BlocksWriter {
                     }
                 ));
             }
-            write_atomic(csv, &text)?;
+            if let Some(claim) = self.claims.get(1) {
+                claim.commit_bytes(text.as_bytes())?;
+            }
             written.push(csv.clone());
         }
         Ok(written)

@@ -10,6 +10,7 @@ use blockflow_core::{with_array, with_dtype, ArrayData, ArrayKind, DType, Region
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 use ndarray::{ArrayD, IxDyn, SliceInfo, SliceInfoElem};
 
+use crate::output::{Claim, Made};
 use crate::IoError;
 
 fn h5err(path: &Path, dataset: &str, e: impl std::fmt::Display) -> IoError {
@@ -377,17 +378,18 @@ impl StackReader {
     }
 }
 
-/// An HDF5 dataset being written: into `PATH.partial`, renamed into place
-/// by [`Hdf5Writer::finish`]; removed if never finished.
+/// An HDF5 dataset being written: into the run's work name beside `PATH`
+/// (under the output's [`Claim`]), renamed into place by
+/// [`Hdf5Writer::finish`]; removed if never finished.
 pub struct Hdf5Writer {
     pub path: PathBuf,
     partial: PathBuf,
     dataset: String,
     dtype: DType,
-    overwrite: bool,
-    committed: bool,
     file: Option<hdf5::File>,
     ds: Option<hdf5::Dataset>,
+    // Last: dropping it removes an unfinished file and frees the lock.
+    claim: Claim,
 }
 
 impl std::fmt::Debug for Hdf5Writer {
@@ -407,12 +409,8 @@ impl Hdf5Writer {
         chunks: &[u64],
         overwrite: bool,
     ) -> Result<Self, IoError> {
-        if path.exists() && !overwrite {
-            return Err(IoError::Exists {
-                path: path.to_path_buf(),
-            });
-        }
-        let partial = crate::zarr::partial_path(path);
+        let claim = Claim::take(path, Made::Hdf5, overwrite)?;
+        let partial = claim.partial().to_path_buf();
         if let Some(dir) = partial.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| IoError::Os {
                 path: dir.to_path_buf(),
@@ -433,10 +431,9 @@ impl Hdf5Writer {
             partial,
             dataset: dataset.to_string(),
             dtype,
-            overwrite,
-            committed: false,
             file: Some(file),
             ds: Some(ds),
+            claim,
         })
     }
 
@@ -473,33 +470,16 @@ impl Hdf5Writer {
             f.close()
                 .map_err(|e| h5err(&self.partial, &self.dataset, e))?;
         }
-        if self.path.exists() {
-            if !self.overwrite {
-                return Err(IoError::Exists {
-                    path: self.path.clone(),
-                });
-            }
-            std::fs::remove_file(&self.path).map_err(|source| IoError::Os {
-                path: self.path.clone(),
-                source,
-            })?;
-        }
-        std::fs::rename(&self.partial, &self.path).map_err(|source| IoError::Os {
-            path: self.partial.clone(),
-            source,
-        })?;
-        self.committed = true;
+        self.claim.commit()?;
         Ok(self.path.clone())
     }
 }
 
 impl Drop for Hdf5Writer {
     fn drop(&mut self) {
-        if !self.committed {
-            self.ds = None;
-            self.file = None;
-            let _ = std::fs::remove_file(&self.partial);
-        }
+        // The file is closed before the claim removes an unfinished one.
+        self.ds = None;
+        self.file = None;
     }
 }
 

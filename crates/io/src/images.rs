@@ -127,6 +127,12 @@ fn token_matches(t: &Token, ch: char) -> bool {
     }
 }
 
+/// Whether the file name `name` matches the glob `pattern` (`*`, `?`,
+/// `[...]`; the whole name, case-sensitive).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    matches(&parse_pattern(pattern), name)
+}
+
 /// Whether `name` matches the parsed pattern (the whole name, case-sensitive).
 fn matches(tokens: &[Token], name: &str) -> bool {
     let s: Vec<char> = name.chars().collect();
@@ -159,8 +165,10 @@ fn has_magic(s: &str) -> bool {
 ///
 /// Wildcards are allowed in the file name only; the directory part is taken
 /// literally. As in `glob`, a name starting with `.` matches only a pattern
-/// starting with `.`. Unlike `glob`, only files (or links to files) are
-/// listed, never directories. No match is an error naming the pattern.
+/// starting with `.`. Every entry that matches must be a file (or a link
+/// to one): a directory or a dangling link that matches is an error naming
+/// it, never silently left out (that would shift every later index). No
+/// match is an error naming the pattern.
 pub fn list_images(pattern: &str) -> Result<Vec<PathBuf>, IoError> {
     let no_match = || IoError::NoMatch {
         pattern: pattern.to_string(),
@@ -208,9 +216,24 @@ pub fn list_images(pattern: &str) -> Result<Vec<PathBuf>, IoError> {
         } else {
             Path::new(dir).join(&file_name)
         };
-        if path.is_file() {
-            out.push(path);
+        if !path.is_file() {
+            let what = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&path) {
+                    Ok(t) => format!("a symbolic link to {}, which is not a file", t.display()),
+                    Err(_) => "a symbolic link that cannot be read".into(),
+                },
+                Ok(m) if m.is_dir() => "a directory".into(),
+                Ok(_) => "not a regular file".into(),
+                Err(e) => e.to_string(),
+            };
+            return Err(IoError::Store {
+                path,
+                why: format!(
+                    "matches the pattern {pattern} but is {what}; every match must be an image file (move it away or narrow the pattern)"
+                ),
+            });
         }
+        out.push(path);
     }
     if out.is_empty() {
         return Err(no_match());

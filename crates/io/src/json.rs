@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use blockflow_core::{with_array, ArrayData, Element};
 use serde_json::{Map, Value};
 
-use crate::blocks::write_atomic;
+use crate::output::{Claim, Made};
 use crate::IoError;
 
 /// Collects named arrays; [`JsonWriter::finish`] writes them.
 #[derive(Debug)]
 pub struct JsonWriter {
     path: PathBuf,
-    overwrite: bool,
     doc: Map<String, Value>,
+    claim: Claim,
 }
 
 fn number(v: f64, integer: bool) -> Value {
@@ -42,15 +42,10 @@ fn nest(values: &[Value], shape: &[usize]) -> Value {
 
 impl JsonWriter {
     pub fn create(path: &Path, overwrite: bool) -> Result<Self, IoError> {
-        if path.exists() && !overwrite {
-            return Err(IoError::Exists {
-                path: path.to_path_buf(),
-            });
-        }
         Ok(JsonWriter {
             path: path.to_path_buf(),
-            overwrite,
             doc: Map::new(),
+            claim: Claim::take(path, Made::Json, overwrite)?,
         })
     }
 
@@ -72,12 +67,9 @@ impl JsonWriter {
     }
 
     pub fn finish(self) -> Result<PathBuf, IoError> {
-        if self.path.exists() && !self.overwrite {
-            return Err(IoError::Exists { path: self.path });
-        }
         let text =
             serde_json::to_string_pretty(&Value::Object(self.doc)).unwrap_or_default() + "\n";
-        write_atomic(&self.path, &text)?;
+        self.claim.commit_bytes(text.as_bytes())?;
         Ok(self.path)
     }
 }

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod hdf5;
 pub mod images;
 pub mod json;
+pub mod output;
 pub mod preview;
 pub mod synthetic;
 pub mod table;
@@ -42,6 +43,18 @@ pub enum IoError {
     Store { path: PathBuf, why: String },
     #[error("{path} already exists; set `if_exists = \"overwrite\"` (or `--set STAGE.if_exists=overwrite`) to replace it")]
     Exists { path: PathBuf },
+    #[error("{path} is in use by another blockflow run ({holder}); wait for it to finish or write elsewhere (lock: {lock})")]
+    InUse {
+        path: PathBuf,
+        holder: String,
+        lock: PathBuf,
+    },
+    #[error("{path} is {what}, not {made} that blockflow wrote; overwrite replaces only that. Move it away or choose another path")]
+    NotOurs {
+        path: PathBuf,
+        what: String,
+        made: &'static str,
+    },
     #[error("{path}: cannot read the image: {why}")]
     Image { path: PathBuf, why: String },
     #[error("{pattern}: no file matches the pattern (wildcards `*`, `?`, `[...]` are allowed in the file name only)")]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use blockflow_core::{with_array, ArrayData, Element, Region};
 
-use crate::blocks::write_atomic_bytes;
+use crate::output::{Claim, Made};
 use crate::IoError;
 
 /// Colormaps for single-channel previews.
@@ -97,16 +97,13 @@ pub struct PreviewWriter {
     channels: usize,
     sum: Vec<f64>,
     count: Vec<u32>,
+    claim: Claim,
 }
 
 impl PreviewWriter {
     /// `shape` is the array's: (H, W) or (H, W, 3).
     pub fn create(path: &Path, shape: &[u64], o: PreviewOptions) -> Result<Self, IoError> {
-        if path.exists() && !o.overwrite {
-            return Err(IoError::Exists {
-                path: path.to_path_buf(),
-            });
-        }
+        let claim = Claim::take(path, Made::Png, o.overwrite)?;
         let [y0, y1, x0, x1] = o.region.unwrap_or([0, shape[0], 0, shape[1]]);
         let (h, w) = (y1 - y0, x1 - x0);
         let factor = h.max(w).div_ceil(o.max_size.max(1)).max(1);
@@ -123,6 +120,7 @@ impl PreviewWriter {
             channels,
             sum: vec![0.0; out_h * out_w * channels],
             count: vec![0; out_h * out_w * channels],
+            claim,
         })
     }
 
@@ -227,10 +225,7 @@ impl PreviewWriter {
                 why: e.to_string(),
             })?;
         }
-        if self.path.exists() && !self.o.overwrite {
-            return Err(IoError::Exists { path: self.path });
-        }
-        write_atomic_bytes(&self.path, &bytes)?;
+        self.claim.commit_bytes(&bytes)?;
         Ok(self.path)
     }
 }

@@ -12,6 +12,7 @@ use zarrs::array::{
 use zarrs::filesystem::FilesystemStore;
 
 use crate::atomic_store::AtomicFsStore;
+use crate::output::{Claim, Made};
 use crate::IoError;
 
 /// What `blockflow inspect` and the planner know of a stored array.
@@ -338,18 +339,36 @@ pub fn metadata_json(o: &ZarrWriteOptions) -> Value {
     }
 }
 
-/// A Zarr array being written. Chunks go into `<path>.partial`, each chunk
-/// file atomically; [`ZarrWriter::finish`] renames the directory into place,
-/// so a path that exists is always a complete result.
+/// A Zarr array being written. Chunks go into the run's work folder beside
+/// the path (under the output's [`Claim`]: an exclusive lock, per-run work
+/// names), each chunk file atomically; [`ZarrWriter::finish`] moves the
+/// folder into place in one exchange, so a path that exists is always a
+/// complete result, old or new.
 pub struct ZarrWriter {
     pub path: PathBuf,
-    partial: PathBuf,
     chunks: Vec<u64>,
     shape: Vec<u64>,
     dtype: DType,
-    overwrite: bool,
-    committed: bool,
     array: Array<AtomicFsStore>,
+    // Last: dropping it removes an unfinished array.
+    owner: Owner,
+}
+
+/// Where a writer's chunks go and who removes them.
+enum Owner {
+    /// An output: assembled under the claim's work name, committed by it.
+    Claim(Claim),
+    /// A scratch array or a member of a group being assembled: written in
+    /// place, removed when dropped unless kept.
+    InPlace { dir: PathBuf, keep: bool },
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Owner::InPlace { dir, keep: false } = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl std::fmt::Debug for ZarrWriter {
@@ -361,50 +380,72 @@ impl std::fmt::Debug for ZarrWriter {
 }
 
 /// `path` with `suffix` appended to its last component (`a.zarr` ->
-/// `a.zarr.partial`).
+/// `a.zarr.state`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
 }
 
-/// The work directory of an output being written.
-pub fn partial_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".partial")
-}
-
 impl ZarrWriter {
+    /// An output at `path`: claimed (refused if another run holds it, or
+    /// if it exists and may not, or cannot, be replaced), written under
+    /// the claim's work name.
     pub fn create(path: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
-        if path.exists() && !o.overwrite {
-            return Err(IoError::Exists {
-                path: path.to_path_buf(),
-            });
+        let claim = Claim::take(path, Made::Zarr, o.overwrite)?;
+        let dir = claim.partial().to_path_buf();
+        Self::open_in(path, dir, o, Owner::Claim(claim))
+    }
+
+    /// An array written in place at `dir` (a scratch store of this run, or
+    /// a member of a group assembled in a work folder): removed when
+    /// dropped unfinished, kept by [`ZarrWriter::finish`].
+    pub fn in_place(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        let partial = partial_path(path);
-        let os = |source| IoError::Os {
-            path: partial.clone(),
-            source,
+        let owner = Owner::InPlace {
+            dir: dir.to_path_buf(),
+            keep: false,
         };
-        if partial.exists() {
-            // Left by an earlier run that did not finish.
-            std::fs::remove_dir_all(&partial).map_err(os)?;
-        }
-        std::fs::create_dir_all(&partial).map_err(os)?;
-        let store = Arc::new(AtomicFsStore::new(&partial).map_err(|e| IoError::Store {
-            path: partial.clone(),
+        Self::open_in(dir, dir.to_path_buf(), o, owner)
+    }
+
+    fn open_in(
+        path: &Path,
+        dir: PathBuf,
+        o: &ZarrWriteOptions,
+        owner: Owner,
+    ) -> Result<Self, IoError> {
+        std::fs::create_dir_all(&dir).map_err(|source| IoError::Os {
+            path: dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(AtomicFsStore::new(&dir).map_err(|e| IoError::Store {
+            path: dir.clone(),
             why: e.to_string(),
         })?);
         let array = new_array(store, path, o)?;
         Ok(ZarrWriter {
             path: path.to_path_buf(),
-            partial,
             chunks: o.chunks.clone(),
             shape: o.shape.clone(),
             dtype: o.dtype,
-            overwrite: o.overwrite,
-            committed: false,
             array,
+            owner,
         })
+    }
+
+    /// The folder the chunks are written to now (the work folder of an
+    /// output, the array itself for one written in place).
+    pub fn dir(&self) -> &Path {
+        match &self.owner {
+            Owner::Claim(c) => c.partial(),
+            Owner::InPlace { dir, .. } => dir,
+        }
     }
 
     /// Writes `data` at `region`. The region must start on a chunk boundary
@@ -426,37 +467,14 @@ impl ZarrWriter {
         store_whole_chunks(&self.array, &self.chunks, &self.shape, region, data).map_err(err)
     }
 
-    /// Moves the finished array into place (replacing an old one if allowed).
+    /// Moves the finished array into place (replacing an old one if
+    /// allowed), or keeps an array written in place.
     pub fn finish(mut self) -> Result<PathBuf, IoError> {
-        let os = |path: &Path, source| IoError::Os {
-            path: path.to_path_buf(),
-            source,
-        };
-        if self.path.exists() {
-            if !self.overwrite {
-                return Err(IoError::Exists {
-                    path: self.path.clone(),
-                });
-            }
-            if self.path.is_dir() {
-                std::fs::remove_dir_all(&self.path).map_err(|e| os(&self.path, e))?;
-            } else {
-                std::fs::remove_file(&self.path).map_err(|e| os(&self.path, e))?;
-            }
+        match &mut self.owner {
+            Owner::Claim(c) => c.commit()?,
+            Owner::InPlace { keep, .. } => *keep = true,
         }
-        std::fs::rename(&self.partial, &self.path).map_err(|e| os(&self.partial, e))?;
-        self.committed = true;
         Ok(self.path.clone())
-    }
-}
-
-impl Drop for ZarrWriter {
-    /// An array that was not finished is removed: a failed or interrupted
-    /// run leaves nothing that could pass for a result.
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.partial);
-        }
     }
 }
 
@@ -769,10 +787,10 @@ fn remove_tmp(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes a Zarr v3 group at `path` of float64 arrays of one shape, with
-/// `attributes` on the group, replacing an earlier one: everything is
-/// written into `PATH.partial` first, then the old group is moved aside and
-/// the new one moved into place, so a reader finds a whole group (or, for
-/// an instant, none).
+/// `attributes` on the group, replacing an earlier one: under the path's
+/// [`Claim`], everything is written into the run's work folder, then
+/// exchanged with the old group in one step, so a reader finds the whole
+/// old group or the whole new one.
 pub fn write_group(
     path: &Path,
     attributes: serde_json::Map<String, Value>,
@@ -780,14 +798,12 @@ pub fn write_group(
     chunks: &[u64],
     codec: Codec,
 ) -> Result<(), IoError> {
-    let partial = partial_path(path);
+    let claim = Claim::take(path, Made::Zarr, true)?;
+    let partial = claim.partial().to_path_buf();
     let os = |p: &Path, source| IoError::Os {
         path: p.to_path_buf(),
         source,
     };
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| os(&partial, e))?;
-    }
     std::fs::create_dir_all(&partial).map_err(|e| os(&partial, e))?;
     let group = json!({"zarr_format": 3, "node_type": "group", "attributes": attributes});
     let text = serde_json::to_string_pretty(&group).unwrap_or_default() + "\n";
@@ -808,24 +824,13 @@ pub fn write_group(
             overwrite: true,
             attributes: serde_json::Map::new(),
         };
-        let w = ZarrWriter::create(&partial.join(name), &o)?;
+        let w = ZarrWriter::in_place(&partial.join(name), &o)?;
         let region = Region::new(vec![0; shape.len()], shape);
         let data = ArrayData::F64((*a).clone());
         w.write(&region, &data, &[])?;
         w.finish()?;
     }
-    let old = with_suffix(path, ".old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| os(&old, e))?;
-    }
-    if path.exists() {
-        std::fs::rename(path, &old).map_err(|e| os(path, e))?;
-    }
-    std::fs::rename(&partial, path).map_err(|e| os(&partial, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| os(&old, e))?;
-    }
-    Ok(())
+    claim.commit()
 }
 
 /// The attributes of the Zarr v3 group at `path`.

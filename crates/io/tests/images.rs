@@ -221,7 +221,6 @@ fn glob_sorts_as_python_and_names_the_pattern() {
     ] {
         std::fs::write(d.join(name), b"x").expect("write");
     }
-    std::fs::create_dir(d.join("dir.png")).expect("mkdir");
     let base = d.to_str().expect("utf-8 temp dir");
     let names = |pattern: &str| -> Vec<String> {
         list_images(&format!("{base}/{pattern}"))
@@ -233,7 +232,7 @@ fn glob_sorts_as_python_and_names_the_pattern() {
             })
             .collect()
     };
-    // sorted(glob.glob(base + "/*.png")): byte order, no hidden files, no directories.
+    // sorted(glob.glob(base + "/*.png")): byte order, no hidden files.
     assert_eq!(
         names("*.png"),
         ["A.png", "a.png", "a10.png", "a2.png", "a_1.png", "ab.png", "b.png", "z[1].png"]
@@ -348,5 +347,43 @@ fn generator_speed_seed_size() {
     println!(
         "listed and decoded them again in {:.2} s",
         t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_matching_directory_or_dangling_link_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for name in ["cell_0004.png", "cell_0006.png"] {
+        std::fs::write(d.join(name), b"x").expect("write");
+    }
+    let base = d.to_str().expect("utf-8 temp dir");
+    assert_eq!(
+        list_images(&format!("{base}/cell_*.png"))
+            .expect("two")
+            .len(),
+        2
+    );
+    std::fs::create_dir(d.join("cell_0005.png")).expect("mkdir");
+    let err = list_images(&format!("{base}/cell_*.png")).expect_err("a directory matches");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cell_0005.png") && msg.contains("a directory"),
+        "{msg}"
+    );
+    std::fs::remove_dir(d.join("cell_0005.png")).expect("rmdir");
+    std::os::unix::fs::symlink(d.join("gone.png"), d.join("cell_0005.png")).expect("link");
+    let err = list_images(&format!("{base}/cell_*.png")).expect_err("a dangling link matches");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cell_0005.png") && msg.contains("symbolic link"),
+        "{msg}"
+    );
+    // Outside the pattern: no matter.
+    assert_eq!(
+        list_images(&format!("{base}/cell_0004.png"))
+            .expect("one")
+            .len(),
+        1
     );
 }

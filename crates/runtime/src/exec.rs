@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 use crate::plan::{Plan, PlannedStage, RechunkRoute, StageKind};
 use crate::report::{peak_rss_bytes, Report, StageReport};
+use blockflow_io::output::{Claim, Made};
 
 /// Errors of the build and run phases.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,11 +97,12 @@ enum Resource {
     Blocks(BlocksWriter),
     Png(PreviewWriter),
     Json(JsonWriter),
+    Csv(Claim),
 }
 
 /// A finished writer's result, committed when every stage succeeded.
 enum Output {
-    Csv(PathBuf, String),
+    Csv(Claim, String),
     Hdf5(blockflow_io::hdf5::Hdf5Writer),
     Zarr(Box<ZarrWriter>),
     Blocks(BlocksWriter),
@@ -116,9 +118,9 @@ impl Output {
             Output::Png(p) => p.finish().map(|p| vec![p]),
             Output::Json(j) => j.finish().map(|p| vec![p]),
             Output::Hdf5(w) => w.finish().map(|p| vec![p]),
-            Output::Csv(path, text) => {
-                blockflow_io::blocks::write_atomic(&path, &text).map(|_| vec![path])
-            }
+            Output::Csv(claim, text) => claim
+                .commit_bytes(text.as_bytes())
+                .map(|_| vec![claim.path().to_path_buf()]),
         }
     }
 }
@@ -346,15 +348,36 @@ fn build(plan: &Plan) -> Result<Vec<Resource>, RunError> {
                     )
                 }
                 StageKind::WriteCsv { path, overwrite } => {
-                    if path.exists() && !*overwrite {
-                        return Err(fail(blockflow_io::IoError::Exists { path: path.clone() }));
-                    }
-                    Resource::None
+                    Resource::Csv(Claim::take(path, Made::Csv, *overwrite).map_err(fail)?)
                 }
                 _ => Resource::None,
             })
         })
         .collect()
+}
+
+/// The scratch folders the plan keeps stores in.
+fn scratch_dirs(plan: &Plan) -> Vec<&std::path::Path> {
+    let mut dirs: Vec<&std::path::Path> = Vec::new();
+    for s in &plan.stages {
+        match &s.kind {
+            StageKind::Rechunk {
+                route: RechunkRoute::Disk { dir, .. },
+                ..
+            }
+            | StageKind::Pca { dir, .. }
+            | StageKind::Take { dir, .. }
+            | StageKind::Matmul { dir, .. }
+            | StageKind::Join { dir, .. }
+            | StageKind::Transpose { dir, .. }
+                if !dirs.contains(&dir.as_path()) =>
+            {
+                dirs.push(dir);
+            }
+            _ => {}
+        }
+    }
+    dirs
 }
 
 fn run_inner(
@@ -363,6 +386,17 @@ fn run_inner(
     meter: &Arc<Meter>,
     report: &mut Report,
 ) -> Result<Vec<PathBuf>, RunError> {
+    // Held for the run: the scratch folders (what dead runs left there is
+    // removed first), then every output (another run on one is refused).
+    let _scratch = scratch_dirs(plan)
+        .into_iter()
+        .map(|d| {
+            blockflow_io::output::scratch_lock(d).map_err(|e| RunError::Build {
+                stage: "pipeline".into(),
+                msg: format!("scratch folder: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut resources = build(plan)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.threads)
@@ -805,7 +839,7 @@ fn run_stage(
             drop(kept);
             Ok(None)
         }
-        (StageKind::WriteCsv { path, .. }, _) => {
+        (StageKind::WriteCsv { path, .. }, Resource::Csv(claim)) => {
             let parts = drain_all(ctx, inputs)?;
             let mut names = Vec::new();
             let mut arrays = Vec::new();
@@ -818,7 +852,7 @@ fn run_stage(
             }
             let text = blockflow_io::table::csv_table(path, &names, &arrays)
                 .map_err(|e| ctx.err(None, e.to_string()))?;
-            Ok(Some(Output::Csv(path.clone(), text)))
+            Ok(Some(Output::Csv(claim, text)))
         }
         (StageKind::ReadZarr { .. }, Resource::Reader(r)) => {
             source(ctx, outs, |region, index| {
@@ -1193,7 +1227,7 @@ fn scratch_store(
         overwrite: true,
         attributes: Default::default(),
     };
-    ZarrWriter::create(path, &options).map_err(|e| ctx.err(None, e.to_string()))
+    ZarrWriter::in_place(path, &options).map_err(|e| ctx.err(None, e.to_string()))
 }
 
 /// What [`keep`] kept: a reader and its store (dropping the store removes
@@ -1247,10 +1281,9 @@ fn keep(
         }
         let store =
             store.ok_or_else(|| ctx.err(None, format!("\"{}\" sent no chunks", inputs[i].from)))?;
-        kept.readers.push(Some(
-            ZarrReader::open(&blockflow_io::zarr::partial_path(path))
-                .map_err(|e| ctx.err(None, format!("reading \"{}\" back: {e}", inputs[i].from)))?,
-        ));
+        kept.readers.push(Some(ZarrReader::open(path).map_err(|e| {
+            ctx.err(None, format!("reading \"{}\" back: {e}", inputs[i].from))
+        })?));
         kept.stores.push(store);
     }
     Ok(kept)
@@ -1509,7 +1542,7 @@ fn rechunk_through_disk(
             .map_err(|e| format!("writing the intermediate store: {e}"))
     })?;
     tracing::debug!(stage = %ctx.stage.name, "rechunk: all chunks in the intermediate store");
-    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
+    let reader = ZarrReader::open(&path)
         .map_err(|e| ctx.err(None, format!("reading the intermediate store back: {e}")))?;
     // Groups of consecutive new chunks: read each group whole, send its
     // chunks in row-major order.
@@ -1653,7 +1686,7 @@ fn pca(
     let Some(store) = store else {
         return Err(ctx.err(None, "internal: no scratch store"));
     };
-    let reader = ZarrReader::open(&blockflow_io::zarr::partial_path(&path))
+    let reader = ZarrReader::open(&path)
         .map_err(|e| ctx.err(None, format!("reading the bands back: {e}")))?;
     for idx in grid_in.indices() {
         ctx.check_cancel()?;

@@ -55,7 +55,10 @@ use crate::report::peak_rss_bytes;
 pub enum FollowError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The pipeline cannot run as an ingest.
+    /// The configuration cannot run as an ingest (a config error: exit 2).
+    #[error("--follow: {0}")]
+    Unfit(String),
+    /// The ingest could not go on.
     #[error("--follow: {0}")]
     Pipeline(String),
     #[error("{path}: {why}")]
@@ -190,7 +193,7 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
         .filter(|st| kind(st) == "read-hdf5-stack")
         .collect();
     let [st] = found.as_slice() else {
-        return Err(FollowError::Pipeline(format!(
+        return Err(FollowError::Unfit(format!(
             "a followed pipeline has one `read-hdf5-stack` stage, whose folder it watches; {} has {}",
             raw.path.display(),
             found.len()
@@ -201,7 +204,7 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
         _ => None,
     };
     let (Some(_), Some(dataset)) = (str_of("path"), str_of("dataset")) else {
-        return Err(FollowError::Pipeline(format!(
+        return Err(FollowError::Unfit(format!(
             "stage \"{}\" needs `path` and `dataset`",
             st.name.v
         )));
@@ -210,7 +213,7 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
     let index = match str_of("index").filter(|s| !s.is_empty()) {
         None => None,
         Some(re) => Some(regex::Regex::new(&re).map_err(|e| {
-            FollowError::Pipeline(format!(
+            FollowError::Unfit(format!(
                 "stage \"{}\": `index` is not a valid regex: {e}",
                 st.name.v
             ))
@@ -282,7 +285,7 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
     let mut reference_dtype = DType::F64;
     let mut shifts_json = None;
     let unsupported = |name: &str, kind: &str, why: &str| {
-        FollowError::Pipeline(format!(
+        FollowError::Unfit(format!(
             "stage \"{name}\" ({kind}) cannot run on one timepoint at a time{why}; an ingest runs read-hdf5-stack → median, register, shift, expr → write-zarr (and write-json of the shifts); run the rest as a batch pipeline over the ingest's output"
         ))
     };
@@ -293,7 +296,7 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
                     .chain(s.grid.shape()[1..].iter().copied())
                     .collect();
                 if s.grid.chunk_shape() != want.as_slice() {
-                    return Err(FollowError::Pipeline(format!(
+                    return Err(FollowError::Unfit(format!(
                         "stage \"{}\" must stream one whole timepoint per chunk (remove its `chunks`)",
                         src.stage
                     )));
@@ -336,14 +339,14 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
             StageKind::Expr { expr, .. } => Step::Expr(expr.clone()),
             StageKind::WriteZarr { options, path } => {
                 if out.is_some() {
-                    return Err(FollowError::Pipeline(format!(
+                    return Err(FollowError::Unfit(format!(
                         "stage \"{}\": an ingest appends to one Zarr array; this pipeline has two write-zarr stages",
                         s.name
                     )));
                 }
                 let input = s.inputs[0];
                 if options.chunks.first() != Some(&1) {
-                    return Err(FollowError::Pipeline(format!(
+                    return Err(FollowError::Unfit(format!(
                         "stage \"{}\": the appended array needs chunks of 1 along time, not {:?} (set `chunks`)",
                         s.name, options.chunks
                     )));
@@ -363,7 +366,7 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
         steps.push((step, s.inputs.clone()));
     }
     let Some((out, out_path, options)) = out else {
-        return Err(FollowError::Pipeline(
+        return Err(FollowError::Unfit(
             "an ingest appends to a Zarr array: the pipeline needs a write-zarr stage".into(),
         ));
     };
@@ -397,6 +400,8 @@ struct Job {
     path: PathBuf,
     name: String,
     bytes: u64,
+    /// The modification time the file settled at.
+    mtime: Option<SystemTime>,
     seen: SystemTime,
     seen_at: Instant,
 }
@@ -410,6 +415,49 @@ enum Outcome {
     },
     /// The file cannot be used: quarantine it.
     Bad(String),
+    /// The file changed while it was read, or its writer still holds it:
+    /// not taken now, tried again once it has settled anew.
+    NotReady(String),
+}
+
+/// Why a timepoint was not read.
+enum NotRead {
+    Bad(String),
+    NotReady(String),
+}
+
+/// The file's size and modification time now.
+fn stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Reads a job's timepoint only if the file is the one that settled and
+/// stays so across the read: a change, or a lock its writer holds, makes
+/// it "not ready" rather than bad.
+fn read_settled(
+    job: &Job,
+    src: &Source,
+    frame: &[u64],
+    dtype: DType,
+) -> Result<ArrayData, NotRead> {
+    let settled = Some((job.bytes, job.mtime));
+    if stamp(&job.path) != settled {
+        return Err(NotRead::NotReady("it changed after it settled".into()));
+    }
+    let read = read_timepoint(&job.path, src, frame, dtype);
+    blockflow_io::output::test_pause("ingest-read");
+    if stamp(&job.path) != settled {
+        return Err(NotRead::NotReady("it changed while it was read".into()));
+    }
+    read.map_err(|e| {
+        if e.contains("unable to lock file") || e.contains("lock file") {
+            NotRead::NotReady(format!("its writer still holds it ({e})"))
+        } else {
+            NotRead::Bad(e)
+        }
+    })
 }
 
 /// Reads one timepoint as `(1, ...)`, checking it against the stream's.
@@ -448,17 +496,15 @@ fn compute(
         let input = |k: usize| vals[inputs[k]].as_ref().expect("inputs come first");
         let fail = |e: String| Outcome::Bad(format!("stage \"{name}\": {e}"));
         let v = match step {
-            Step::Source => match src
-                .index
-                .as_ref()
-                .map_or(Ok(0), |re| {
-                    blockflow_io::hdf5::timepoint_index(&job.path, re)
-                })
-                .map_err(|e| e.to_string())
-                .and_then(|_| read_timepoint(&job.path, src, frame, dtype))
-            {
-                Ok(d) => d,
-                Err(e) => return fail(e),
+            Step::Source => match src.index.as_ref().map_or(Ok(0), |re| {
+                blockflow_io::hdf5::timepoint_index(&job.path, re)
+            }) {
+                Err(e) => return fail(e.to_string()),
+                Ok(_) => match read_settled(job, src, frame, dtype) {
+                    Ok(d) => d,
+                    Err(NotRead::Bad(e)) => return fail(e),
+                    Err(NotRead::NotReady(why)) => return Outcome::NotReady(why),
+                },
             },
             Step::Pass => input(0).clone(),
             Step::Median(f) => {
@@ -801,6 +847,8 @@ impl Committer {
                 reference,
             } => self.append(job, data, shift, reference),
             Outcome::Bad(reason) => self.quarantine(job, reason),
+            // Handed back to the scanner by the commit loop.
+            Outcome::NotReady(_) => Ok(()),
         }
     }
 
@@ -1089,6 +1137,11 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     // if it holds anything.
     let src = find_source(&raw)?;
     let set = settings(&raw, &src);
+    // One ingest (or run) per output: held until this run ends. A second
+    // one fails here, naming this one.
+    let _lock = output_path(&raw)
+        .map(|p| blockflow_io::output::Lock::acquire(&blockflow_io::output::lock_path(&p), &p))
+        .transpose()?;
 
     // The stream's shape and dtype: from an existing state's header, else
     // from the first complete file that opens.
@@ -1152,7 +1205,7 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     let projected =
         workers as u64 * prog.worker_bytes + (window + 1) * out_bytes + frame_elems * 8 * 3;
     if projected > plan.memory {
-        return Err(FollowError::Pipeline(format!(
+        return Err(FollowError::Unfit(format!(
             "{workers} workers × {} per timepoint, {} of finished timepoints and {} of statistics and reference project {}, over the budget `memory = \"{}\"`; raise it or lower `threads`",
             human_bytes(prog.worker_bytes),
             human_bytes((window + 1) * out_bytes),
@@ -1265,6 +1318,7 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
     let (job_tx, job_rx) = bounded::<Job>(workers);
     let (res_tx, res_rx) = unbounded::<(Job, Outcome)>();
     let (wake_tx, wake_rx) = unbounded::<()>();
+    let (retry_tx, retry_rx) = unbounded::<String>();
     let result = std::thread::scope(|scope| -> Result<(), FollowError> {
         for k in 0..workers {
             let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
@@ -1298,13 +1352,19 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
             .name("ingest-commit".into())
             .spawn_scoped(scope, move || -> Result<(), FollowError> {
                 let mut pending: BTreeMap<u64, (Job, Outcome)> = BTreeMap::new();
+                let mut told: HashSet<String> = HashSet::new();
                 let mut next = 0u64;
                 let mut result = Ok(());
                 for (job, outcome) in res_rx {
                     pending.insert(job.seq, (job, outcome));
                     while let Some((job, outcome)) = pending.remove(&next) {
                         next += 1;
-                        if result.is_ok() {
+                        if let Outcome::NotReady(why) = &outcome {
+                            if told.insert(job.name.clone()) {
+                                tracing::info!(file = %job.path.display(), "not ready yet, taken again once it settles: {why}");
+                            }
+                            let _ = retry_tx.send(job.name.clone());
+                        } else if result.is_ok() {
                             result = committer.commit(job, outcome);
                             if result.is_err() {
                                 shared_c.failed.store(true, Ordering::SeqCst);
@@ -1319,7 +1379,15 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
             })
             .map_err(|e| FollowError::Pipeline(format!("cannot start the committer: {e}")))?;
 
-        let scanned = scan(&src, &set, opts, &shared, &mut taken, job_tx, &wake_rx);
+        let scanned = scan(
+            &src,
+            &set,
+            opts,
+            &shared,
+            &mut taken,
+            job_tx,
+            (&wake_rx, &retry_rx),
+        );
         let committed = commit_thread
             .join()
             .unwrap_or_else(|_| Err(FollowError::Pipeline("the committer panicked".into())));
@@ -1431,6 +1499,7 @@ fn wait_for_first(
 ) -> Result<Option<(Vec<u64>, DType)>, FollowError> {
     let mut cands = HashMap::new();
     let mut tried = HashSet::new();
+    let mut told = HashSet::new();
     let mut announced = false;
     while !opts.stop.load(Ordering::SeqCst) {
         let ready = settle(list(&src.glob)?, &tried, &mut cands, set.settle);
@@ -1441,15 +1510,28 @@ fn wait_for_first(
             match Hdf5Reader::open(&p, &src.dataset) {
                 Ok(r) => return Ok(Some((r.info.shape.clone(), r.info.dtype))),
                 Err(e) => {
-                    let (seen, seen_at, bytes) = c
-                        .map(|c| (c.seen, c.seen_at, c.bytes))
-                        .unwrap_or((SystemTime::now(), Instant::now(), 0));
+                    let (seen, seen_at, bytes, mtime) = c
+                        .map(|c| (c.seen, c.seen_at, c.bytes, c.mtime))
+                        .unwrap_or((SystemTime::now(), Instant::now(), 0, None));
+                    let text = e.to_string();
+                    if stamp(&p) != Some((bytes, mtime))
+                        || text.contains("unable to lock file")
+                        || text.contains("lock file")
+                    {
+                        // Still being written: tried again once settled.
+                        if told.insert(name.clone()) {
+                            tracing::info!(file = %p.display(), "not ready yet: {text}");
+                        }
+                        tried.remove(&name);
+                        continue;
+                    }
                     bad.push((
                         Job {
                             seq: 0,
                             path: p.clone(),
                             name,
                             bytes,
+                            mtime,
                             seen,
                             seen_at,
                         },
@@ -1477,7 +1559,7 @@ fn scan(
     shared: &Shared,
     taken: &mut HashSet<String>,
     job_tx: Sender<Job>,
-    wake: &Receiver<()>,
+    (wake, retry): (&Receiver<()>, &Receiver<String>),
 ) -> Result<(), FollowError> {
     let mut cands: HashMap<PathBuf, Candidate> = HashMap::new();
     let mut seq = 0u64;
@@ -1487,6 +1569,10 @@ fn scan(
     loop {
         if opts.stop.load(Ordering::SeqCst) || shared.failed.load(Ordering::SeqCst) {
             break;
+        }
+        // Files that were not ready when read: candidates again.
+        while let Ok(name) = retry.try_recv() {
+            taken.remove(&name);
         }
         let files = match list(&src.glob) {
             Ok(f) => f,
@@ -1520,6 +1606,7 @@ fn scan(
                 path: p,
                 name,
                 bytes: c.bytes,
+                mtime: c.mtime,
                 seen: c.seen,
                 seen_at: c.seen_at,
             };

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod exec;
 pub mod follow;
+mod paths;
 pub mod plan;
 pub mod report;
 pub mod spec;

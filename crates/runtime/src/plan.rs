@@ -817,6 +817,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         kinds.push(kind);
     }
 
+    // Paths against each other: outputs, inputs, report, scratch, config.
+    crate::paths::check(&mut d, raw);
+
     // Inputs and arity.
     let mut inputs: Vec<Vec<usize>> = vec![Vec::new(); raw.stages.len()];
     for (i, st) in raw.stages.iter().enumerate() {

@@ -78,7 +78,11 @@ impl Report {
             }
         }
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n")
+        // Whole or not at all: a temporary name, then a rename.
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        std::fs::write(&tmp, text + "\n")?;
+        std::fs::rename(&tmp, path)
     }
 }
 
