@@ -420,8 +420,8 @@ fn bad_inputs_name_the_file_stage_and_chunk() {
         "{err}"
     );
     assert!(
-        !d.join("copy.zarr").exists() && !d.join("copy.zarr.partial").exists(),
-        "no output after a failure"
+        !d.join("copy.zarr").exists() && nothing_named(d, "copy.zarr"),
+        "no output, work folder or lock after a failure"
     );
     // A dtype an expression cannot take.
     let cfg = write_config(d, "t.toml", "[stage.a]\nkind = \"synthetic\"\nshape = [4]\nchunks = [2]\n\n[stage.e]\nkind = \"expr\"\ninputs = [\"a\"]\nexpr = \"~a\"\n");
@@ -500,7 +500,7 @@ fn interrupt_stops_cleanly_and_commits_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    assert!(!dir.path().join("big.zarr").exists() && !dir.path().join("big.zarr.partial").exists());
+    assert!(nothing_named(dir.path(), "big.zarr"));
     let rep: serde_json::Value = read_json(dir.path().join("r.json"));
     assert_eq!(rep["ok"], false);
 }
@@ -555,7 +555,8 @@ fn a_killed_run_leaves_only_whole_chunks() {
         .spawn()
         .expect("spawn");
     // Kill it hard once chunks are being written.
-    let partial = dir.path().join("k.zarr.partial");
+    // The run's own work folder (per-run names: PATH.partial-<pid>).
+    let partial = dir.path().join(format!("k.zarr.partial-{}", child.id()));
     let t = std::time::Instant::now();
     let count = |p: &std::path::Path| {
         walk(p)
@@ -1968,4 +1969,13 @@ path = "moved.zarr"
             "timepoint {k}"
         );
     }
+}
+
+/// Whether nothing in `dir` is named `prefix` or starts with it (the
+/// output, its work folders `PREFIX.partial-*`, its lock `PREFIX.lock`).
+fn nothing_named(dir: &std::path::Path, prefix: &str) -> bool {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(prefix))
 }
