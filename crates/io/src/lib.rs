@@ -12,6 +12,7 @@
 
 pub mod atomic_store;
 pub mod blocks;
+mod gzip_check;
 pub mod hdf5;
 pub mod images;
 pub mod json;

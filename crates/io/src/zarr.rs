@@ -120,6 +120,7 @@ impl std::fmt::Debug for ZarrReader {
 impl ZarrReader {
     pub fn open(path: &Path) -> Result<Self, IoError> {
         check_array_dir(path)?;
+        crate::gzip_check::register();
         let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
             path: path.to_path_buf(),
             why: e.to_string(),
