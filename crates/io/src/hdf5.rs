@@ -68,6 +68,93 @@ fn dtype_of(path: &Path, dataset: &str, ds: &hdf5::Dataset) -> Result<DType, IoE
     })
 }
 
+/// Says what `name` in `file` is, when it could not be opened as a
+/// dataset (`reason`: HDF5's error): not there (and what its group holds),
+/// a group, a named datatype, a soft link that does not resolve, an
+/// external link whose file or object cannot be opened.
+fn not_a_dataset(file: &hdf5::File, name: &str, reason: &str) -> String {
+    let members = |g: &hdf5::Group| match g.member_names() {
+        Ok(m) if m.is_empty() => "nothing".to_string(),
+        Ok(mut m) => {
+            m.sort();
+            m.join(", ")
+        }
+        Err(_) => "?".to_string(),
+    };
+    let trimmed = name.trim_matches('/');
+    let (parent_name, leaf) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+    let parent = if parent_name.is_empty() {
+        file.group("/")
+    } else {
+        file.group(parent_name)
+    };
+    let parent = match parent {
+        Ok(g) => g,
+        Err(_) => {
+            return format!(
+                "no dataset \"{name}\" (there is no group \"{parent_name}\"; the file has: {})",
+                file.group("/").map(|g| members(&g)).unwrap_or_default()
+            )
+        }
+    };
+    let link = parent
+        .iter_visit_default(None, |_, n, info, found| {
+            if n == leaf {
+                *found = Some(info.link_type);
+            }
+            found.is_none()
+        })
+        .ok()
+        .flatten();
+    let Some(link) = link else {
+        return if parent_name.is_empty() {
+            format!("no dataset \"{name}\" (it has: {})", members(&parent))
+        } else {
+            format!(
+                "no dataset \"{name}\" (\"{parent_name}\" has: {})",
+                members(&parent)
+            )
+        };
+    };
+    let via = match link {
+        hdf5::LinkType::Hard => "",
+        hdf5::LinkType::Soft => "a soft link to ",
+        hdf5::LinkType::External => "an external link to ",
+    };
+    match parent.loc_type_by_name(leaf) {
+        Ok(hdf5::LocationType::Group) => format!(
+            "\"{name}\" is {via}a group, not a dataset (it has: {})",
+            file.group(trimmed)
+                .map(|g| members(&g))
+                .unwrap_or_else(|_| "?".into())
+        ),
+        Ok(hdf5::LocationType::NamedDatatype) => {
+            format!("\"{name}\" is {via}a named datatype, not a dataset")
+        }
+        Ok(_) => format!("\"{name}\" cannot be opened as a dataset: {reason}"),
+        Err(_) => match link {
+            hdf5::LinkType::Soft => format!(
+                "\"{name}\" is a soft link that does not resolve (nothing is at its target)"
+            ),
+            hdf5::LinkType::External => {
+                let target = reason
+                    .split_once("external link file name = '")
+                    .and_then(|(_, t)| t.split_once('\''))
+                    .map(|(t, _)| t);
+                match target {
+                    Some(t) => format!(
+                        "\"{name}\" is an external link into {t}, which cannot be resolved (that file cannot be opened)"
+                    ),
+                    None => format!(
+                        "\"{name}\" is an external link that cannot be resolved: {reason}"
+                    ),
+                }
+            }
+            hdf5::LinkType::Hard => format!("\"{name}\" cannot be opened: {reason}"),
+        },
+    }
+}
+
 /// One dataset of one file, read by regions (hyperslabs).
 pub struct Hdf5Reader {
     pub info: Hdf5Info,
@@ -93,14 +180,9 @@ impl Hdf5Reader {
             path: path.to_path_buf(),
             why: format!("not a readable HDF5 file ({e})"),
         })?;
-        let ds = file.dataset(dataset).map_err(|_| IoError::Store {
+        let ds = file.dataset(dataset).map_err(|e| IoError::Store {
             path: path.to_path_buf(),
-            why: format!(
-                "no dataset \"{dataset}\" (it has: {})",
-                file.member_names()
-                    .map(|m| m.join(", "))
-                    .unwrap_or_default()
-            ),
+            why: not_a_dataset(&file, dataset, &e.to_string()),
         })?;
         let shape: Vec<u64> = ds.shape().iter().map(|&n| n as u64).collect();
         let dtype = dtype_of(path, dataset, &ds)?;

@@ -12,11 +12,13 @@
 
 pub mod atomic_store;
 pub mod blocks;
+mod gzip_check;
 pub mod hdf5;
 pub mod images;
 pub mod json;
 pub mod output;
 pub mod preview;
+pub mod stored_chunks;
 pub mod synthetic;
 pub mod table;
 pub mod zarr;
@@ -37,6 +39,13 @@ pub enum IoError {
         path: PathBuf,
         chunk: Vec<u64>,
         region: String,
+        why: String,
+    },
+    #[error("{path}: stored chunk {chunk:?} (file {key}): {why}")]
+    StoredChunk {
+        path: PathBuf,
+        chunk: Vec<u64>,
+        key: String,
         why: String,
     },
     #[error("{path}: {why}")]

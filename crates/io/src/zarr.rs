@@ -1,6 +1,7 @@
 //! Zarr v2 and v3 arrays through zarrs.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blockflow_core::{with_array, with_dtype, ArrayData, ArrayKind, DType, Region};
@@ -104,6 +105,9 @@ fn check_array_dir(path: &Path) -> Result<(), IoError> {
 pub struct ZarrReader {
     pub info: ZarrInfo,
     array: Array<FilesystemStore>,
+    /// Stored chunks decoded so far (by [`ZarrReader::read`] and
+    /// [`ZarrReader::read_stored`]), for the run report and the tests.
+    decoded: AtomicU64,
 }
 
 impl std::fmt::Debug for ZarrReader {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for ZarrReader {
 impl ZarrReader {
     pub fn open(path: &Path) -> Result<Self, IoError> {
         check_array_dir(path)?;
+        crate::gzip_check::register();
         let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
             path: path.to_path_buf(),
             why: e.to_string(),
@@ -197,6 +202,7 @@ impl ZarrReader {
                 fill_value,
             },
             array,
+            decoded: AtomicU64::new(0),
         })
     }
 
@@ -210,10 +216,52 @@ impl ZarrReader {
             region: region.to_string(),
             why: e.to_string(),
         };
-        Ok(with_dtype!(self.info.dtype, T => {
+        let out = with_dtype!(self.info.dtype, T => {
             let a: ArrayD<T> = self.array.retrieve_array_subset_opt(&subset, &chunk_options()).map_err(err)?;
             T::wrap(a)
-        }))
+        });
+        // zarrs decodes each stored chunk the region overlaps once.
+        let overlapped: u64 = region
+            .origin
+            .iter()
+            .zip(&region.shape)
+            .zip(&self.info.chunks)
+            .map(|((&o, &n), &c)| {
+                let c = c.max(1);
+                if n == 0 {
+                    0
+                } else {
+                    (o + n - 1) / c - o / c + 1
+                }
+            })
+            .product();
+        self.decoded.fetch_add(overlapped, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Decodes the whole stored chunk at stored grid index `stored` (its
+    /// full chunk shape, padded past the array's edge as stored), for
+    /// [`crate::stored_chunks::StoredChunks`]. A chunk that is not stored
+    /// reads as the fill value.
+    pub fn read_stored(&self, stored: &[u64]) -> Result<ArrayData, IoError> {
+        let err = |e: zarrs::array::ArrayError| IoError::StoredChunk {
+            path: self.info.path.clone(),
+            chunk: stored.to_vec(),
+            key: self.array.chunk_key(stored).to_string(),
+            why: e.to_string(),
+        };
+        let out = with_dtype!(self.info.dtype, T => {
+            let a: ArrayD<T> = self.array.retrieve_chunk_opt(stored, &chunk_options()).map_err(err)?;
+            T::wrap(a)
+        });
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Stored chunks this reader has decoded so far (a stored chunk that
+    /// several reads overlap counts once per read).
+    pub fn stored_chunks_decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
     }
 
     /// Bytes the array's files take on disk.

@@ -213,3 +213,65 @@ fn timepoints_ordered_by_a_captured_index() {
         "{err}"
     );
 }
+
+/// Issue 11: a name that is a group, a soft link to nothing or an external
+/// link to a missing file said `no dataset "data" (it has: data)`; the error
+/// now says what the name is.
+#[test]
+fn a_name_that_is_not_a_dataset_says_what_it_is() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("odd.h5");
+    {
+        let f = hdf5::File::create(&path).expect("create");
+        let g = f.create_group("data").expect("group");
+        g.new_dataset::<f32>()
+            .shape([2, 2])
+            .create("inner")
+            .expect("dataset");
+        f.create_group("nested")
+            .expect("group")
+            .create_group("deeper")
+            .expect("group");
+        f.link_soft("/nowhere", "soft").expect("soft link");
+        f.link_external("missing-target.h5", "/data", "ext")
+            .expect("external link");
+    }
+    let err = |name: &str| {
+        Hdf5Reader::open(&path, name)
+            .map(|_| ())
+            .expect_err(name)
+            .to_string()
+    };
+    let e = err("data");
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains("\"data\" is a group, not a dataset (it has: inner)"),
+        "{e}"
+    );
+    let e = err("nested/deeper");
+    assert!(
+        e.contains("\"nested/deeper\" is a group, not a dataset (it has: nothing)"),
+        "{e}"
+    );
+    let e = err("soft");
+    assert!(
+        e.contains("\"soft\" is a soft link that does not resolve"),
+        "{e}"
+    );
+    let e = err("ext");
+    assert!(
+        e.contains("\"ext\" is an external link into missing-target.h5, which cannot be resolved"),
+        "{e}"
+    );
+    // A name that is not there at all lists what is.
+    let e = err("absent");
+    assert!(
+        e.contains("no dataset \"absent\" (it has: data, ext, nested, soft)"),
+        "{e}"
+    );
+    let e = err("nested/absent");
+    assert!(
+        e.contains("no dataset \"nested/absent\" (\"nested\" has: deeper)"),
+        "{e}"
+    );
+}

@@ -22,6 +22,7 @@ use blockflow_core::{
 use blockflow_io::blocks::{BlockStat, BlocksWriter};
 use blockflow_io::json::JsonWriter;
 use blockflow_io::preview::PreviewWriter;
+use blockflow_io::stored_chunks::{stream_is_finer, StoredChunks};
 use blockflow_io::synthetic;
 use blockflow_io::zarr::{ZarrReader, ZarrWriteOptions, ZarrWriter};
 use blockflow_kernels::{filters, reduce, tensor};
@@ -854,10 +855,17 @@ fn run_stage(
                 .map_err(|e| ctx.err(None, e.to_string()))?;
             Ok(Some(Output::Csv(claim, text)))
         }
-        (StageKind::ReadZarr { .. }, Resource::Reader(r)) => {
-            source(ctx, outs, |region, index| {
-                r.read(region, index).map_err(|e| e.to_string())
-            })?;
+        (StageKind::ReadZarr { info, .. }, Resource::Reader(r)) => {
+            let stream = stage.grid.chunk_shape();
+            let result = if stream_is_finer(&info.shape, &info.chunks, stream) {
+                source_regrid(ctx, outs, &r)
+            } else {
+                source(ctx, outs, |region, index| {
+                    r.read(region, index).map_err(|e| e.to_string())
+                })
+            };
+            ctx.report.stored_chunks_decoded = Some(r.stored_chunks_decoded());
+            result?;
             Ok(None)
         }
         (StageKind::Expr { expr, .. }, _) => {
@@ -2065,6 +2073,90 @@ fn assemble(
         ));
     }
     Ok(out)
+}
+
+/// A `read-zarr` whose stream grid is finer than its stored grid: produces
+/// every stream chunk in row-major order, `parallel` at a time, as
+/// [`source`] does, but decodes each stored chunk once, when the first
+/// stream chunk that needs it comes up, cuts every stream chunk from the
+/// decoded stored chunks and drops each after the last stream chunk that
+/// needs it (at most `held_stored_chunks` of them at once, as projected).
+fn source_regrid(ctx: &mut Ctx<'_>, outs: &[Out], reader: &ZarrReader) -> Result<(), RunError> {
+    let grid = ctx.stage.grid.clone();
+    let total = grid.num_chunks();
+    let p = ctx.stage.parallel.max(1);
+    let mut stored = StoredChunks::new(&reader.info, &grid);
+    let mut n = 0;
+    while n < total {
+        ctx.check_cancel()?;
+        let batch: Vec<u64> = (n..(n + p as u64).min(total)).collect();
+        let t = Instant::now();
+        // The stored chunks this batch starts, decoded `parallel` at a time.
+        let missing = stored.missing(&batch);
+        for group in missing.chunks(p) {
+            ctx.check_cancel()?;
+            let decoded: Vec<(Vec<u64>, f64, Result<ArrayData, String>)> = ctx.pool.install(|| {
+                group
+                    .par_iter()
+                    .map(|s| {
+                        let t = Instant::now();
+                        let d = reader.read_stored(s).map_err(|e| e.to_string());
+                        (s.clone(), t.elapsed().as_secs_f64(), d)
+                    })
+                    .collect()
+            });
+            for (s, secs, d) in decoded {
+                ctx.report.busy_seconds += secs;
+                // Name the first stream chunk that needed it.
+                let first = batch
+                    .iter()
+                    .map(|&k| grid.unravel(k))
+                    .find(|i| stored.needs(&grid.region(i), &s))
+                    .unwrap_or_else(|| grid.unravel(batch[0]));
+                let d = d.map_err(|m| ctx.err(Some(&first), m))?;
+                stored.insert(s, d);
+            }
+        }
+        let meter = ctx.meter;
+        let fault = ctx.fault;
+        #[allow(clippy::type_complexity)]
+        let results: Vec<Result<(Chunk, f64), (Vec<u64>, String)>> = ctx.pool.install(|| {
+            batch
+                .par_iter()
+                .map(|&k| {
+                    let t = Instant::now();
+                    Ctx::maybe_fault(fault, k);
+                    let index = grid.unravel(k);
+                    let region = grid.region(&index);
+                    match stored.cut(&region, &reader.info.path) {
+                        Ok(data) => Ok((
+                            Chunk::new(index, region, data, meter),
+                            t.elapsed().as_secs_f64(),
+                        )),
+                        Err(e) => Err((index, e.to_string())),
+                    }
+                })
+                .collect()
+        });
+        ctx.report.wall_seconds += t.elapsed().as_secs_f64();
+        let mut bytes = stored.held_bytes();
+        let mut chunks = Vec::with_capacity(results.len());
+        for r in results {
+            let (c, secs) = r.map_err(|(i, m)| ctx.err(Some(&i), m))?;
+            ctx.report.busy_seconds += secs;
+            bytes += c.nbytes();
+            chunks.push(c);
+        }
+        ctx.note_held(bytes);
+        n += batch.len() as u64;
+        // Drop what no later stream chunk needs before waiting on the channel.
+        stored.release_before(n);
+        for c in chunks {
+            ctx.send(outs, c)?;
+        }
+    }
+    ctx.end(outs);
+    Ok(())
 }
 
 /// Produces every chunk of the stage's grid in row-major order, `parallel` at a time.

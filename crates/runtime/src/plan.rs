@@ -1265,10 +1265,26 @@ fn project(
     let working = match &s.kind {
         // float64 values and the converted chunk (plus the survey's RGB buffer).
         StageKind::Synthetic { .. } => p * (out_elems * 24 + out_bytes),
-        // The result and the decoded stored chunks it is cut from.
         StageKind::ReadZarr { info, .. } => {
             let stored: u64 = info.chunks.iter().product::<u64>() * info.dtype.size() as u64;
-            p * (out_bytes + 2 * stored)
+            let stream = s.grid.chunk_shape();
+            if blockflow_io::stored_chunks::stream_is_finer(&info.shape, &info.chunks, stream) {
+                // Each stored chunk decoded once and held until the last
+                // stream chunk in it is cut (about a row of them); each
+                // being decoded twice more while it is (its encoded bytes,
+                // then its raw bytes beside the typed copy kept, as zarrs
+                // decodes); and the stream chunks being cut.
+                let held = blockflow_io::stored_chunks::held_stored_chunks(
+                    &info.shape,
+                    &info.chunks,
+                    stream,
+                    p,
+                );
+                (held + 2 * p.min(held)) * stored + p * out_bytes
+            } else {
+                // The result and the decoded stored chunks it is cut from.
+                p * (out_bytes + 2 * stored)
+            }
         }
         // Inputs held, the result, full-size temporaries, tile buffers.
         StageKind::Expr { expr, .. } => {
@@ -3136,13 +3152,33 @@ impl Plan {
                 StageKind::Transpose { perm, dir, .. } => {
                     format!("axes {perm:?} (the input waits in {})", dir.display())
                 }
-                StageKind::ReadZarr { path, info } => format!(
-                    "{} (zarr v{}, stored chunks {:?}, {})",
-                    path.display(),
-                    info.zarr_format,
-                    info.chunks,
-                    info.codecs
-                ),
+                StageKind::ReadZarr { path, info } => {
+                    let stream = st.grid.chunk_shape();
+                    let regrid = if blockflow_io::stored_chunks::stream_is_finer(
+                        &info.shape,
+                        &info.chunks,
+                        stream,
+                    ) {
+                        format!(
+                            "; each stored chunk decoded once and cut into stream chunks, up to {} held",
+                            blockflow_io::stored_chunks::held_stored_chunks(
+                                &info.shape,
+                                &info.chunks,
+                                stream,
+                                st.parallel as u64
+                            )
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{} (zarr v{}, stored chunks {:?}, {}){regrid}",
+                        path.display(),
+                        info.zarr_format,
+                        info.chunks,
+                        info.codecs
+                    )
+                }
                 StageKind::Expr { src, .. } => src.clone(),
                 StageKind::Filter { desc, fused, .. } => {
                     if fused.is_empty() {

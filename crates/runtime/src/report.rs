@@ -27,6 +27,10 @@ pub struct StageReport {
     pub peak_buffered_bytes: u64,
     /// The plan's projection for this stage.
     pub projected_bytes: u64,
+    /// A `read-zarr`: how many stored chunks it decoded (the array's
+    /// stored chunk count when each is decoded once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_chunks_decoded: Option<u64>,
 }
 
 impl StageReport {
