@@ -6,6 +6,16 @@
 
 use super::ExprError;
 
+/// The most tokens an expression may have. Evaluation keeps a tile buffer
+/// per operation, so the bound also bounds the evaluator's memory.
+pub const MAX_TOKENS: usize = 1000;
+
+/// The deepest an expression may nest: parentheses, calls, unary operators
+/// and chains of binary operators (`a + b + c` is two levels). Parsing,
+/// checking and evaluation recurse once per level, so the bound keeps their
+/// stacks small on any thread.
+pub const MAX_DEPTH: usize = 100;
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tok {
     Num(f64, bool),
@@ -29,6 +39,14 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             continue;
         }
         let col = i + 1;
+        if out.len() >= MAX_TOKENS {
+            return Err(ExprError::at(
+                col,
+                format!(
+                    "the expression is too long (more than {MAX_TOKENS} tokens); split it into several `expr` stages"
+                ),
+            ));
+        }
         if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
         {
             let start = i;
@@ -155,6 +173,8 @@ pub struct Ast {
 pub(crate) struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// How deeply `unary` (which every nested construct passes) recurses.
+    nest: usize,
 }
 
 impl Parser {
@@ -162,7 +182,13 @@ impl Parser {
         Ok(Parser {
             toks: tokenize(src)?,
             pos: 0,
+            nest: 0,
         })
+    }
+
+    /// The token after the current one (`End` past the end).
+    fn peek2(&self) -> &Tok {
+        self.toks.get(self.pos + 1).map_or(&Tok::End, |t| &t.0)
     }
 
     fn peek(&self) -> &Tok {
@@ -208,6 +234,7 @@ impl Parser {
                 ),
             ));
         }
+        check_depth(&e)?;
         Ok(e)
     }
 
@@ -286,6 +313,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Ast, ExprError> {
+        if self.nest >= MAX_DEPTH {
+            return Err(too_deep(self.col()));
+        }
+        self.nest += 1;
+        let r = self.unary_inner();
+        self.nest -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self) -> Result<Ast, ExprError> {
         let col = self.col();
         if self.eat("-") {
             let e = self.unary()?;
@@ -476,7 +513,7 @@ impl Parser {
                         loop {
                             let mut arg_name = None;
                             if let (Tok::Ident(n), Tok::Op("=")) =
-                                (self.peek().clone(), self.toks[self.pos + 1].0.clone())
+                                (self.peek().clone(), self.peek2().clone())
                             {
                                 arg_name = Some(n);
                                 self.bump();
@@ -509,6 +546,36 @@ impl Parser {
             )),
         }
     }
+}
+
+fn too_deep(col: usize) -> ExprError {
+    ExprError::at(
+        col,
+        format!(
+            "the expression nests too deeply (more than {MAX_DEPTH} levels of parentheses, calls and operators; a chain `a + b + c + ...` counts a level per operator); split it into several `expr` stages"
+        ),
+    )
+}
+
+/// Refuses a tree deeper than [`MAX_DEPTH`] (a long chain of binary
+/// operators, which the parser builds in a loop), without recursing.
+fn check_depth(root: &Ast) -> Result<(), ExprError> {
+    let mut stack = vec![(root, 1usize)];
+    while let Some((a, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(too_deep(a.col));
+        }
+        match &a.kind {
+            AstKind::Num(..) | AstKind::Bool(_) | AstKind::List(..) | AstKind::Name(_) => {}
+            AstKind::Unary(_, e) | AstKind::Index(e, _) => stack.push((e, depth + 1)),
+            AstKind::Binary(_, l, r) => {
+                stack.push((l, depth + 1));
+                stack.push((r, depth + 1));
+            }
+            AstKind::Call(_, args) => stack.extend(args.iter().map(|x| (&x.value, depth + 1))),
+        }
+    }
+    Ok(())
 }
 
 fn bin(op: BinOp, lhs: Ast, rhs: Ast) -> Ast {

@@ -190,3 +190,95 @@ fn large_arrays_cross_tile_boundaries() {
     assert_eq!(o[[0, 5]], (99 * 100 + 5) as f64 * 2.0);
     assert_eq!(o[[99, 99]], 99.0 * 2.0);
 }
+
+fn f64_input() -> ([InputInfo; 1], ArrayData) {
+    let x = ArrayData::F64(
+        ArrayD::from_shape_vec(IxDyn(&[4, 5]), (0..20).map(f64::from).collect()).expect("shape"),
+    );
+    ([info("x", DType::F64, &[4, 5], &[4, 5])], x)
+}
+
+#[test]
+fn an_unfinished_call_is_an_error_not_a_panic() {
+    let (inp, _) = f64_input();
+    for src in [
+        "abs(x,",
+        "abs(x",
+        "abs(",
+        "clip(x, 0,",
+        "sum(x, axis",
+        "sum(x, axis=",
+        "x[",
+    ] {
+        let e = Expr::compile(src, &inp).expect_err(src);
+        assert!(e.col >= 1 && e.col <= src.len() + 1, "{src}: {e}");
+    }
+    assert!(Expr::parse("abs(x,").is_err());
+}
+
+#[test]
+fn deep_nesting_is_refused_with_a_column() {
+    let (inp, _) = f64_input();
+    // 5,000 overflowed the parser's stack in `plan`; past the token bound.
+    let parens = format!("{}x{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(Expr::compile(&parens, &inp).is_err());
+    let parens = format!("{}x{}", "(".repeat(400), ")".repeat(400));
+    let e = Expr::compile(&parens, &inp).expect_err("too deep");
+    assert!(e.msg.contains("nests too deeply") && e.col == 101, "{e}");
+    let negs = format!("{}x", "-".repeat(5000));
+    assert!(Expr::compile(&negs, &inp).is_err());
+    let calls = format!("{}x{}", "abs(".repeat(3000), ")".repeat(3000));
+    assert!(Expr::compile(&calls, &inp).is_err());
+    let pow = vec!["x"; 3000].join("**");
+    assert!(Expr::compile(&pow, &inp).is_err());
+}
+
+#[test]
+fn a_long_chain_is_refused_at_compile_not_in_eval() {
+    let (inp, _) = f64_input();
+    // 2,600 terms: once accepted, then overflowed the stack in `run`.
+    let chain = vec!["x"; 2600].join("+");
+    let e = Expr::compile(&chain, &inp).expect_err("too long");
+    assert!(e.msg.contains("too long"), "{e}");
+    // Under the token bound but deeper than the depth bound.
+    let chain = vec!["x"; parse::MAX_DEPTH + 2].join("+");
+    let e = Expr::compile(&chain, &inp).expect_err("too deep");
+    assert!(e.msg.contains("nests too deeply"), "{e}");
+    let index = format!("x{}", "[...]".repeat(parse::MAX_DEPTH + 1));
+    assert!(Expr::compile(&index, &inp).is_err());
+}
+
+/// What the bounds accept evaluates on a thread with a small stack (the
+/// runtime's workers have 2 MiB), so a plan that passes cannot overflow.
+#[test]
+fn the_deepest_accepted_expressions_evaluate_on_a_small_stack() {
+    let (inp, x) = f64_input();
+    let levels = parse::MAX_DEPTH / 3 - 1;
+    let srcs = [
+        vec!["x"; parse::MAX_DEPTH].join("+"),
+        format!(
+            "{}x{}",
+            "(".repeat(parse::MAX_DEPTH - 1),
+            ")".repeat(parse::MAX_DEPTH - 1)
+        ),
+        format!(
+            "{}x{}",
+            "abs(".repeat(parse::MAX_DEPTH - 1),
+            ")".repeat(parse::MAX_DEPTH - 1)
+        ),
+        format!(
+            "{}x{}",
+            "sum(x[..., None] + (".repeat(levels),
+            ")[..., None], axis=-1)".repeat(levels)
+        ),
+    ];
+    for src in srcs {
+        let e = Expr::compile(&src, &inp).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let x = x.clone();
+        let h = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || e.eval(&[&x]).map(|a| a.shape().to_vec()))
+            .expect("spawn");
+        assert_eq!(h.join().expect("no overflow").expect("evals"), vec![4, 5]);
+    }
+}
