@@ -64,6 +64,26 @@ pub enum GridError {
     },
     #[error("chunk shape {0:?} has a zero extent; every chunk extent must be at least 1")]
     ZeroChunk(Vec<u64>),
+    #[error("shape {shape:?} in chunks of {chunk:?} is too large: {what}; at most 2^{} elements (counting the chunks' padding at the edges)", MAX_ELEMENTS.trailing_zeros())]
+    TooLarge {
+        shape: Vec<u64>,
+        chunk: Vec<u64>,
+        what: String,
+    },
+}
+
+/// The most elements an array may have, counted as whole chunks (its chunk
+/// count times the elements of a full chunk). At 8 bytes an element this
+/// keeps every byte count of a grid, a chunk or a halo block well inside
+/// `u64`, so sizes computed from it cannot overflow; the memory budget
+/// refuses what would not fit long before.
+pub const MAX_ELEMENTS: u64 = 1 << 52;
+
+/// The product of `v`, or None past [`MAX_ELEMENTS`].
+fn bounded_product(v: &[u64]) -> Option<u64> {
+    v.iter()
+        .try_fold(1u64, |acc, &x| acc.checked_mul(x))
+        .filter(|&p| p <= MAX_ELEMENTS)
 }
 
 /// A regular chunk grid over an array: the array shape and the chunk shape.
@@ -88,11 +108,34 @@ impl ChunkGrid {
         if chunk.contains(&0) {
             return Err(GridError::ZeroChunk(chunk));
         }
-        let chunk = chunk
+        let chunk: Vec<u64> = chunk
             .iter()
             .zip(&shape)
             .map(|(&c, &s)| c.min(s.max(1)))
             .collect();
+        let too_large = |what: String| GridError::TooLarge {
+            shape: shape.clone(),
+            chunk: chunk.clone(),
+            what,
+        };
+        let grid: Vec<u64> = shape
+            .iter()
+            .zip(&chunk)
+            .map(|(&s, &c)| s.div_ceil(c))
+            .collect();
+        let Some(chunks) = bounded_product(&grid) else {
+            return Err(too_large(format!("{grid:?} chunks")));
+        };
+        let padded = bounded_product(&chunk).and_then(|e| e.checked_mul(chunks));
+        if padded.is_none_or(|p| p > MAX_ELEMENTS) {
+            return Err(too_large(format!(
+                "{chunks} chunks of {} elements",
+                chunk
+                    .iter()
+                    .try_fold(1u64, |a, &c| a.checked_mul(c))
+                    .map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
+            )));
+        }
         Ok(ChunkGrid { shape, chunk })
     }
 
@@ -183,6 +226,29 @@ impl fmt::Display for ChunkGrid {
 mod tests {
     use super::*;
 
+    /// Counts that overflowed u64 (and wrapped to a "0 B" chunk in release
+    /// builds) are refused when the grid is made.
+    #[test]
+    fn grids_whose_counts_overflow_are_refused() {
+        for (shape, chunk) in [
+            (vec![1u64 << 32, 1 << 32], vec![1u64 << 32, 1 << 32]),
+            (vec![i64::MAX as u64, 13500, 3], vec![500, 500, 3]),
+            (vec![u64::MAX], vec![1]),
+            (vec![1 << 40, 1 << 40], vec![1, 1]),
+            (vec![1 << 53], vec![1 << 53]),
+        ] {
+            let e = ChunkGrid::new(shape.clone(), chunk.clone()).expect_err("too large");
+            assert!(matches!(e, GridError::TooLarge { .. }), "{e}");
+            assert!(e.to_string().contains("too large"), "{e}");
+        }
+        // The largest accepted grid's byte counts fit with room to spare.
+        let g = ChunkGrid::new(vec![1 << 25, 1 << 26], vec![1000, 1000]).expect("grid");
+        assert!(g
+            .num_chunks()
+            .checked_mul(g.chunk_elements())
+            .is_some_and(|e| e.checked_mul(1 << 11).is_some()));
+    }
+
     #[test]
     fn edge_chunks_are_short_and_order_is_row_major() {
         let g = ChunkGrid::new(vec![10, 7], vec![4, 3]).expect("grid");
@@ -194,6 +260,7 @@ mod tests {
         }
         assert_eq!(g.unravel(5), vec![1, 2]);
         assert!(ChunkGrid::new(vec![3], vec![0]).is_err());
+        assert!(ChunkGrid::new(vec![1 << 26, 1 << 26], vec![1 << 26, 1 << 26]).is_ok());
         assert!(ChunkGrid::new(vec![3], vec![1, 1]).is_err());
         // Chunks larger than the array are clipped.
         assert_eq!(

@@ -12,7 +12,7 @@ mod meter;
 
 pub use array::{ArrayData, ArrayKind};
 pub use dtype::{DType, Element};
-pub use grid::{ChunkGrid, GridError, Region};
+pub use grid::{ChunkGrid, GridError, Region, MAX_ELEMENTS};
 pub use meter::{Meter, Tracked};
 
 use std::sync::Arc;
