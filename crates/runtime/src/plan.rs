@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use blockflow_core::{human_bytes, parse_bytes, ArraySpec, ChunkGrid, DType};
+use blockflow_core::{human_bytes, parse_bytes, ArraySpec, ChunkGrid, DType, GridError};
 use blockflow_io::preview::{Colormap, PreviewOptions};
 use blockflow_io::synthetic::Pattern;
 use blockflow_io::zarr::{Codec, ZarrInfo, ZarrReader, ZarrWriteOptions};
@@ -326,7 +326,7 @@ pub struct StageMemory {
 
 impl StageMemory {
     pub fn total(&self) -> u64 {
-        self.working + self.channels
+        self.working.saturating_add(self.channels)
     }
 }
 
@@ -374,7 +374,9 @@ pub struct Plan {
 
 impl Plan {
     pub fn projected_bytes(&self) -> u64 {
-        self.stages.iter().map(|s| s.mem.total()).sum()
+        self.stages
+            .iter()
+            .fold(0, |a, s| a.saturating_add(s.mem.total()))
     }
 }
 
@@ -505,12 +507,17 @@ fn check_type(ty: PType, v: &Val) -> Result<(), String> {
             Ok(())
         }
         (PType::Stages, _) => want("a list of stage names such as [\"img\"]"),
-        (PType::Float, Val::Float(_) | Val::Int(_)) => Ok(()),
+        (PType::Float, Val::Float(f)) => finite(*f),
+        (PType::Float, Val::Int(_)) => Ok(()),
         (PType::Float, _) => want("a number"),
-        (PType::Floats, Val::Float(_) | Val::Int(_)) => Ok(()),
+        (PType::Floats, Val::Float(f)) => finite(*f),
+        (PType::Floats, Val::Int(_)) => Ok(()),
         (PType::Floats, Val::Array(a)) => {
             if a.iter().all(|x| matches!(x.v, Val::Float(_) | Val::Int(_))) && !a.is_empty() {
-                Ok(())
+                a.iter().try_for_each(|x| match x.v {
+                    Val::Float(f) => finite(f),
+                    _ => Ok(()),
+                })
             } else {
                 want("a number or a list of numbers")
             }
@@ -525,6 +532,28 @@ fn check_type(ty: PType, v: &Val) -> Result<(), String> {
             }
         }
         (PType::Ints, _) => want("an integer or a list of integers"),
+    }
+}
+
+/// Every number parameter is finite: `inf` and `nan` are never a sigma, a
+/// weight, a limit or a fill value this engine can honour.
+fn finite(f: f64) -> Result<(), String> {
+    if f.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{f} is not a finite number"))
+    }
+}
+
+/// A stage's grid, or a diagnostic on the stage when its shape is too
+/// large to count (see [`blockflow_core::MAX_ELEMENTS`]).
+fn new_grid(d: &mut Diags, st: &RawStage, shape: Vec<u64>, chunk: Vec<u64>) -> Option<ChunkGrid> {
+    match ChunkGrid::new(shape, chunk) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            d.err(&st.name.span, Some(st.name.v.as_str()), e.to_string());
+            None
+        }
     }
 }
 
@@ -940,6 +969,14 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             .map(|c| c as usize)
             .unwrap_or(threads);
         let made = plan_stage(&mut d, raw, st, ks, &ins, memory);
+        if made.is_none() && !d.list.iter().any(|x| x.stage.as_deref() == Some(sname)) {
+            // Every refusal should say why; never go on without this stage.
+            d.err(
+                &st.name.span,
+                Some(sname),
+                "this stage cannot be planned with these parameters and inputs",
+            );
+        }
         if let Some((kind, output, grid)) = made {
             // The HDF5 library runs one call at a time (its global lock).
             let parallel = match kind {
@@ -999,7 +1036,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
     // A rechunk left to the planner goes through disk when the plan would
     // not fit in memory otherwise: the biggest first, until it fits.
     loop {
-        let projected: u64 = stages.iter().map(|s| s.mem.total()).sum();
+        let projected = stages
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.mem.total()));
         if projected <= memory {
             break;
         }
@@ -1047,7 +1086,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         project_all(&mut stages);
         // Bigger read groups make bigger intermediate chunks (fewer, larger
         // files): give the groups a third of what the budget has left.
-        let total: u64 = stages.iter().map(|s| s.mem.total()).sum();
+        let total = stages
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.mem.total()));
         if let StageKind::Rechunk {
             src,
             route: RechunkRoute::Disk { inter, group, .. },
@@ -1085,11 +1126,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
     };
     let projected = plan.projected_bytes();
     if projected > memory {
-        let big = plan
-            .stages
-            .iter()
-            .max_by_key(|s| s.mem.total())
-            .expect("non-empty");
+        let mut by_size: Vec<&PlannedStage> = plan.stages.iter().collect();
+        by_size.sort_by_key(|s| std::cmp::Reverse(s.mem.total()));
+        let big = by_size[0];
         let chunk = big.output.as_ref().map(|o| o.chunk_bytes()).unwrap_or(0);
         // An overlap stage serves the stage named before its ".halo".
         let own = big.name.strip_suffix(".halo").unwrap_or(&big.name);
@@ -1098,17 +1137,46 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             .iter()
             .find(|s| s.name.v == own)
             .map_or(Span::File(0..0), |s| s.name.span.clone());
+        // Only the knobs that are not already at their least.
+        let knobs: Vec<&str> = [
+            ("`parallel`", big.parallel > 1),
+            ("`capacity`", big.capacity > 1 && big.mem.channels > 0),
+        ]
+        .iter()
+        .filter(|(_, can)| *can)
+        .map(|(k, _)| *k)
+        .collect();
         let advice = match &big.kind {
             StageKind::Overlap { window, .. } => format!(
                 "Its sliding window holds up to {window} chunks (about one row of the chunk grid) to give \"{own}\" its halo; use smaller chunks, or raise `memory`"
             ),
-            _ => "Lower its `parallel` or `capacity`, use smaller chunks, or raise `memory`".to_string(),
+            _ if knobs.is_empty() => "Use smaller chunks, or raise `memory`".to_string(),
+            _ => format!(
+                "Lower its {}, use smaller chunks, or raise `memory`",
+                knobs.join(" or ")
+            ),
+        };
+        // When no one stage holds most of the plan, name those that hold
+        // the most, so the fix is not looked for in one stage alone.
+        let others = if big.mem.total() < projected / 2 {
+            let list: Vec<String> = by_size
+                .iter()
+                .take(5)
+                .map(|s| format!("\"{}\" {}", s.name, human_bytes(s.mem.total())))
+                .collect();
+            format!(
+                " No one stage holds most of it; the largest of the {} stages: {}.",
+                by_size.len(),
+                list.join(", ")
+            )
+        } else {
+            String::new()
         };
         d.err(
             &span,
             Some(&big.name),
             format!(
-                "the plan needs {} but `memory` is {}; this stage projects the most, {} ({} working + {} in channels; {} chunks of {} in flight, {} queued per consumer). {advice}",
+                "the plan needs {} but `memory` is {}; this stage projects the most, {} ({} working + {} in channels; {} chunks of {} in flight, {} queued per consumer). {advice}.{others}",
                 human_bytes(projected),
                 human_bytes(memory),
                 human_bytes(big.mem.total()),
@@ -1223,7 +1291,9 @@ fn project_all(stages: &mut [PlannedStage]) {
             .inputs
             .iter()
             .map(|&j| sent_chunk(&stages[j]))
-            .fold((0, 0), |(b, e), (bb, ee)| (b + bb, e + ee));
+            .fold((0u64, 0u64), |(b, e), (bb, ee)| {
+                (b.saturating_add(bb), e.saturating_add(ee))
+            });
         // Slack on this stage's output edges, held by its consumers' inputs.
         let slack: u64 = stages
             .iter()
@@ -1245,7 +1315,7 @@ pub fn sent_chunk(s: &PlannedStage) -> (u64, u64) {
     match (&s.kind, &s.output) {
         (StageKind::Overlap { halo, .. }, Some(o)) => {
             let e = block_elements(&s.grid, halo);
-            (e * o.dtype.size() as u64, e)
+            (e.saturating_mul(o.dtype.size() as u64), e)
         }
         (_, Some(o)) => (o.chunk_bytes(), o.grid.chunk_elements()),
         (_, None) => (0, 0),
@@ -1260,13 +1330,22 @@ fn project(
     in_elems: u64,
     slack: u64,
 ) -> StageMemory {
-    let p = s.parallel as u64;
+    // In u128: no product of a grid's counts (at most 2^52 elements, see
+    // `ChunkGrid::new`), a window and `parallel` can overflow it. The sum
+    // saturates to u64::MAX, which no budget allows.
+    let w = |x: u64| x as u128;
+    let p = s.parallel as u128;
     let (out_bytes, out_elems) = sent_chunk(s);
-    let working = match &s.kind {
+    let (out_bytes, out_elems) = (w(out_bytes), w(out_elems));
+    let (in_chunk_bytes, in_elems) = (w(in_chunk_bytes), w(in_elems));
+    let working: u128 = match &s.kind {
         // float64 values and the converted chunk (plus the survey's RGB buffer).
         StageKind::Synthetic { .. } => p * (out_elems * 24 + out_bytes),
         StageKind::ReadZarr { info, .. } => {
-            let stored: u64 = info.chunks.iter().product::<u64>() * info.dtype.size() as u64;
+            let stored = info
+                .chunks
+                .iter()
+                .fold(w(info.dtype.size() as u64), |a, &c| a.saturating_mul(w(c)));
             let stream = s.grid.chunk_shape();
             if blockflow_io::stored_chunks::stream_is_finer(&info.shape, &info.chunks, stream) {
                 // Each stored chunk decoded once and held until the last
@@ -1274,12 +1353,12 @@ fn project(
                 // being decoded twice more while it is (its encoded bytes,
                 // then its raw bytes beside the typed copy kept, as zarrs
                 // decodes); and the stream chunks being cut.
-                let held = blockflow_io::stored_chunks::held_stored_chunks(
+                let held = w(blockflow_io::stored_chunks::held_stored_chunks(
                     &info.shape,
                     &info.chunks,
                     stream,
-                    p,
-                );
+                    s.parallel as u64,
+                ));
                 (held + 2 * p.min(held)) * stored + p * out_bytes
             } else {
                 // The result and the decoded stored chunks it is cut from.
@@ -1288,7 +1367,7 @@ fn project(
         }
         // Inputs held, the result, full-size temporaries, tile buffers.
         StageKind::Expr { expr, .. } => {
-            p * (in_chunk_bytes + out_bytes + expr.temporaries() * out_elems * 8 + (1 << 20))
+            p * (in_chunk_bytes + out_bytes + w(expr.temporaries()) * out_elems * 8 + (1 << 20))
         }
         // The chunk, a padded copy, the encoded bytes.
         StageKind::WriteZarr { .. } => p * 3 * in_chunk_bytes,
@@ -1300,21 +1379,26 @@ fn project(
             window,
             route: RechunkRoute::Memory,
             ..
-        } => window * in_chunk_bytes + out_bytes,
+        } => w(*window) * in_chunk_bytes + out_bytes,
         // The chunk being cut into the store and its encoded pieces; the
         // new chunks being read, each with its decoded pieces.
         StageKind::Rechunk {
             route: RechunkRoute::Disk { group, .. },
             ..
-        } => 2 * in_chunk_bytes + 2 * out_bytes * group.iter().product::<u64>(),
+        } => {
+            2 * in_chunk_bytes
+                + group
+                    .iter()
+                    .fold(2 * out_bytes, |a, &g| a.saturating_mul(w(g)))
+        }
         // The chunks being reduced and the result with its partials.
         StageKind::Reduce { .. } => p * in_chunk_bytes + out_elems * 96,
         // The chunks held and the preview's sums and counts.
         StageKind::WritePng { options, .. } => {
-            p * in_chunk_bytes + options.held_bytes(s.grid.shape())
+            p * in_chunk_bytes + w(options.held_bytes(s.grid.shape()))
         }
         // The window of chunks and the block being assembled.
-        StageKind::Overlap { window, .. } => window * in_chunk_bytes + out_bytes,
+        StageKind::Overlap { window, .. } => w(*window) * in_chunk_bytes + out_bytes,
         // The block held, as float64, the pass being written, the result.
         StageKind::Filter { .. } => p * (in_chunk_bytes + in_elems * 8 * 3 + out_bytes),
         // The block with its halo, the gathered windows, the result.
@@ -1341,7 +1425,7 @@ fn project(
                 .unwrap_or_default();
             let (reference, working) =
                 blockflow_kernels::register::Registrar::memory(&frame, bytes, s.parallel);
-            reference as u64 + working as u64 + p * (in_chunk_bytes + convert)
+            reference as u128 + working as u128 + p * (in_chunk_bytes + convert)
         }
         // The frame as float64, its spline coefficients, the result.
         StageKind::Shift { .. } => p * (in_chunk_bytes + in_elems * 8 * 3),
@@ -1355,7 +1439,7 @@ fn project(
         // The band as float64; the R factor, and both stacked, twice (the
         // QR's own copy); the modes being computed.
         StageKind::Pca { input, .. } => {
-            let n = input.shape()[0];
+            let n = w(input.shape()[0]);
             let r = n * n * 8;
             in_chunk_bytes + in_elems * 8 + r + 2 * (in_elems * 8 + r) + 2 * out_bytes
         }
@@ -1364,20 +1448,24 @@ fn project(
         StageKind::Take { .. } => p * in_chunk_bytes + 2 * out_bytes,
         StageKind::Diff { .. } => p * (in_chunk_bytes + 2 * out_bytes),
         // The source chunks it must hold, and the chunk being assembled.
-        StageKind::Slice { window, .. } => window * in_chunk_bytes + 2 * out_bytes,
+        StageKind::Slice { window, .. } => w(*window) * in_chunk_bytes + 2 * out_bytes,
         // Both inputs whole (they are one chunk each), as float64, and the result.
         // `b` whole as float64 (and as it came), a band of `a` as float64,
         // the result band.
         StageKind::Matmul { a, b_elems, .. } => {
-            2 * b_elems * 8 + 2 * a.chunk_elements() * 8 + 2 * out_bytes
+            2 * w(*b_elems) * 8 + 2 * w(a.chunk_elements()) * 8 + 2 * out_bytes
         }
         // A chunk being kept; the result chunk, its parts read back, a cast.
         StageKind::Join { .. } | StageKind::Transpose { .. } => in_chunk_bytes + 3 * out_bytes,
         // The block held, as float64, gradients, products and smoothing passes.
         StageKind::StructureTensor { .. } => p * (in_chunk_bytes + in_elems * 8 * 9 + out_bytes),
     };
-    let channels = (s.capacity as u64 * s.consumers.len() as u64 + slack) * out_bytes;
-    StageMemory { working, channels }
+    let channels = (s.capacity as u128 * s.consumers.len() as u128 + w(slack)) * out_bytes;
+    let sat = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+    StageMemory {
+        working: sat(working),
+        channels: sat(channels),
+    }
 }
 
 type Made = (StageKind, Option<ArraySpec>, ChunkGrid);
@@ -1419,7 +1507,12 @@ fn plan_stage(
             let grid = match ChunkGrid::new(shape, chunks) {
                 Ok(g) => g,
                 Err(e) => {
-                    d.err(&span_of(st, "chunks"), sname, e.to_string());
+                    let key = if matches!(e, GridError::TooLarge { .. }) {
+                        "shape"
+                    } else {
+                        "chunks"
+                    };
+                    d.err(&span_of(st, key), sname, e.to_string());
                     return None;
                 }
             };
@@ -1445,6 +1538,23 @@ fn plan_stage(
             };
             if size.len() != nd {
                 d.err(&span_of(st, "size"), sname, format!("`size` must be a positive integer or one per axis ({nd} for the input {:?})", stream.shape()));
+                return None;
+            }
+            for (ax, &n) in size.iter().enumerate() {
+                if !check_radius(d, st, "size", ax, (n / 2) as f64, stream.shape()[ax]) {
+                    return None;
+                }
+            }
+            if size
+                .iter()
+                .try_fold(1usize, |a, &n| a.checked_mul(n))
+                .is_none_or(|n| n > 1 << 32)
+            {
+                d.err(
+                    &span_of(st, "size"),
+                    sname,
+                    format!("the window {size:?} holds more than 2^32 values"),
+                );
                 return None;
             }
             let stat = if let Some(r) = get_int(st, "rank") {
@@ -1480,7 +1590,7 @@ fn plan_stage(
             }
             let frame_nd = shape.len() as u64 - 1;
             if ks.kind == "register" {
-                let grid = ChunkGrid::new(vec![shape[0], frame_nd], vec![1, frame_nd]).ok()?;
+                let grid = new_grid(d, st, vec![shape[0], frame_nd], vec![1, frame_nd])?;
                 return Some(made(
                     StageKind::Register {
                         upsample: get_int(st, "upsample_factor").unwrap_or(1) as usize,
@@ -1654,7 +1764,7 @@ fn plan_stage(
             shape.extend(&image);
             let mut chunks = vec![batch.min(files.len() as u64)];
             chunks.extend(&image);
-            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            let grid = new_grid(d, st, shape, chunks)?;
             Some(made(StageKind::ReadImages { files, image }, dtype, grid))
         }
         "rescale" => {
@@ -1739,7 +1849,7 @@ fn plan_stage(
                 ch.extend(&c[1..]);
                 (s, ch)
             };
-            let grid = ChunkGrid::new(oshape, ochunks).ok()?;
+            let grid = new_grid(d, st, oshape, ochunks)?;
             Some(made(
                 StageKind::Pca {
                     k: k as usize,
@@ -1819,7 +1929,7 @@ fn plan_stage(
                 s[ax] = extent;
                 (s, first.grid.chunk_shape().to_vec())
             };
-            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            let grid = new_grid(d, st, shape, chunks)?;
             Some(made(
                 StageKind::Join {
                     axis: ax,
@@ -1869,7 +1979,7 @@ fn plan_stage(
             };
             let shape: Vec<u64> = perm.iter().map(|&k| stream.shape()[k]).collect();
             let chunks: Vec<u64> = perm.iter().map(|&k| stream.grid.chunk_shape()[k]).collect();
-            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            let grid = new_grid(d, st, shape, chunks)?;
             Some(made(
                 StageKind::Transpose {
                     perm,
@@ -1924,13 +2034,13 @@ fn plan_stage(
                 );
                 return None;
             }
-            let grid = ChunkGrid::new(kept.clone(), out_chunks.clone()).ok()?;
+            let grid = new_grid(d, st, kept.clone(), out_chunks.clone())?;
             let mut it = grid.chunk_shape().iter();
             let inner_chunks: Vec<u64> = drop
                 .iter()
                 .map(|&dr| if dr { 1 } else { *it.next().unwrap_or(&1) })
                 .collect();
-            let inner = ChunkGrid::new(extents.clone(), inner_chunks).ok()?;
+            let inner = new_grid(d, st, extents.clone(), inner_chunks)?;
             let window = Regrid {
                 src: stream.grid.clone(),
                 dst: inner.clone(),
@@ -1963,7 +2073,7 @@ fn plan_stage(
             shape[ax] -= 1;
             let mut chunks = stream.grid.chunk_shape().to_vec();
             chunks[ax] -= 1;
-            let grid = ChunkGrid::new(shape, chunks).ok()?;
+            let grid = new_grid(d, st, shape, chunks)?;
             Some(made(StageKind::Diff { axis: ax }, stream.dtype, grid))
         }
         "matmul" => {
@@ -2018,9 +2128,9 @@ fn plan_stage(
             let grid = if banded {
                 let mut c = shape.clone();
                 c[0] = a.grid.chunk_shape()[0];
-                ChunkGrid::new(shape, c).ok()?
+                new_grid(d, st, shape, c)?
             } else {
-                ChunkGrid::whole(shape)
+                new_grid(d, st, shape.clone(), shape)?
             };
             Some(made(
                 StageKind::Matmul {
@@ -2483,6 +2593,31 @@ fn check_wrap(d: &mut Diags, st: &RawStage, grid: &ChunkGrid, halo: &[(usize, us
     true
 }
 
+/// The largest kernel radius (taps on each side) a filter may have along an
+/// axis: the axis's length (a wider kernel sees mostly the boundary), but
+/// at least [`MIN_RADIUS_BOUND`], and never more than [`MAX_RADIUS`]
+/// (a kernel of 2^20 taps per side is 16 MiB of weights).
+pub const MAX_RADIUS: u64 = 1 << 20;
+/// Small arrays may still take the usual kernels (see [`MAX_RADIUS`]).
+pub const MIN_RADIUS_BOUND: u64 = 1024;
+
+/// Whether a kernel of radius `r` along `axis` (of `extent` elements) is
+/// within [`MAX_RADIUS`]; a diagnostic on `key` when not.
+fn check_radius(d: &mut Diags, st: &RawStage, key: &str, axis: usize, r: f64, extent: u64) -> bool {
+    let limit = extent.clamp(MIN_RADIUS_BOUND, MAX_RADIUS);
+    if r.is_finite() && r <= limit as f64 {
+        return true;
+    }
+    d.err(
+        &span_of(st, key),
+        Some(st.name.v.as_str()),
+        format!(
+            "`{key}` gives a kernel of radius {r:.0} along axis {axis} (of {extent}); the radius may be at most {limit} (the axis's length, at least {MIN_RADIUS_BOUND}, at most {MAX_RADIUS})"
+        ),
+    );
+    false
+}
+
 fn plan_filter(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Made> {
     let sname = Some(st.name.v.as_str());
     let spec = input.output.clone()?;
@@ -2557,6 +2692,20 @@ fn plan_filter(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Mad
                 }
             };
             let truncate = get_float(st, "truncate").unwrap_or(4.0);
+            if truncate < 0.0 {
+                bad(d, "truncate", "truncate must be >= 0".into());
+                return None;
+            }
+            // The radius of every pass is checked before a kernel is made.
+            for ax in (0..nd).filter(|&ax| sigma[ax] > 1e-15) {
+                let (r, key) = match &radius {
+                    Some(r) => (r[ax] as f64, "radius"),
+                    None => ((truncate * sigma[ax] + 0.5).floor(), "sigma"),
+                };
+                if !check_radius(d, st, key, ax, r, spec.shape()[ax]) {
+                    return None;
+                }
+            }
             desc.push(format!("gaussian sigma {sigma:?} order {order:?}"));
             filters::gaussian_passes(&sigma, &order, truncate, radius.as_deref(), mode)
         }
@@ -2576,6 +2725,11 @@ fn plan_filter(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Mad
                     return None;
                 }
             };
+            for (ax, &n) in size.iter().enumerate() {
+                if !check_radius(d, st, "size", ax, (n / 2) as f64, spec.shape()[ax]) {
+                    return None;
+                }
+            }
             desc.push(format!("uniform size {size:?}"));
             size.iter()
                 .enumerate()
@@ -2701,6 +2855,12 @@ fn plan_tensor(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Mad
         );
         return None;
     }
+    for key in ["sigma", "window_sigma"] {
+        if get_float(st, key).is_some_and(|s| s <= 0.0) {
+            d.err(&span_of(st, key), sname, format!("`{key}` must be > 0"));
+            return None;
+        }
+    }
     let gradient = if get_str(st, "gradient") == Some("finite-difference") {
         Gradient::FiniteDifference
     } else {
@@ -2725,7 +2885,7 @@ fn plan_tensor(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Mad
     } else {
         (shape.clone(), chunk.clone())
     };
-    let grid = ChunkGrid::new(oshape, ochunk).ok()?;
+    let grid = new_grid(d, st, oshape, ochunk)?;
     let out = ArraySpec {
         dtype: DType::F64,
         grid: grid.clone(),
@@ -2849,8 +3009,65 @@ impl Regrid {
         Some(self.dst.ravel(&last))
     }
 
-    /// The most source chunks held at once, by simulating the stream.
+    /// The most source chunks held at once. The stream is simulated on a
+    /// grid cut short along axis 0 (see [`Regrid::shortened`]), so the
+    /// cost does not grow with the array; past [`SIMULATED_CHUNKS`] it is
+    /// bounded instead (see [`Regrid::window_bound`]).
     pub fn window(&self) -> u64 {
+        let short = self.shortened();
+        let r = short.as_ref().unwrap_or(self);
+        if r.dst.num_chunks() <= SIMULATED_CHUNKS && r.src.num_chunks() <= SIMULATED_CHUNKS {
+            r.simulate()
+        } else {
+            self.window_bound()
+        }
+    }
+
+    /// The same regrid with whole periods of axis 0 removed from the
+    /// middle: without slicing, the stream's pattern along axis 0 repeats
+    /// every `lcm(source chunk, destination chunk)` elements, and only the
+    /// rows within reach of a halo and a chunk of either end differ, so the
+    /// most chunks held is the same. None when there is nothing to cut.
+    pub fn shortened(&self) -> Option<Regrid> {
+        if !self.map.is_empty() || self.src.ndim() == 0 || self.src.shape() != self.dst.shape() {
+            return None;
+        }
+        let (sc, dc) = (self.src.chunk_shape()[0], self.dst.chunk_shape()[0]);
+        let period = (sc / gcd(sc, dc)).checked_mul(dc)?;
+        let (h0, h1) = (self.halo[0].0 as u64, self.halo[0].1 as u64);
+        let reach = h0.saturating_add(h1).saturating_add(2 * period);
+        let keep = reach.div_ceil(period).saturating_mul(2).saturating_add(2);
+        let n0 = self.src.shape()[0];
+        let periods = n0 / period;
+        if periods <= keep {
+            return None;
+        }
+        let mut shape = self.src.shape().to_vec();
+        shape[0] = n0 - (periods - keep) * period;
+        let src = ChunkGrid::new(shape.clone(), self.src.chunk_shape().to_vec()).ok()?;
+        let dst = ChunkGrid::new(shape, self.dst.chunk_shape().to_vec()).ok()?;
+        Some(Regrid::new(src, dst, self.halo.clone()))
+    }
+
+    /// An upper bound on the chunks held, for grids too large to simulate:
+    /// while a destination chunk is assembled, the chunks held lie in the
+    /// source rows (along axis 0) from its start less the halo before to
+    /// its end plus the halo after. With slicing: every source chunk.
+    pub fn window_bound(&self) -> u64 {
+        let g = self.src.grid_shape();
+        if !self.map.is_empty() || g.is_empty() {
+            return self.src.num_chunks();
+        }
+        let (sc, dc) = (self.src.chunk_shape()[0], self.dst.chunk_shape()[0]);
+        let span = dc
+            .saturating_add(self.halo[0].0 as u64)
+            .saturating_add(self.halo[0].1 as u64);
+        let rows = (span.div_ceil(sc) + 2).min(g[0]);
+        rows.saturating_mul(g[1..].iter().product())
+    }
+
+    /// The most source chunks held at once, by simulating the stream.
+    pub fn simulate(&self) -> u64 {
         let nd = self.dst.num_chunks() as usize;
         let mut evict_at = vec![0u64; nd + 1];
         let (mut arrived, mut held, mut most) = (0u64, 0u64, 0u64);
@@ -2869,6 +3086,11 @@ impl Regrid {
         most
     }
 }
+
+/// The most chunks the planner simulates a stream over (about 0.2 s and
+/// 8 MiB); larger grids, after [`Regrid::shortened`], get
+/// [`Regrid::window_bound`].
+pub const SIMULATED_CHUNKS: u64 = 1 << 20;
 
 /// The most chunks a sliding window keeps to give `grid`'s chunks a halo.
 pub fn window_chunks(grid: &ChunkGrid, halo: &[(usize, usize)]) -> u64 {
@@ -2893,13 +3115,14 @@ fn set_slack(stages: &mut [PlannedStage]) {
     }
 }
 
-/// Elements of a chunk with its halo.
+/// Elements of a chunk with its halo (saturating: a projection this large
+/// is refused by any budget).
 pub fn block_elements(grid: &ChunkGrid, halo: &[(usize, usize)]) -> u64 {
     grid.chunk_shape()
         .iter()
         .zip(halo)
-        .map(|(&c, &(b, a))| c + b as u64 + a as u64)
-        .product()
+        .map(|(&c, &(b, a))| c.saturating_add(b as u64).saturating_add(a as u64))
+        .fold(1u64, |acc, x| acc.saturating_mul(x))
 }
 
 /// Merges chains of filters (a filter whose only consumer is a filter) into
@@ -3327,3 +3550,7 @@ impl Plan {
         s
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
