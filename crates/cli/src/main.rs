@@ -1,6 +1,7 @@
 //! The `blockflow` binary: run, plan, inspect, stages.
 
-use std::io::IsTerminal;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,16 +148,18 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
+            // Written without panicking: stderr may be a closed pipe too.
+            let mut err = std::io::stderr().lock();
             if let Some(c) = e.downcast_ref::<ConfigError>() {
-                eprintln!("{c}");
+                let _ = writeln!(err, "{c}");
                 return ExitCode::from(2);
             }
             if let Some(FollowError::Unfit(why)) = e.downcast_ref::<FollowError>() {
                 // The configuration cannot run as an ingest: a config error.
-                eprintln!("error: {why} (--follow)");
+                let _ = writeln!(err, "error: {why} (--follow)");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            let _ = writeln!(err, "error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -177,34 +180,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let dt = blockflow_core::DType::parse(&dtype)
                     .with_context(|| format!("unknown dtype \"{dtype}\" (float64 or float32)"))?;
                 let files = blockflow_io::hdf5::write_timeseries_as(&dir, count, size, seed, dt)?;
-                println!(
-                    "wrote {} timepoints of {size}^3 {dt} into {} (and shifts.json)",
+                emit(&format!(
+                    "wrote {} timepoints of {size}^3 {dt} into {} (and shifts.json)\n",
                     files.len(),
                     dir.display()
-                );
+                ))
             } else {
                 let (count, size) = (count.unwrap_or(844), size.unwrap_or(256));
                 let files = blockflow_io::images::write_cell_images(&dir, count, size, size, seed)?;
-                println!(
-                    "wrote {} images of {size} x {size} x 3 into {}",
+                emit(&format!(
+                    "wrote {} images of {size} x {size} x 3 into {}\n",
                     files.len(),
                     dir.display()
-                );
+                ))
             }
-            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Stages => {
-            print!("{}", blockflow_runtime::spec::describe_all());
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Stages => emit(&blockflow_runtime::spec::describe_all()),
         Cmd::Plan { config, sets, dot } => {
             let plan = blockflow_runtime::load_plan(&config, &sets)?;
             if dot {
-                print!("{}", plan.to_dot());
+                emit(&plan.to_dot())
             } else {
-                print!("{}", plan.to_text());
+                emit(&plan.to_text())
             }
-            Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { path } => inspect(&path),
         Cmd::Run {
@@ -418,6 +416,18 @@ fn follow_run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes `text` to stdout through its lock. A closed stdout
+/// (`blockflow plan ... | head -1`) ends the command quietly with exit 0, as
+/// ripgrep does: the reader has what it wanted.
+fn emit(text: &str) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
 fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
     let r = ZarrReader::open(path)?;
     let i = &r.info;
@@ -430,18 +440,21 @@ fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
             v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
         )
     };
-    println!("path     {}", i.path.display());
-    println!("format   zarr v{}", i.zarr_format);
-    println!("shape    {}", tuple(&i.shape));
-    println!("dtype    {}", i.dtype);
-    println!(
+    let mut out = String::new();
+    writeln!(out, "path     {}", i.path.display())?;
+    writeln!(out, "format   zarr v{}", i.zarr_format)?;
+    writeln!(out, "shape    {}", tuple(&i.shape))?;
+    writeln!(out, "dtype    {}", i.dtype)?;
+    writeln!(
+        out,
         "chunks   {}: {} chunks in a {} grid, {} each",
         tuple(&i.chunks),
         grid.num_chunks(),
         tuple(&grid.grid_shape()),
         human_bytes(grid.chunk_elements() * i.dtype.size() as u64)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "bytes    {} uncompressed, {} stored{}",
         human_bytes(total),
         human_bytes(stored),
@@ -450,8 +463,8 @@ fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         }
-    );
-    println!("codecs   {}", i.codecs);
-    println!("fill     {}", i.fill_value);
-    Ok(ExitCode::SUCCESS)
+    )?;
+    writeln!(out, "codecs   {}", i.codecs)?;
+    writeln!(out, "fill     {}", i.fill_value)?;
+    emit(&out)
 }
