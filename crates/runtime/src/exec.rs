@@ -2117,26 +2117,10 @@ fn source_regrid(ctx: &mut Ctx<'_>, outs: &[Out], reader: &ZarrReader) -> Result
                 stored.insert(s, d);
             }
         }
-        let meter = ctx.meter;
-        let fault = ctx.fault;
-        #[allow(clippy::type_complexity)]
-        let results: Vec<Result<(Chunk, f64), (Vec<u64>, String)>> = ctx.pool.install(|| {
-            batch
-                .par_iter()
-                .map(|&k| {
-                    let t = Instant::now();
-                    Ctx::maybe_fault(fault, k);
-                    let index = grid.unravel(k);
-                    let region = grid.region(&index);
-                    match stored.cut(&region, &reader.info.path) {
-                        Ok(data) => Ok((
-                            Chunk::new(index, region, data, meter),
-                            t.elapsed().as_secs_f64(),
-                        )),
-                        Err(e) => Err((index, e.to_string())),
-                    }
-                })
-                .collect()
+        let results = make_batch(ctx, &grid, &batch, |region, _| {
+            stored
+                .cut(region, &reader.info.path)
+                .map_err(|e| e.to_string())
         });
         ctx.report.wall_seconds += t.elapsed().as_secs_f64();
         let mut bytes = stored.held_bytes();
@@ -2159,6 +2143,39 @@ fn source_regrid(ctx: &mut Ctx<'_>, outs: &[Out], reader: &ZarrReader) -> Result
     Ok(())
 }
 
+/// One batch of a source's chunks (flat indices `batch` of `grid`), made
+/// in parallel: each chunk with the seconds it took, or its index and error.
+#[allow(clippy::type_complexity)]
+fn make_batch<F>(
+    ctx: &Ctx<'_>,
+    grid: &ChunkGrid,
+    batch: &[u64],
+    make: F,
+) -> Vec<Result<(Chunk, f64), (Vec<u64>, String)>>
+where
+    F: Fn(&blockflow_core::Region, &[u64]) -> Result<ArrayData, String> + Sync,
+{
+    let (meter, fault) = (ctx.meter, ctx.fault);
+    ctx.pool.install(|| {
+        batch
+            .par_iter()
+            .map(|&k| {
+                let t = Instant::now();
+                Ctx::maybe_fault(fault, k);
+                let index = grid.unravel(k);
+                let region = grid.region(&index);
+                match make(&region, &index) {
+                    Ok(data) => Ok((
+                        Chunk::new(index, region, data, meter),
+                        t.elapsed().as_secs_f64(),
+                    )),
+                    Err(m) => Err((index, m)),
+                }
+            })
+            .collect()
+    })
+}
+
 /// Produces every chunk of the stage's grid in row-major order, `parallel` at a time.
 fn source<F>(ctx: &mut Ctx<'_>, outs: &[Out], make: F) -> Result<(), RunError>
 where
@@ -2172,27 +2189,7 @@ where
         ctx.check_cancel()?;
         let batch: Vec<u64> = (n..(n + p).min(total)).collect();
         let t = Instant::now();
-        let meter = ctx.meter;
-        let fault = ctx.fault;
-        #[allow(clippy::type_complexity)]
-        let results: Vec<Result<(Chunk, f64), (Vec<u64>, String)>> = ctx.pool.install(|| {
-            batch
-                .par_iter()
-                .map(|&k| {
-                    let t = Instant::now();
-                    Ctx::maybe_fault(fault, k);
-                    let index = grid.unravel(k);
-                    let region = grid.region(&index);
-                    match make(&region, &index) {
-                        Ok(data) => Ok((
-                            Chunk::new(index, region, data, meter),
-                            t.elapsed().as_secs_f64(),
-                        )),
-                        Err(m) => Err((index, m)),
-                    }
-                })
-                .collect()
-        });
+        let results = make_batch(ctx, &grid, &batch, &make);
         ctx.report.wall_seconds += t.elapsed().as_secs_f64();
         let results: Vec<Result<Chunk, (Vec<u64>, String)>> = results
             .into_iter()

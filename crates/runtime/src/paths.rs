@@ -3,10 +3,10 @@
 //! input or on the config file (or a folder holding either), the report and
 //! the scratch folder on no output or input, no empty path.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::config::{Diags, RawConfig, Span, Val};
-use crate::plan::resolve;
+use crate::plan::{normalize, resolve};
 
 /// What a path is to the run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,22 +27,6 @@ struct Named {
     span: Span,
 }
 
-/// Removes `.` and `dir/..` without touching the disk.
-fn lexical(p: &Path) -> PathBuf {
-    let mut out: Vec<Component> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            Component::ParentDir if matches!(out.last(), Some(Component::RootDir)) => {}
-            c => out.push(c),
-        }
-    }
-    out.iter().collect()
-}
-
 /// `p` absolute, with the longest existing prefix canonicalised (so a
 /// symbolic link or `..` through one compares as the real folder).
 pub(crate) fn absolute(p: &Path) -> PathBuf {
@@ -53,7 +37,7 @@ pub(crate) fn absolute(p: &Path) -> PathBuf {
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
     };
-    let abs = lexical(&abs);
+    let abs = normalize(&abs);
     let mut head = abs.clone();
     let mut tail: Vec<std::ffi::OsString> = Vec::new();
     loop {

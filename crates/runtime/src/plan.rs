@@ -701,7 +701,7 @@ pub(crate) fn resolve(config: &Path, v: &Sp<Val>) -> PathBuf {
 
 /// Removes `.` and `dir/..` pairs without touching the disk
 /// (`configs/../out/a.zarr` -> `out/a.zarr`).
-fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out: Vec<Component> = Vec::new();
     for c in p.components() {
