@@ -358,24 +358,14 @@ fn build(plan: &Plan) -> Result<Vec<Resource>, RunError> {
 }
 
 /// The scratch folders the plan keeps stores in.
-fn scratch_dirs(plan: &Plan) -> Vec<&std::path::Path> {
-    let mut dirs: Vec<&std::path::Path> = Vec::new();
+fn scratch_dirs(plan: &Plan) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for s in &plan.stages {
-        match &s.kind {
-            StageKind::Rechunk {
-                route: RechunkRoute::Disk { dir, .. },
-                ..
+        let mut kind = s.kind.clone();
+        if let Some(d) = kind.scratch_dir_mut() {
+            if !dirs.contains(d) {
+                dirs.push(d.clone());
             }
-            | StageKind::Pca { dir, .. }
-            | StageKind::Take { dir, .. }
-            | StageKind::Matmul { dir, .. }
-            | StageKind::Join { dir, .. }
-            | StageKind::Transpose { dir, .. }
-                if !dirs.contains(&dir.as_path()) =>
-            {
-                dirs.push(dir);
-            }
-            _ => {}
         }
     }
     dirs
@@ -392,7 +382,7 @@ fn run_inner(
     let _scratch = scratch_dirs(plan)
         .into_iter()
         .map(|d| {
-            blockflow_io::output::scratch_lock(d).map_err(|e| RunError::Build {
+            blockflow_io::output::scratch_lock(&d).map_err(|e| RunError::Build {
                 stage: "pipeline".into(),
                 msg: format!("scratch folder: {e}"),
             })

@@ -181,6 +181,22 @@ pub enum StageKind {
 }
 
 impl StageKind {
+    /// The scratch folder of a stage that keeps stores there.
+    pub fn scratch_dir_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            StageKind::Rechunk {
+                route: RechunkRoute::Disk { dir, .. },
+                ..
+            }
+            | StageKind::Pca { dir, .. }
+            | StageKind::Take { dir, .. }
+            | StageKind::Matmul { dir, .. }
+            | StageKind::Join { dir, .. }
+            | StageKind::Transpose { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             StageKind::Filter { .. } => "filter",
@@ -1103,17 +1119,8 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         project_all(&mut stages);
     }
     for s in &mut stages {
-        match &mut s.kind {
-            StageKind::Rechunk {
-                route: RechunkRoute::Disk { dir, .. },
-                ..
-            }
-            | StageKind::Pca { dir, .. }
-            | StageKind::Take { dir, .. }
-            | StageKind::Matmul { dir, .. }
-            | StageKind::Join { dir, .. }
-            | StageKind::Transpose { dir, .. } => dir.clone_from(&scratch),
-            _ => {}
+        if let Some(dir) = s.kind.scratch_dir_mut() {
+            dir.clone_from(&scratch);
         }
     }
     let plan = Plan {
