@@ -42,15 +42,7 @@ level = 1
 "#,
     );
     let report = dir.path().join("r.json");
-    let (code, _, err) = blockflow(&[
-        "run",
-        "-q",
-        cfg.to_str().expect("u"),
-        "--report",
-        report.to_str().expect("u"),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let rep: serde_json::Value = read_json(&report);
+    let rep = run_reported(&cfg, &report);
     let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
     let buffered = rep["peak_buffered_bytes"].as_u64().expect("buffered");
     let projected = rep["projected_bytes"].as_u64().expect("projected");
@@ -196,15 +188,7 @@ codec = "none"
         "{plan}"
     );
     let report = dir.path().join("r.json");
-    let (code, _, err) = blockflow(&[
-        "run",
-        "-q",
-        cfg.to_str().expect("u"),
-        "--report",
-        report.to_str().expect("u"),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let rep: serde_json::Value = read_json(&report);
+    let rep = run_reported(&cfg, &report);
     let rss = rep["peak_rss_bytes"].as_u64().expect("rss");
     eprintln!(
         "4-D rechunk of {} MiB with a {} MiB budget: {:.2} s, projected {} MiB, peak buffered {} MiB, peak RSS {} MiB",
@@ -309,14 +293,7 @@ if_exists = "overwrite"
         ),
     );
     let report = dir.join("regrid.report.json");
-    let (code, _, err) = blockflow(&[
-        "run",
-        "-q",
-        cfg.to_str().expect("u"),
-        "--report",
-        report.to_str().expect("u"),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let rep = run_reported(&cfg, &report);
     let whole = read_all(&dir.join(input));
     assert!(
         read_all(&dir.join("copy.zarr")) == whole,
@@ -333,7 +310,7 @@ if_exists = "overwrite"
         (got - want).abs() <= 1e-12 * want.abs(),
         "mean {got}, want {want}"
     );
-    read_json(&report)
+    rep
 }
 
 /// Issue 11: one stored chunk read in much smaller stream chunks. Each

@@ -56,6 +56,20 @@ pub fn run_with_sets(cfg: &Path, sets: &[String]) -> (i32, String, String) {
     blockflow(&refs)
 }
 
+/// Runs `blockflow run -q CONFIG --report REPORT`, which must succeed;
+/// returns the run report.
+pub fn run_reported(cfg: &Path, report: &Path) -> serde_json::Value {
+    let (code, _, err) = blockflow(&[
+        "run",
+        "-q",
+        cfg.to_str().expect("utf-8 path"),
+        "--report",
+        report.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    read_json(report)
+}
+
 /// Runs `blockflow generate WHAT DIR --count N --size S --seed SEED`.
 pub fn generate(what: &str, dir: &Path, count: usize, size: usize, seed: u64) {
     let out = bin()
