@@ -88,14 +88,75 @@ fn every_config_validates_and_runs() {
         })
         .collect();
     planned.sort_by_key(|(c, _, reads)| (*reads, c.clone()));
+    let mut stale = Vec::new();
     for (cfg, sets, reads) in &planned {
         let c = cfg.to_str().expect("utf8");
+        let stem = cfg
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
         if !reads {
             // As shipped, without any override.
             let (code, _, err) = blockflow(&["plan", c]);
             assert_eq!(code, 0, "{c} does not validate:\n{err}");
+            stale.extend(golden_plan(cfg, &[], &format!("{stem}.shipped")));
         }
+        stale.extend(golden_plan(cfg, sets, &stem));
         let (code, _, err) = run_with_sets(cfg, sets);
         assert_eq!(code, 0, "{c} fails with {sets:?}:\n{err}");
     }
+    assert!(
+        stale.is_empty(),
+        "plans differ from tests/golden/plans (rerun with BLOCKFLOW_BLESS=1 to accept a change made on purpose):\n{}",
+        stale.join("\n")
+    );
+}
+
+/// `blockflow plan --json` of a config (two threads, so the plan does not
+/// depend on the machine) against `tests/golden/plans/NAME.json`: the same
+/// stages, kinds, inputs, dtypes, shapes, grids, parallelism and projected
+/// bytes. Returns what differs; `BLOCKFLOW_BLESS=1` writes the file instead.
+fn golden_plan(cfg: &std::path::Path, sets: &[String], name: &str) -> Option<String> {
+    let c = cfg.to_str().expect("utf8");
+    let mut args = vec!["plan", "--json", c, "--set", "pipeline.threads=2"];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let (code, out, err) = blockflow(&args);
+    assert_eq!(code, 0, "{c}: plan --json fails:\n{err}");
+    let got: serde_json::Value = serde_json::from_str(&out).expect("plan --json prints JSON");
+    let file = root()
+        .join("tests/golden/plans")
+        .join(format!("{name}.json"));
+    if std::env::var_os("BLOCKFLOW_BLESS").is_some() {
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("golden dir");
+        std::fs::write(&file, format!("{got:#}\n")).expect("write golden");
+        return None;
+    }
+    let want = read_json(&file);
+    if want == got {
+        return None;
+    }
+    let (ws, gs) = (&want["stages"], &got["stages"]);
+    let n = ws
+        .as_array()
+        .map_or(0, Vec::len)
+        .max(gs.as_array().map_or(0, Vec::len));
+    let diffs: Vec<String> = (0..n)
+        .filter(|&i| ws[i] != gs[i])
+        .map(|i| {
+            format!(
+                "  stage {i}: expected {}\n           got      {}",
+                ws[i], gs[i]
+            )
+        })
+        .collect();
+    Some(format!(
+        "{name}: projected {} -> {}\n{}",
+        want["projected"],
+        got["projected"],
+        diffs.join("\n")
+    ))
 }

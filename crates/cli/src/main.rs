@@ -62,8 +62,11 @@ enum Cmd {
         #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
         sets: Vec<String>,
         /// Print the plan as a Graphviz digraph.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         dot: bool,
+        /// Print the plan as JSON (exact projected bytes, for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a Zarr array's shape, dtype, chunks, size and codecs.
     Inspect { path: PathBuf },
@@ -196,10 +199,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Stages => emit(&blockflow_runtime::spec::describe_all()),
-        Cmd::Plan { config, sets, dot } => {
+        Cmd::Plan {
+            config,
+            sets,
+            dot,
+            json,
+        } => {
             let plan = blockflow_runtime::load_plan(&config, &sets)?;
             if dot {
                 emit(&plan.to_dot())
+            } else if json {
+                emit(&format!("{:#}\n", plan.to_json()))
             } else {
                 emit(&plan.to_text())
             }

@@ -3526,6 +3526,38 @@ impl Plan {
         s
     }
 
+    /// The plan as JSON: every stage's kind, inputs, stream (dtype, shape,
+    /// chunk grid), parallelism, channel capacity and projected bytes, for
+    /// scripts (and the golden plans the tests compare against).
+    pub fn to_json(&self) -> serde_json::Value {
+        let stages: Vec<serde_json::Value> = self
+            .stages
+            .iter()
+            .map(|st| {
+                serde_json::json!({
+                    "name": st.name,
+                    "kind": st.kind.name(),
+                    "inputs": st.inputs.iter().map(|&j| self.stages[j].name.clone()).collect::<Vec<_>>(),
+                    "dtype": st.output.as_ref().map(|o| o.dtype.name()),
+                    "shape": st.grid.shape(),
+                    "chunks": st.grid.chunk_shape(),
+                    "num_chunks": st.chunks(),
+                    "parallel": st.parallel,
+                    "capacity": st.capacity,
+                    "input_slack": st.input_slack,
+                    "memory": { "working": st.mem.working, "channels": st.mem.channels },
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "memory": self.memory,
+            "threads": self.threads,
+            "projected": self.projected_bytes(),
+            "stages": stages,
+        })
+    }
+
     /// The plan as a Graphviz digraph.
     pub fn to_dot(&self) -> String {
         let mut s = String::from(
