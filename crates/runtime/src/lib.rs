@@ -5,6 +5,7 @@
 //! everything, propagate shapes, dtypes and grids, project memory) →
 //! [`exec::run`] (build stores and channels, run, report).
 
+pub mod catalog;
 pub mod config;
 pub mod exec;
 pub mod follow;
@@ -12,6 +13,7 @@ mod paths;
 pub mod plan;
 pub mod report;
 pub mod spec;
+pub mod stages;
 
 pub use config::{ConfigError, Diagnostic};
 pub use exec::{run, Progress, RunError, RunOptions};

@@ -1,79 +1,7 @@
 //! The stage kinds and their parameters: the one table the parser checks
 //! configs against and `blockflow stages` prints, so the two cannot drift.
 
-/// The type of a parameter's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PType {
-    Str,
-    Path,
-    /// An integer in `[min, max]`.
-    Int(i64, i64),
-    Bool,
-    /// A human size: `"512 MiB"`.
-    Size,
-    /// A list of positive integers, one per axis.
-    Shape,
-    /// One of the listed strings.
-    Choice(&'static [&'static str]),
-    /// A dtype name (`float32`, `u8`, ...).
-    DType,
-    /// An expression in the `expr` language.
-    Expr,
-    /// A list of stage names.
-    Stages,
-    /// A number.
-    Float,
-    /// A number, or a list of numbers (one per axis).
-    Floats,
-    /// An integer, or a list of integers (one per axis).
-    Ints,
-    /// A duration: `"2s"`, `"250ms"`, or a number of seconds.
-    Duration,
-}
-
-impl PType {
-    pub fn describe(self) -> String {
-        match self {
-            PType::Str => "string".into(),
-            PType::Path => "path".into(),
-            PType::Int(lo, hi) if hi == i64::MAX => format!("integer >= {lo}"),
-            PType::Int(lo, hi) => format!("integer {lo}..={hi}"),
-            PType::Bool => "bool".into(),
-            PType::Size => "size (\"512 MiB\")".into(),
-            PType::Shape => "list of integers".into(),
-            PType::Choice(c) => c
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            PType::DType => "dtype".into(),
-            PType::Expr => "expression".into(),
-            PType::Stages => "list of stage names".into(),
-            PType::Float => "number".into(),
-            PType::Floats => "number or list".into(),
-            PType::Ints => "integer or list".into(),
-            PType::Duration => "duration (\"2s\")".into(),
-        }
-    }
-}
-
-/// One parameter of a stage kind.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamSpec {
-    pub name: &'static str,
-    pub ty: PType,
-    /// `None`: required. `Some("")`: optional with no default.
-    pub default: Option<&'static str>,
-    pub doc: &'static str,
-}
-
-/// How many inputs a stage takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arity {
-    None,
-    Exactly(usize),
-    AtLeast(usize),
-}
+pub use crate::stages::params::{p, Arity, PType, ParamSpec};
 
 /// A stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -83,20 +11,6 @@ pub struct KindSpec {
     pub summary: &'static str,
     pub inputs: Arity,
     pub params: &'static [ParamSpec],
-}
-
-const fn p(
-    name: &'static str,
-    ty: PType,
-    default: Option<&'static str>,
-    doc: &'static str,
-) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        default,
-        doc,
-    }
 }
 
 /// Parameters every stage has.
@@ -532,8 +446,41 @@ pub const KINDS: &[KindSpec] = &[
     },
 ];
 
-pub fn kind(name: &str) -> Option<&'static KindSpec> {
-    KINDS.iter().find(|k| k.kind == name)
+/// A kind from either table: `stages::KINDS` (kinds defined in their own
+/// file) or the rows above (kinds not moved there yet).
+#[derive(Debug, Clone, Copy)]
+pub struct KindRef {
+    pub kind: &'static str,
+    pub role: &'static str,
+    pub summary: &'static str,
+    pub inputs: Arity,
+    pub params: &'static [ParamSpec],
+    pub def: Option<&'static crate::stages::KindDef>,
+}
+
+pub fn kind(name: &str) -> Option<KindRef> {
+    all().into_iter().find(|k| k.kind == name)
+}
+
+/// Every kind.
+pub fn all() -> Vec<KindRef> {
+    let old = KINDS.iter().map(|k| KindRef {
+        kind: k.kind,
+        role: k.role,
+        summary: k.summary,
+        inputs: k.inputs,
+        params: k.params,
+        def: None,
+    });
+    let new = crate::stages::KINDS.iter().map(|k| KindRef {
+        kind: k.kind,
+        role: k.role,
+        summary: k.summary,
+        inputs: k.inputs,
+        params: k.params,
+        def: Some(*k),
+    });
+    new.chain(old).collect()
 }
 
 /// The text of `blockflow stages`.
@@ -566,7 +513,7 @@ pub fn describe_all() -> String {
     table(&mut s, FOLLOW);
     let _ = writeln!(s, "\nevery [stage.NAME]");
     table(&mut s, COMMON);
-    for k in KINDS {
+    for k in all() {
         let inputs = match k.inputs {
             Arity::None => "no inputs".to_string(),
             Arity::Exactly(n) => format!("{n} input{}", if n == 1 { "" } else { "s" }),

@@ -30,8 +30,13 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use rayon::prelude::*;
 
 use crate::plan::{Plan, PlannedStage, RechunkRoute, StageKind};
+use crate::stages::{BuildCx, ChunkSink, ChunkSource, Exec};
+
+mod shapes;
 use crate::report::{peak_rss_bytes, Report, StageReport};
 use blockflow_io::output::{Claim, Made};
+pub(crate) use shapes::check_shape;
+pub use shapes::StageIo;
 
 /// Errors of the build and run phases.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -99,6 +104,8 @@ enum Resource {
     Png(PreviewWriter),
     Json(JsonWriter),
     Csv(Claim),
+    Source(Box<dyn ChunkSource>),
+    Sink(Box<dyn ChunkSink>),
 }
 
 /// A finished writer's result, committed when every stage succeeded.
@@ -109,6 +116,7 @@ enum Output {
     Blocks(BlocksWriter),
     Png(PreviewWriter),
     Json(JsonWriter),
+    Sink(Box<dyn ChunkSink>),
 }
 
 impl Output {
@@ -119,6 +127,7 @@ impl Output {
             Output::Png(p) => p.finish().map(|p| vec![p]),
             Output::Json(j) => j.finish().map(|p| vec![p]),
             Output::Hdf5(w) => w.finish().map(|p| vec![p]),
+            Output::Sink(s) => s.commit(),
             Output::Csv(claim, text) => claim
                 .commit_bytes(text.as_bytes())
                 .map(|_| vec![claim.path().to_path_buf()]),
@@ -284,6 +293,22 @@ fn build(plan: &Plan) -> Result<Vec<Resource>, RunError> {
                 msg: e.to_string(),
             };
             Ok(match &st.kind {
+                StageKind::Unit(op) => {
+                    let inputs: Vec<Option<blockflow_core::ArraySpec>> = st
+                        .inputs
+                        .iter()
+                        .map(|&j| plan.stages[j].output.clone())
+                        .collect();
+                    let cx = BuildCx {
+                        stage: st,
+                        inputs: &inputs,
+                    };
+                    match op.exec() {
+                        Exec::Source(s) => Resource::Source(s.open(&cx).map_err(fail)?),
+                        Exec::Sink(s) => Resource::Sink(s.open(&cx).map_err(fail)?),
+                        _ => Resource::None,
+                    }
+                }
                 StageKind::ReadZarr { path, info } => {
                     let r = ZarrReader::open(path).map_err(fail)?;
                     if r.info.shape != info.shape || r.info.dtype != info.dtype {
@@ -572,6 +597,18 @@ fn run_stage(
 ) -> Result<Option<Output>, RunError> {
     let stage = ctx.stage;
     match (&stage.kind, resource) {
+        (StageKind::Unit(op), resource) => match (op.exec(), resource) {
+            (Exec::Source(_), Resource::Source(src)) => {
+                shapes::run_source(ctx, outs, &*src).map(|()| None)
+            }
+            (Exec::Map(k), _) => shapes::run_map(ctx, inputs, outs, k).map(|()| None),
+            (Exec::Window(w), _) => {
+                overlap(ctx, &inputs[0], outs, &w.drop, &w.regrid).map(|()| None)
+            }
+            (Exec::Barrier(b), _) => shapes::run_barrier(ctx, inputs, outs, b).map(|()| None),
+            (Exec::Sink(_), Resource::Sink(sink)) => shapes::run_sink(ctx, inputs, sink),
+            _ => Err(ctx.err(None, "internal: stage built without its store")),
+        },
         (StageKind::Synthetic { pattern, seed }, _) => {
             let spec = stage.output.as_ref().expect("a source has an output");
             let (pattern, seed, dtype) = (*pattern, *seed, spec.dtype);

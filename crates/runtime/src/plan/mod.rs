@@ -18,11 +18,15 @@ use blockflow_kernels::tensor::{Gradient, TensorParams};
 use blockflow_kernels::{did_you_mean, Expr, InputInfo};
 
 use crate::config::{ConfigError, Diags, RawConfig, RawStage, Sp, Span, Val};
-use crate::spec::{self, Arity, KindSpec, PType, ParamSpec};
+use crate::spec::{self, Arity, KindRef, ParamSpec};
+use crate::stages::params::{check_entries, Params};
+use crate::stages::{InputRef, MemoryCx, PlanCx, SpillCx};
 
 /// What a stage does, with its typed parameters.
 #[derive(Debug, Clone)]
 pub enum StageKind {
+    /// A kind defined in `stages/` (the others move there one by one).
+    Unit(Box<dyn crate::stages::Stage>),
     Synthetic {
         pattern: Pattern,
         seed: u64,
@@ -184,6 +188,7 @@ impl StageKind {
     /// The scratch folder of a stage that keeps stores there.
     pub fn scratch_dir_mut(&mut self) -> Option<&mut PathBuf> {
         match self {
+            StageKind::Unit(op) => op.scratch_dir_mut(),
             StageKind::Rechunk {
                 route: RechunkRoute::Disk { dir, .. },
                 ..
@@ -199,6 +204,7 @@ impl StageKind {
 
     pub fn name(&self) -> &'static str {
         match self {
+            StageKind::Unit(op) => op.kind(),
             StageKind::Filter { .. } => "filter",
             StageKind::WriteBlocks { .. } => "write-blocks",
             StageKind::WritePng { .. } => "write-png",
@@ -351,6 +357,8 @@ impl StageMemory {
 pub struct PlannedStage {
     pub name: String,
     pub kind: StageKind,
+    /// Its parameters as the TOML writes them, given or defaulted.
+    pub params: Vec<(&'static str, String)>,
     pub inputs: Vec<usize>,
     pub consumers: Vec<usize>,
     /// The stream this stage sends (None for writers).
@@ -401,164 +409,6 @@ fn is_ident(s: &str) -> bool {
     c.next()
         .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-}
-
-/// Checks one table's entries against its parameter specs: unknown keys,
-/// types, ranges, required keys. Returns whether everything was right.
-fn check_entries(
-    d: &mut Diags,
-    stage: Option<&str>,
-    table_span: &Span,
-    entries: &[(Sp<String>, Sp<Val>)],
-    specs: &[&[ParamSpec]],
-    what: &str,
-) -> bool {
-    let before = d.list.len();
-    let all: Vec<&ParamSpec> = specs.iter().flat_map(|s| s.iter()).collect();
-    for (k, v) in entries {
-        let Some(spec) = all.iter().find(|s| s.name == k.v) else {
-            let hint = did_you_mean(&k.v, all.iter().map(|s| s.name))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_else(|| {
-                    format!(
-                        "; {what} takes {}",
-                        all.iter()
-                            .map(|s| format!("`{}`", s.name))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                });
-            d.err(&k.span, stage, format!("unknown parameter `{}`{hint}", k.v));
-            continue;
-        };
-        if let Err(msg) = check_type(spec.ty, &v.v) {
-            d.err(&v.span, stage, format!("`{}`: {msg}", k.v));
-        }
-    }
-    for s in all {
-        if s.default.is_none() && !entries.iter().any(|(k, _)| k.v == s.name) {
-            d.err(
-                table_span,
-                stage,
-                format!(
-                    "missing required parameter `{}` ({}: {})",
-                    s.name,
-                    s.ty.describe(),
-                    s.doc
-                ),
-            );
-        }
-    }
-    d.list.len() == before
-}
-
-fn check_type(ty: PType, v: &Val) -> Result<(), String> {
-    let want = |w: &str| Err(format!("expected {w}, found {} {v}", v.type_name()));
-    match (ty, v) {
-        (PType::Str | PType::Path | PType::Expr, Val::Str(_)) => Ok(()),
-        (PType::Str | PType::Path | PType::Expr, _) => want("a string"),
-        (PType::Int(lo, hi), Val::Int(i)) => {
-            if *i < lo || *i > hi {
-                Err(format!("{i} is out of range ({})", ty.describe()))
-            } else {
-                Ok(())
-            }
-        }
-        (PType::Int(..), _) => want(&ty.describe()),
-        (PType::Bool, Val::Bool(_)) => Ok(()),
-        (PType::Bool, _) => want("true or false"),
-        (PType::Size, Val::Str(s)) => parse_bytes(s).map(|_| ()),
-        (PType::Size, Val::Int(i)) if *i > 0 => Ok(()),
-        (PType::Size, _) => want("a size such as \"512 MiB\""),
-        (PType::Duration, Val::Str(s)) => parse_duration(s).map(|_| ()),
-        (PType::Duration, Val::Int(i)) if *i >= 0 => Ok(()),
-        (PType::Duration, Val::Float(f)) if *f >= 0.0 => Ok(()),
-        (PType::Duration, _) => want("a duration such as \"2s\" or \"250ms\""),
-        (PType::Shape, Val::Array(a)) => {
-            if a.is_empty() {
-                return Err("the list is empty; give one integer per axis".into());
-            }
-            for x in a {
-                match x.v {
-                    Val::Int(i) if i >= 1 => {}
-                    _ => {
-                        return Err(format!(
-                            "every extent must be an integer >= 1, found {}",
-                            x.v
-                        ))
-                    }
-                }
-            }
-            Ok(())
-        }
-        (PType::Shape, _) => want("a list of integers such as [500, 500, 3]"),
-        (PType::Choice(c), Val::Str(s)) => {
-            if c.contains(&s.as_str()) {
-                Ok(())
-            } else {
-                let hint = did_you_mean(s, c.iter().copied())
-                    .map(|h| format!("; did you mean \"{h}\"?"))
-                    .unwrap_or_default();
-                Err(format!("\"{s}\" is not one of {}{hint}", ty.describe()))
-            }
-        }
-        (PType::Choice(_), _) => want(&ty.describe()),
-        (PType::DType, Val::Str(s)) => DType::parse(s).map(|_| ()).ok_or_else(|| {
-            format!(
-                "unknown dtype \"{s}\"; use one of {}",
-                DType::ALL
-                    .iter()
-                    .map(|d| d.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }),
-        (PType::DType, _) => want("a dtype name such as \"float32\""),
-        (PType::Stages, Val::Array(a)) => {
-            for x in a {
-                if !matches!(x.v, Val::Str(_)) {
-                    return Err(format!("expected stage names (strings), found {}", x.v));
-                }
-            }
-            Ok(())
-        }
-        (PType::Stages, _) => want("a list of stage names such as [\"img\"]"),
-        (PType::Float, Val::Float(f)) => finite(*f),
-        (PType::Float, Val::Int(_)) => Ok(()),
-        (PType::Float, _) => want("a number"),
-        (PType::Floats, Val::Float(f)) => finite(*f),
-        (PType::Floats, Val::Int(_)) => Ok(()),
-        (PType::Floats, Val::Array(a)) => {
-            if a.iter().all(|x| matches!(x.v, Val::Float(_) | Val::Int(_))) && !a.is_empty() {
-                a.iter().try_for_each(|x| match x.v {
-                    Val::Float(f) => finite(f),
-                    _ => Ok(()),
-                })
-            } else {
-                want("a number or a list of numbers")
-            }
-        }
-        (PType::Floats, _) => want("a number or a list of numbers"),
-        (PType::Ints, Val::Int(_)) => Ok(()),
-        (PType::Ints, Val::Array(a)) => {
-            if a.iter().all(|x| matches!(x.v, Val::Int(_))) && !a.is_empty() {
-                Ok(())
-            } else {
-                want("an integer or a list of integers")
-            }
-        }
-        (PType::Ints, _) => want("an integer or a list of integers"),
-    }
-}
-
-/// Every number parameter is finite: `inf` and `nan` are never a sigma, a
-/// weight, a limit or a fill value this engine can honour.
-fn finite(f: f64) -> Result<(), String> {
-    if f.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{f} is not a finite number"))
-    }
 }
 
 /// A stage's grid, or a diagnostic on the stage when its shape is too
@@ -738,6 +588,22 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 
 /// Validates a parsed pipeline into a plan, reporting every problem found.
 pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
+    match &raw.fixed_stack {
+        Some(stack) => plan_with(
+            raw,
+            &crate::catalog::FixedStack {
+                stack: stack.clone(),
+            },
+        ),
+        None => plan_with(raw, &crate::catalog::FsCatalog),
+    }
+}
+
+/// [`plan`], reading stored inputs' metadata from `catalog`.
+pub fn plan_with(
+    raw: &RawConfig,
+    catalog: &dyn crate::catalog::Catalog,
+) -> Result<Plan, ConfigError> {
     let mut d = Diags::new(&raw.path, &raw.text);
     let top = Span::File(0..0);
     let pipeline_ok = check_entries(
@@ -787,7 +653,7 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
 
     // Names, kinds, parameters.
     let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut kinds: Vec<Option<&'static KindSpec>> = Vec::new();
+    let mut kinds: Vec<Option<KindRef>> = Vec::new();
     for (i, st) in raw.stages.iter().enumerate() {
         let sname = st.name.v.as_str();
         if !is_ident(sname) {
@@ -805,7 +671,7 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
                     Some(sname),
                     format!(
                         "missing `kind`; one of {}",
-                        spec::KINDS
+                        spec::all()
                             .iter()
                             .map(|k| format!("\"{}\"", k.kind))
                             .collect::<Vec<_>>()
@@ -820,12 +686,12 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
             }) => match spec::kind(k) {
                 Some(ks) => Some(ks),
                 None => {
-                    let hint = did_you_mean(k, spec::KINDS.iter().map(|k| k.kind))
+                    let hint = did_you_mean(k, spec::all().iter().map(|k| k.kind))
                         .map(|s| format!("; did you mean \"{s}\"?"))
                         .unwrap_or_else(|| {
                             format!(
                                 "; the kinds are {}",
-                                spec::KINDS
+                                spec::all()
                                     .iter()
                                     .map(|k| format!("\"{}\"", k.kind))
                                     .collect::<Vec<_>>()
@@ -984,7 +850,9 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         let parallel = get_int(st, "parallel")
             .map(|c| c as usize)
             .unwrap_or(threads);
-        let made = plan_stage(&mut d, raw, st, ks, &ins, memory);
+        let made = plan_stage(&mut d, raw, st, &ks, &ins, memory, catalog);
+        let specs = [spec::COMMON, ks.params];
+        let params = Params::new(st, &specs).resolved();
         if made.is_none() && !d.list.iter().any(|x| x.stage.as_deref() == Some(sname)) {
             // Every refusal should say why; never go on without this stage.
             d.err(
@@ -995,15 +863,17 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         }
         if let Some((kind, output, grid)) = made {
             // The HDF5 library runs one call at a time (its global lock).
-            let parallel = match kind {
+            let parallel = match &kind {
                 StageKind::ReadHdf5 { .. }
                 | StageKind::ReadHdf5Stack { .. }
                 | StageKind::WriteHdf5 { .. } => 1,
+                StageKind::Unit(op) if op.serial() => 1,
                 _ => parallel,
             };
             planned[i] = Some(PlannedStage {
                 name: sname.to_string(),
                 kind,
+                params,
                 inputs: inputs[i].clone(),
                 consumers: consumers[i].clone(),
                 output,
@@ -1037,6 +907,16 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
         _ => stages
             .iter()
             .find_map(|s| match &s.kind {
+                StageKind::Unit(op) => match op.writes() {
+                    Some(crate::stages::Writes::Zarr { path, .. }) => path.parent().map(|p| {
+                        if p.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            p.to_path_buf()
+                        }
+                    }),
+                    _ => None,
+                },
                 StageKind::WriteZarr { path, .. } => path.parent().map(|p| {
                     if p.as_os_str().is_empty() {
                         PathBuf::from(".")
@@ -1319,8 +1199,13 @@ fn project_all(stages: &mut [PlannedStage]) {
 /// Bytes and elements of the largest chunk a stage sends (with its halo
 /// for an overlap stage).
 pub fn sent_chunk(s: &PlannedStage) -> (u64, u64) {
-    match (&s.kind, &s.output) {
-        (StageKind::Overlap { halo, .. }, Some(o)) => {
+    let halo = match &s.kind {
+        StageKind::Unit(op) => op.sends_halo(),
+        StageKind::Overlap { halo, .. } => Some(halo.as_slice()),
+        _ => None,
+    };
+    match (halo, &s.output) {
+        (Some(halo), Some(o)) => {
             let e = block_elements(&s.grid, halo);
             (e.saturating_mul(o.dtype.size() as u64), e)
         }
@@ -1346,6 +1231,15 @@ fn project(
     let (out_bytes, out_elems) = (w(out_bytes), w(out_elems));
     let (in_chunk_bytes, in_elems) = (w(in_chunk_bytes), w(in_elems));
     let working: u128 = match &s.kind {
+        StageKind::Unit(op) => op.memory(&MemoryCx {
+            parallel: p,
+            in_bytes: in_chunk_bytes,
+            in_elems,
+            out_bytes,
+            out_elems,
+            input,
+            grid: &s.grid,
+        }),
         // float64 values and the converted chunk (plus the survey's RGB buffer).
         StageKind::Synthetic { .. } => p * (out_elems * 24 + out_bytes),
         StageKind::ReadZarr { info, .. } => {
@@ -1493,11 +1387,37 @@ fn plan_stage(
     d: &mut Diags,
     raw: &RawConfig,
     st: &RawStage,
-    ks: &KindSpec,
+    ks: &KindRef,
     ins: &[&PlannedStage],
     memory: u64,
+    catalog: &dyn crate::catalog::Catalog,
 ) -> Option<Made> {
     let sname = Some(st.name.v.as_str());
+    if let Some(def) = ks.def {
+        let specs = [spec::COMMON, def.params];
+        let inputs: Vec<InputRef> = ins
+            .iter()
+            .filter_map(|s| {
+                s.output.as_ref().map(|spec| InputRef {
+                    name: &s.name,
+                    spec,
+                })
+            })
+            .collect();
+        if inputs.len() < ins.len() {
+            return None;
+        }
+        let mut cx = PlanCx::new(
+            d,
+            st,
+            Params::new(st, &specs),
+            inputs,
+            memory,
+            &raw.path,
+            catalog,
+        );
+        return (def.plan)(&mut cx).map(|p| (StageKind::Unit(p.op), p.output, p.grid));
+    }
     match ks.kind {
         "synthetic" => {
             let shape = get_shape(st, "shape")?;
@@ -2907,6 +2827,7 @@ fn plan_tensor(d: &mut Diags, st: &RawStage, input: &PlannedStage) -> Option<Mad
 /// The halo a stage needs on each axis of its input, if any.
 pub fn needs_halo(s: &PlannedStage, input_ndim: usize) -> Option<Vec<(usize, usize)>> {
     let h = match &s.kind {
+        StageKind::Unit(op) => op.halo()?,
         StageKind::Filter { passes, .. } => filters::passes_halo(passes, input_ndim),
         StageKind::StructureTensor { params, .. } => {
             let (b, a) = params.halo();
@@ -3112,6 +3033,10 @@ fn set_slack(stages: &mut [PlannedStage]) {
         let base = stages[k].inputs.iter().map(|&i| lead[i]).max().unwrap_or(0);
         lead[k] = match &stages[k].kind {
             StageKind::Overlap { halo, .. } => base + halo_reach(&stages[k].grid, halo).1,
+            StageKind::Unit(op) => match op.sends_halo() {
+                Some(halo) => base + halo_reach(&stages[k].grid, halo).1,
+                None => base,
+            },
             _ => base,
         };
         stages[k].input_slack = stages[k]
@@ -3160,6 +3085,29 @@ fn fuse_and_assemble(stages: Vec<PlannedStage>, capacity: usize) -> Vec<PlannedS
             (matches!(list[j].0.kind, StageKind::Filter { .. }) && consumers(&list, &ins[0]) == 1)
                 .then_some((j, k))
         });
+        let unit = list.iter().enumerate().find_map(|(k, (s, ins))| {
+            let StageKind::Unit(op) = &s.kind else {
+                return None;
+            };
+            if ins.len() != 1 {
+                return None;
+            }
+            let j = list.iter().position(|(t, _)| t.name == ins[0])?;
+            let StageKind::Unit(first) = &list[j].0.kind else {
+                return None;
+            };
+            if consumers(&list, &ins[0]) != 1 {
+                return None;
+            }
+            op.fuse_after(first.as_ref(), &list[j].0.name)
+                .map(|merged| (j, k, merged))
+        });
+        if let Some((j, k, merged)) = unit {
+            list[k].0.kind = StageKind::Unit(merged);
+            list[k].1 = list[j].1.clone();
+            list.remove(j);
+            continue;
+        }
         let Some((j, k)) = pair else { break };
         let (first, first_ins) = list[j].clone();
         if let (
@@ -3204,6 +3152,7 @@ fn fuse_and_assemble(stages: Vec<PlannedStage>, capacity: usize) -> Vec<PlannedS
                 let ov = PlannedStage {
                     name: name.clone(),
                     kind: StageKind::Overlap { halo, window },
+                    params: Vec::new(),
                     inputs: vec![],
                     consumers: vec![],
                     output: Some(spec.clone()),
@@ -3270,12 +3219,28 @@ impl Plan {
                 .iter()
                 .map(|&j| self.stages[j].name.as_str())
                 .collect();
+            let written = match &st.kind {
+                StageKind::Unit(op) => match op.writes() {
+                    Some(crate::stages::Writes::Zarr { options, .. }) => Some(options),
+                    _ => None,
+                },
+                _ => None,
+            };
             let dtype = match (&st.output, &st.kind) {
                 (Some(o), _) => o.dtype.name().to_string(),
+                (None, _) if written.is_some() => written
+                    .map(|o| o.dtype.name().to_string())
+                    .unwrap_or_default(),
                 (None, StageKind::WriteZarr { options, .. }) => options.dtype.name().to_string(),
                 _ => "-".into(),
             };
             let chunks = match &st.kind {
+                _ if written.is_some() => {
+                    format!(
+                        "{:?}",
+                        written.map(|o| o.chunks.clone()).unwrap_or_default()
+                    )
+                }
                 StageKind::WriteZarr { options, .. } => format!("{:?}", options.chunks),
                 _ => format!("{:?}", st.grid.chunk_shape()),
             };
@@ -3305,6 +3270,7 @@ impl Plan {
         let _ = writeln!(s);
         for st in &self.stages {
             let detail = match &st.kind {
+                StageKind::Unit(op) => op.describe(),
                 StageKind::Synthetic { pattern, seed } => {
                     format!("pattern {pattern:?}, seed {seed}")
                 }
@@ -3522,6 +3488,14 @@ impl Plan {
                 human_bytes(st.mem.working),
                 human_bytes(st.mem.channels)
             );
+            if !st.params.is_empty() {
+                let text: Vec<String> = st
+                    .params
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect();
+                let _ = writeln!(s, "      {}", text.join(", "));
+            }
         }
         s
     }
@@ -3564,7 +3538,6 @@ impl Plan {
             "digraph blockflow {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
         for st in &self.stages {
-            let shape = format!("{:?}", st.grid.shape());
             let _ = writeln!(
                 s,
                 "  \"{}\" [label=\"{}\\n{}\\n{} chunks of {:?}\\nmemory {}\"];",
@@ -3580,8 +3553,12 @@ impl Plan {
                 let o = src.output.as_ref().expect("inputs send");
                 let _ = writeln!(
                     s,
-                    "  \"{}\" -> \"{}\" [label=\"{} {}\\ncap {}\"];",
-                    src.name, st.name, o.dtype, shape, src.capacity
+                    "  \"{}\" -> \"{}\" [label=\"{} {:?}\\ncap {}\"];",
+                    src.name,
+                    st.name,
+                    o.dtype,
+                    o.shape(),
+                    src.capacity
                 );
             }
         }
@@ -3591,5 +3568,4 @@ impl Plan {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;

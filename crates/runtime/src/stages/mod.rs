@@ -1,0 +1,437 @@
+//! The stage kinds, one file each, and the traits the planner and the
+//! executor see them through.
+//!
+//! A kind is a [`KindDef`]: its name, role, arity, parameters (declared
+//! once, see [`params`]) and a `plan` function that checks its parameters
+//! and inputs and returns a [`Planned`] stage: a value implementing
+//! [`Stage`] (its typed parameters and derived geometry), the stream it
+//! sends and the grid it works over. [`KINDS`] lists them; the parser,
+//! `blockflow stages` and `docs/stages.md` all read that list.
+//!
+//! The executor never asks which kind a stage is. It asks [`Stage::exec`]
+//! for the stage's *execution shape*:
+//! - [`Exec::Source`]: reads chunks of a region ([`ChunkSource`]);
+//! - [`Exec::Map`]: one output chunk from one chunk of each input, with a
+//!   halo where [`Stage::halo`] asks for one ([`MapKernel`]);
+//! - [`Exec::Window`]: chunks of one grid into another ([`Regrid`]):
+//!   overlap, in-memory rechunk, slice;
+//! - [`Exec::Barrier`]: takes every chunk of its inputs, then emits
+//!   ([`Barrier`]): reductions, TSQR, take, matmul, joins, disk rechunk;
+//! - [`Exec::Sink`]: writes chunks and commits at the end ([`ChunkSink`]).
+//!
+//! The same kernels run in a batch (`exec`), in the ingest (`follow`) and
+//! for a given set of output regions (`region`).
+
+pub mod clip;
+pub mod params;
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::any::Any;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use blockflow_core::{ArrayData, ArraySpec, Chunk, ChunkGrid, Region};
+use blockflow_io::IoError;
+
+use crate::catalog::Catalog;
+use crate::config::{Diags, RawStage, Span};
+use crate::exec::{RunError, StageIo};
+use crate::plan::{PlannedStage, Regrid};
+pub use params::{p, Arity, PType, ParamSpec, Params};
+
+/// A stage kind: everything the parser, the docs and the planner need.
+#[derive(Debug)]
+pub struct KindDef {
+    pub kind: &'static str,
+    /// "reader", "compute" or "writer".
+    pub role: &'static str,
+    pub summary: &'static str,
+    pub inputs: Arity,
+    pub params: &'static [ParamSpec],
+    /// Checks the parameters against the inputs and plans the stage; on
+    /// refusal, records why in `cx` and returns None.
+    pub plan: fn(&mut PlanCx<'_, '_>) -> Option<Planned>,
+}
+
+/// Every stage kind a config may name, in the order `blockflow stages`
+/// lists them. Adding a kind: its file in this folder, one line here.
+pub static KINDS: &[&KindDef] = &[&clip::KIND];
+
+/// The kind called `name`.
+pub fn kind(name: &str) -> Option<&'static KindDef> {
+    KINDS.iter().copied().find(|k| k.kind == name)
+}
+
+/// What planning a stage makes.
+#[derive(Debug)]
+pub struct Planned {
+    pub op: Box<dyn Stage>,
+    /// The stream it sends (None for writers).
+    pub output: Option<ArraySpec>,
+    /// The grid it works over (its output's, or a writer's input's).
+    pub grid: ChunkGrid,
+}
+
+impl Planned {
+    /// A stage that sends a stream of `dtype` over `grid`.
+    pub fn sends(
+        op: impl Stage + 'static,
+        dtype: blockflow_core::DType,
+        grid: ChunkGrid,
+    ) -> Planned {
+        Planned {
+            op: Box::new(op),
+            output: Some(ArraySpec {
+                dtype,
+                grid: grid.clone(),
+            }),
+            grid,
+        }
+    }
+
+    /// A writer working over its input's `grid`.
+    pub fn sink(op: impl Stage + 'static, grid: ChunkGrid) -> Planned {
+        Planned {
+            op: Box::new(op),
+            output: None,
+            grid,
+        }
+    }
+}
+
+/// One input of a stage being planned.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRef<'a> {
+    pub name: &'a str,
+    pub spec: &'a ArraySpec,
+}
+
+/// What a kind's `plan` sees: its parameters, its inputs' streams, the
+/// budget, the catalog of stored inputs; and where to put diagnostics.
+pub struct PlanCx<'a, 'd> {
+    d: &'a mut Diags<'d>,
+    pub st: &'a RawStage,
+    pub p: Params<'a>,
+    pub inputs: Vec<InputRef<'a>>,
+    /// The pipeline's memory budget.
+    pub memory: u64,
+    /// The config file (relative paths are from its folder).
+    pub config: &'a Path,
+    pub catalog: &'a dyn Catalog,
+}
+
+impl<'a, 'd> PlanCx<'a, 'd> {
+    pub fn new(
+        d: &'a mut Diags<'d>,
+        st: &'a RawStage,
+        p: Params<'a>,
+        inputs: Vec<InputRef<'a>>,
+        memory: u64,
+        config: &'a Path,
+        catalog: &'a dyn Catalog,
+    ) -> Self {
+        PlanCx {
+            d,
+            st,
+            p,
+            inputs,
+            memory,
+            config,
+            catalog,
+        }
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &'a str {
+        self.st.name.v.as_str()
+    }
+
+    /// Records an error on parameter `key` (where it was written, else on
+    /// the stage) and returns None, for `return cx.err(...)`.
+    pub fn err<T>(&mut self, key: &str, msg: impl Into<String>) -> Option<T> {
+        let span = self.p.span(key);
+        self.d.err(&span, Some(self.st.name.v.as_str()), msg);
+        None
+    }
+
+    /// Records an error on the stage's name.
+    pub fn err_stage<T>(&mut self, msg: impl Into<String>) -> Option<T> {
+        let span = self.st.name.span.clone();
+        self.d.err(&span, Some(self.st.name.v.as_str()), msg);
+        None
+    }
+
+    /// Input `k`'s stream (None if it has fewer inputs; arity is checked
+    /// before planning).
+    pub fn input(&self, k: usize) -> Option<&'a ArraySpec> {
+        self.inputs.get(k).map(|i| i.spec)
+    }
+
+    /// A path parameter, resolved: relative to the config's folder when
+    /// written in the file, to the working directory when given with `--set`.
+    pub fn path(&self, key: &str) -> Option<PathBuf> {
+        let v = self.p.given(key)?;
+        Some(crate::plan::resolve(self.config, v))
+    }
+
+    /// A grid, or an error on `key` when the shape cannot be cut so.
+    pub fn grid(&mut self, key: &str, shape: Vec<u64>, chunks: Vec<u64>) -> Option<ChunkGrid> {
+        match ChunkGrid::new(shape, chunks) {
+            Ok(g) => Some(g),
+            Err(e) => self.err(key, e.to_string()),
+        }
+    }
+
+    /// Where diagnostics go, for checks shared between kinds.
+    pub fn diags(&mut self) -> (&mut Diags<'d>, &'a RawStage) {
+        (self.d, self.st)
+    }
+
+    /// The span of `key` (or the stage).
+    pub fn span(&self, key: &str) -> Span {
+        self.p.span(key)
+    }
+}
+
+/// What the memory projection of a stage sees, in u128 (no product of a
+/// grid's counts, a window and `parallel` can overflow it).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryCx<'a> {
+    /// Chunks worked on at once.
+    pub parallel: u128,
+    /// Bytes and elements of one chunk of each input, summed.
+    pub in_bytes: u128,
+    pub in_elems: u128,
+    /// Bytes and elements of one chunk it sends.
+    pub out_bytes: u128,
+    pub out_elems: u128,
+    /// The first input's stream.
+    pub input: Option<&'a ArraySpec>,
+    /// The grid it works over.
+    pub grid: &'a ChunkGrid,
+}
+
+/// What a stage writes, for the checks and reports that need its paths.
+#[derive(Debug, Clone, Copy)]
+pub enum Writes<'a> {
+    Zarr {
+        path: &'a Path,
+        options: &'a blockflow_io::zarr::ZarrWriteOptions,
+    },
+    Files(&'a [PathBuf]),
+}
+
+/// A planned stage: its typed parameters and derived geometry.
+pub trait Stage: StageBase + fmt::Debug + Send + Sync {
+    /// The kind's name.
+    fn kind(&self) -> &'static str;
+    /// One line for `blockflow plan`: what it does, in words (the
+    /// parameters as written are printed beside it).
+    fn describe(&self) -> String;
+    /// Projected working bytes (chunks being read, computed or written,
+    /// with their temporaries; not what waits in channels).
+    fn memory(&self, m: &MemoryCx<'_>) -> u128;
+    /// How the executor runs it.
+    fn exec(&self) -> Exec<'_>;
+    /// The halo it needs on each axis of its (first) input, if any.
+    fn halo(&self) -> Option<Vec<(usize, usize)>> {
+        None
+    }
+    /// The halo its sent chunks carry (an overlap stage's).
+    fn sends_halo(&self) -> Option<&[(usize, usize)]> {
+        None
+    }
+    /// Runs one call at a time (a library with a global lock).
+    fn serial(&self) -> bool {
+        false
+    }
+    /// The scratch folder of a stage that keeps stores there.
+    fn scratch_dir_mut(&mut self) -> Option<&mut PathBuf> {
+        None
+    }
+    /// What it writes, for writers.
+    fn writes(&self) -> Option<Writes<'_>> {
+        None
+    }
+    /// Merges this stage with `first`, its only input, whose only consumer
+    /// it is (separable filters run as one pass), or None.
+    fn fuse_after(&self, _first: &dyn Stage, _first_name: &str) -> Option<Box<dyn Stage>> {
+        None
+    }
+    /// A stage that can trade memory for disk (a rechunk left to the
+    /// planner): switch to disk and say why; false if it cannot.
+    fn spill(&mut self, _cx: &SpillCx<'_>) -> bool {
+        false
+    }
+    /// After a spill, given `spare` bytes of the budget: use some to make
+    /// the disk route cheaper.
+    fn tune_spill(&mut self, _cx: &SpillCx<'_>, _spare: u64) {}
+}
+
+/// What [`Stage::spill`] sees.
+#[derive(Debug, Clone, Copy)]
+pub struct SpillCx<'a> {
+    pub grid: &'a ChunkGrid,
+    pub item: u64,
+    pub memory: u64,
+    /// This stage's projection, and the plan's, before the spill.
+    pub own: u64,
+    pub projected: u64,
+}
+
+/// Cloning and downcasting for every [`Stage`] (implemented for any
+/// `Clone` stage).
+pub trait StageBase {
+    fn clone_box(&self) -> Box<dyn Stage>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Stage + Clone + 'static> StageBase for T {
+    fn clone_box(&self) -> Box<dyn Stage> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Clone for Box<dyn Stage> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// How a stage runs.
+pub enum Exec<'a> {
+    Source(&'a dyn SourceOp),
+    Map(&'a dyn MapKernel),
+    Window(Window),
+    Barrier(&'a dyn BarrierOp),
+    Sink(&'a dyn SinkOp),
+}
+
+/// A stream from one grid into another (see [`Regrid`]); `drop`: the axes
+/// an integer index removes (a slice).
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub regrid: Regrid,
+    pub drop: Vec<bool>,
+}
+
+/// What opening a source or a sink sees.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildCx<'a> {
+    pub stage: &'a PlannedStage,
+    /// The inputs' streams, in order.
+    pub inputs: &'a [Option<ArraySpec>],
+}
+
+/// A stage that reads its chunks from a store (or makes them).
+pub trait SourceOp: Send + Sync {
+    /// Opens the store for a run, checking it is still what was planned.
+    fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSource>, IoError>;
+}
+
+/// An open store: reads any region of its array.
+pub trait ChunkSource: Send + Sync {
+    /// The data of `region`; `index` is the stream chunk's grid index when
+    /// the region is one (a hint for caches), None for any other region.
+    fn read(&self, region: &Region, index: Option<&[u64]>) -> Result<ArrayData, String>;
+    /// Streams the whole grid itself when it can do better than reading
+    /// chunk by chunk (each stored chunk decoded once); None: it cannot.
+    fn stream(&self, _io: &mut StageIo<'_, '_>) -> Option<Result<(), RunError>> {
+        None
+    }
+    /// For the report: stored chunks decoded.
+    fn decoded(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Per-run state of a map kernel (registration's reference), made from
+/// the first set of inputs it sees; shared by the chunks computed at once.
+pub type KernelState = Option<std::sync::Arc<dyn Any + Send + Sync>>;
+
+/// One output chunk from one chunk of each input.
+pub trait MapKernel: Send + Sync {
+    /// The state for a run, from the first set of inputs (None if the
+    /// kernel keeps none).
+    fn init(&self, _first: &[Chunk]) -> Result<KernelState, String> {
+        Ok(None)
+    }
+    /// The output for `region` (grid index `index`) from `inputs`, each
+    /// with the halo the stage asked for (fewer at the array's edges).
+    fn apply(
+        &self,
+        state: &KernelState,
+        inputs: &[Chunk],
+        index: &[u64],
+        region: &Region,
+    ) -> Result<ArrayData, String>;
+    /// Bytes the state holds, and per chunk beyond its input and output,
+    /// for the run report.
+    fn held_bytes(&self, _state: &KernelState, _chunks: usize) -> u64 {
+        0
+    }
+    /// `Some(k)`: the output is input `k` unchanged (its buffers are shared).
+    fn forwards(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A stage that takes every chunk of its inputs before it emits.
+pub trait BarrierOp: Send + Sync {
+    fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError>;
+}
+
+/// A barrier's state through a run.
+pub trait Barrier: Send + Sync {
+    /// Work on one chunk that runs beside other chunks' (in the compute
+    /// pool): a reduction's partial. Default: none.
+    fn prepare(
+        &self,
+        _input: usize,
+        _chunk: &Chunk,
+    ) -> Result<Option<Box<dyn Any + Send>>, String> {
+        Ok(None)
+    }
+    /// Takes a chunk with what `prepare` made of it, in each input's
+    /// row-major order (inputs interleave in any order).
+    fn add(
+        &mut self,
+        io: &mut StageIo<'_, '_>,
+        input: usize,
+        chunk: Chunk,
+        part: Option<Box<dyn Any + Send>>,
+    ) -> Result<(), RunError>;
+    /// Every input has ended: compute and send.
+    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError>;
+}
+
+/// A writer.
+pub trait SinkOp: Send + Sync {
+    /// Claims the output and opens it for a run.
+    fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSink>, IoError>;
+}
+
+/// An open output: takes chunks (several at once, from the compute pool),
+/// then commits when every stage of the run succeeded.
+pub trait ChunkSink: Send + Sync {
+    /// Writes one chunk of input `input`.
+    fn write(&self, input: usize, chunk: &Chunk) -> Result<(), String>;
+    /// Every input has ended: check and assemble what is written at the end.
+    fn finish(&mut self, _inputs: &[String]) -> Result<(), String> {
+        Ok(())
+    }
+    /// Bytes it holds beyond the chunks being written (a preview's sums).
+    fn held_bytes(&self) -> u64 {
+        0
+    }
+    /// Whether each chunk written counts as progress.
+    fn counts_progress(&self) -> bool {
+        true
+    }
+    /// Puts the output in place; returns the paths written.
+    fn commit(self: Box<Self>) -> Result<Vec<PathBuf>, IoError>;
+}
