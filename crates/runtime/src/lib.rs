@@ -11,6 +11,7 @@ pub mod exec;
 pub mod follow;
 mod paths;
 pub mod plan;
+pub mod region;
 pub mod report;
 pub mod spec;
 pub mod stages;

@@ -378,6 +378,12 @@ pub trait MapKernel: Send + Sync {
     fn forwards(&self) -> Option<usize> {
         None
     }
+    /// Whether `init` makes state that depends on where the stream starts
+    /// (registration's reference: the first frame), so the kernel cannot
+    /// compute an arbitrary region on its own.
+    fn stateful(&self) -> bool {
+        false
+    }
 }
 
 /// A stage that takes every chunk of its inputs before it emits.
