@@ -54,6 +54,10 @@ impl fmt::Display for Val {
         match self {
             Val::Str(s) => write!(f, "\"{s}\""),
             Val::Int(i) => write!(f, "{i}"),
+            // As TOML writes a float: `2.0`, not `2` (an integer).
+            Val::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 1e15 => {
+                write!(f, "{x:.1}")
+            }
             Val::Float(x) => write!(f, "{x}"),
             Val::Bool(b) => write!(f, "{b}"),
             Val::Array(a) => {

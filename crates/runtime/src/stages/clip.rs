@@ -8,7 +8,7 @@ use super::{
 
 pub static KIND: KindDef = KindDef {
     kind: "clip",
-    role: "compute",
+    role: "kernel",
     summary: "numpy's clip(x, min, max): values below `min` become `min`, above `max` become `max` (NaN stays NaN); keeps the dtype (integers are clipped to the integers within the bounds)",
     inputs: Arity::Exactly(1),
     params: &[

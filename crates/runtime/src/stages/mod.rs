@@ -44,7 +44,7 @@ pub use params::{p, Arity, PType, ParamSpec, Params};
 #[derive(Debug)]
 pub struct KindDef {
     pub kind: &'static str,
-    /// "reader", "compute" or "writer".
+    /// "reader", "kernel" or "writer".
     pub role: &'static str,
     pub summary: &'static str,
     pub inputs: Arity,
