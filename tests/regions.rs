@@ -44,7 +44,10 @@ fn check(cfg: &std::path::Path, stage: &str, full: &ArrayD<f64>, regions: &[(Vec
             .to_f64();
         let want = cut(full, &region);
         let d = rel_diff(&got, &want);
-        assert!(d <= 1e-12, "{stage} region {region}: relative difference {d:e}");
+        assert!(
+            d <= 1e-12,
+            "{stage} region {region}: relative difference {d:e}"
+        );
     }
 }
 
@@ -134,12 +137,18 @@ fn median_regions_from_the_stack_match_the_full_run() {
         .to_string();
     assert!(e.contains("\"shifts\"") && e.contains("state"), "{e}");
     let e = runner
-        .compute(runner.stage("total").expect("stage"), &Region::new(vec![0], vec![1]))
+        .compute(
+            runner.stage("total").expect("stage"),
+            &Region::new(vec![0], vec![1]),
+        )
         .expect_err("a reduction waits for its whole input")
         .to_string();
     assert!(e.contains("\"total\"") && e.contains("whole input"), "{e}");
     let e = runner
-        .compute(runner.stage("median").expect("stage"), &Region::new(vec![0, 0, 0, 0], vec![5, 1, 1, 1]))
+        .compute(
+            runner.stage("median").expect("stage"),
+            &Region::new(vec![0, 0, 0, 0], vec![5, 1, 1, 1]),
+        )
         .expect_err("outside the array")
         .to_string();
     assert!(e.contains("outside"), "{e}");

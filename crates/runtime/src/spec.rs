@@ -525,6 +525,12 @@ pub fn describe_all() -> String {
             k.kind, k.role, inputs, k.summary
         );
         table(&mut s, k.params);
+        if let Some(def) = k.def {
+            let _ = writeln!(s, "  example:\n    kind = \"{}\"", k.kind);
+            for line in def.example.lines() {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
     }
     let _ = writeln!(s, "\nexpression reference (kind = \"expr\"):");
     for (f, doc) in blockflow_kernels::expr::FUNCTIONS {

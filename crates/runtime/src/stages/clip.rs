@@ -15,6 +15,7 @@ pub static KIND: KindDef = KindDef {
         p("min", PType::Float, Some(""), "the lower bound (default: none)"),
         p("max", PType::Float, Some(""), "the upper bound (default: none)"),
     ],
+    example: "inputs = [\"f32_2d\"]\nmin = 0.25\nmax = 0.75",
     plan,
 };
 

@@ -25,6 +25,8 @@
 pub mod clip;
 pub mod params;
 #[cfg(test)]
+mod registry_tests;
+#[cfg(test)]
 pub(crate) mod testing;
 
 use std::any::Any;
@@ -49,6 +51,11 @@ pub struct KindDef {
     pub summary: &'static str,
     pub inputs: Arity,
     pub params: &'static [ParamSpec],
+    /// A small stage of this kind, as its table's body, over the generated
+    /// inputs of the registry test (`f32_2d`, `f32_rgb`, `u8_stack`,
+    /// `frames`, `shifts`, `mat`, `vec4`, `best`; stored `in.zarr`, `in.h5`,
+    /// `t_*.h5`, `img_*.png`): the test plans it, `blockflow stages` shows it.
+    pub example: &'static str,
     /// Checks the parameters against the inputs and plans the stage; on
     /// refusal, records why in `cx` and returns None.
     pub plan: fn(&mut PlanCx<'_, '_>) -> Option<Planned>,
