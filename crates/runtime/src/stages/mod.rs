@@ -23,9 +23,19 @@
 //! for a given set of output regions (`region`).
 
 pub mod clip;
+pub mod common;
+pub mod diff;
+pub mod expr;
+pub mod filter;
+pub mod median;
 pub mod params;
+pub mod register;
+pub mod rescale;
+pub mod shift;
+pub mod structure_tensor;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod zscore;
 
 use std::any::Any;
 use std::fmt;
@@ -56,7 +66,18 @@ pub struct KindDef {
 
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
-pub static KINDS: &[&KindDef] = &[&clip::KIND];
+pub static KINDS: &[&KindDef] = &[
+    &clip::KIND,
+    &expr::KIND,
+    &filter::KIND,
+    &structure_tensor::KIND,
+    &median::KIND,
+    &register::KIND,
+    &shift::KIND,
+    &zscore::KIND,
+    &rescale::KIND,
+    &diff::KIND,
+];
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static KindDef> {
@@ -377,6 +398,12 @@ pub trait MapKernel: Send + Sync {
     /// `Some(k)`: the output is input `k` unchanged (its buffers are shared).
     fn forwards(&self) -> Option<usize> {
         None
+    }
+    /// Whether `init` makes a state that the results depend on (a
+    /// registration's reference): the ingest keeps what it was made from
+    /// and makes it again when it resumes.
+    fn keeps_state(&self) -> bool {
+        false
     }
 }
 
