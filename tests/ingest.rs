@@ -602,3 +602,53 @@ fn follow_on_a_config_without_a_watched_reader_is_a_config_error() {
         "{err}"
     );
 }
+
+/// A pipeline of map stages the ingest has no code of its own for (a
+/// filter with a halo in space, a clip): each timepoint runs through the
+/// batch's kernels, and the appended array equals the batch run's.
+#[test]
+fn any_map_stage_runs_in_the_ingest_as_in_the_batch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Setup::new(tmp.path(), 3, 12);
+    let config = |smooth_sigma: &str| {
+        format!(
+            "[pipeline]\nname = \"maps\"\nmemory = \"256 MiB\"\n\
+             [follow]\nsettle = \"0s\"\npoll = \"50ms\"\nidle_exit = \"1s\"\n\
+             [stage.volumes]\nkind = \"read-hdf5-stack\"\npath = \"in/t_*.h5\"\ndataset = \"data\"\n\
+             [stage.smooth]\nkind = \"filter\"\ninputs = [\"volumes\"]\nfilter = \"gaussian\"\nsigma = {smooth_sigma}\nmode = \"nearest\"\n\
+             [stage.clipped]\nkind = \"clip\"\ninputs = [\"smooth\"]\nmin = 0.2\nmax = 0.8\n\
+             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"clipped\"]\npath = \"out.zarr\"\n"
+        )
+    };
+    let follow_dir = s.dir.join("follow");
+    let batch_dir = s.dir.join("batch");
+    for d in [&follow_dir, &batch_dir] {
+        std::fs::create_dir_all(d.join("in")).expect("mkdir");
+        for t in 0..3 {
+            let name = format!("t_{t:04}.h5");
+            std::fs::copy(s.gen.join(&name), d.join("in").join(&name)).expect("copy");
+        }
+    }
+    let cfg = write_config(&follow_dir, "maps.toml", &config("[0, 1.0, 1.0, 1.0]"));
+    let (code, _, err) = blockflow(&["run", "--follow", "-q", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = write_config(&batch_dir, "maps.toml", &config("[0, 1.0, 1.0, 1.0]"));
+    let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    let got = read_all(&follow_dir.join("out.zarr"));
+    assert_eq!(got.shape()[0], 3);
+    assert_eq!(got, read_all(&batch_dir.join("out.zarr")));
+
+    // A window along time cannot run one timepoint at a time: refused
+    // before any file is taken, naming the stage.
+    let other = s.dir.join("along-time");
+    std::fs::create_dir_all(other.join("in")).expect("mkdir");
+    std::fs::copy(s.gen.join("t_0000.h5"), other.join("in/t_0000.h5")).expect("copy");
+    let cfg = write_config(&other, "maps.toml", &config("1.0"));
+    let (code, _, err) = blockflow(&["run", "--follow", "-q", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stage \"smooth\" (filter)") && err.contains("spans several timepoints"),
+        "{err}"
+    );
+}

@@ -140,7 +140,7 @@ impl<'p> RegionRunner<'p> {
                     chunks.push(c);
                 }
                 if !self.states.contains_key(&k) {
-                    if kernel.stateful() {
+                    if kernel.keeps_state() {
                         return Err(self.err(
                             k,
                             region,

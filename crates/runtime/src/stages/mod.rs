@@ -23,11 +23,21 @@
 //! for a given set of output regions (`region`).
 
 pub mod clip;
+pub mod common;
+pub mod diff;
+pub mod expr;
+pub mod filter;
+pub mod median;
 pub mod params;
+pub mod register;
+pub mod rescale;
+pub mod shift;
+pub mod structure_tensor;
 #[cfg(test)]
 mod registry_tests;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod zscore;
 
 use std::any::Any;
 use std::fmt;
@@ -63,7 +73,18 @@ pub struct KindDef {
 
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
-pub static KINDS: &[&KindDef] = &[&clip::KIND];
+pub static KINDS: &[&KindDef] = &[
+    &clip::KIND,
+    &expr::KIND,
+    &filter::KIND,
+    &structure_tensor::KIND,
+    &median::KIND,
+    &register::KIND,
+    &shift::KIND,
+    &zscore::KIND,
+    &rescale::KIND,
+    &diff::KIND,
+];
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static KindDef> {
@@ -385,10 +406,11 @@ pub trait MapKernel: Send + Sync {
     fn forwards(&self) -> Option<usize> {
         None
     }
-    /// Whether `init` makes state that depends on where the stream starts
-    /// (registration's reference: the first frame), so the kernel cannot
-    /// compute an arbitrary region on its own.
-    fn stateful(&self) -> bool {
+    /// Whether `init` makes a state that the results depend on (a
+    /// registration's reference, made from the first frame): the ingest
+    /// keeps what it was made from and makes it again when it resumes, and
+    /// the kernel cannot compute an arbitrary region on its own.
+    fn keeps_state(&self) -> bool {
         false
     }
 }
