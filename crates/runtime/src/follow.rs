@@ -304,6 +304,8 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
                 Step::Source
             }
             StageKind::Overlap { .. } => Step::Pass,
+            // A stage that only adds a halo: a timepoint is one whole chunk.
+            StageKind::Unit(op) if op.sends_halo().is_some() => Step::Pass,
             StageKind::Median { filter, .. } => {
                 if filter.size().first() != Some(&1) {
                     return Err(unsupported(

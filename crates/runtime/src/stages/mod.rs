@@ -23,9 +23,18 @@
 //! for a given set of output regions (`region`).
 
 pub mod clip;
+pub mod join;
+pub mod matmul;
+pub mod overlap;
 pub mod params;
+pub mod pca;
+pub mod rechunk;
+pub mod reduce;
+pub mod slice;
+pub mod take;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod transpose;
 
 use std::any::Any;
 use std::fmt;
@@ -56,7 +65,18 @@ pub struct KindDef {
 
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
-pub static KINDS: &[&KindDef] = &[&clip::KIND];
+pub static KINDS: &[&KindDef] = &[
+    &clip::KIND,
+    &rechunk::KIND,
+    &pca::KIND,
+    &slice::KIND,
+    &join::CONCATENATE,
+    &join::STACK,
+    &transpose::KIND,
+    &take::KIND,
+    &matmul::KIND,
+    &reduce::KIND,
+];
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static KindDef> {
@@ -183,6 +203,15 @@ impl<'a, 'd> PlanCx<'a, 'd> {
         }
     }
 
+    /// A grid the stage derives, or an error on the stage when it cannot
+    /// be cut so (a shape too large to count).
+    pub fn stage_grid(&mut self, shape: Vec<u64>, chunks: Vec<u64>) -> Option<ChunkGrid> {
+        match ChunkGrid::new(shape, chunks) {
+            Ok(g) => Some(g),
+            Err(e) => self.err_stage(e.to_string()),
+        }
+    }
+
     /// Where diagnostics go, for checks shared between kinds.
     pub fn diags(&mut self) -> (&mut Diags<'d>, &'a RawStage) {
         (self.d, self.st)
@@ -267,6 +296,12 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     /// After a spill, given `spare` bytes of the budget: use some to make
     /// the disk route cheaper.
     fn tune_spill(&mut self, _cx: &SpillCx<'_>, _spare: u64) {}
+    /// What to advise when this stage projects the most of a plan over
+    /// its budget (`serves`: the stage it works for), instead of the usual
+    /// knobs (`parallel`, `capacity`, smaller chunks); None: those.
+    fn over_budget(&self, _serves: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What [`Stage::spill`] sees.
@@ -407,6 +442,12 @@ pub trait Barrier: Send + Sync {
     ) -> Result<(), RunError>;
     /// Every input has ended: compute and send.
     fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError>;
+    /// How many chunks it takes from its inputs at once (prepared together
+    /// in the pool), given the stage's `parallel`. A barrier that works on
+    /// one chunk at a time says 1, so it holds no more than it projects.
+    fn at_once(&self, parallel: usize) -> usize {
+        parallel
+    }
 }
 
 /// A writer.
