@@ -141,7 +141,8 @@ impl Stage for Reduce {
         let what = match (self.per_block, &self.axes) {
             (true, _) => "each block".to_string(),
             (false, Some(a)) => format!(
-                "axes {}",
+                "{} {}",
+                if a.len() == 1 { "axis" } else { "axes" },
                 a.iter()
                     .map(usize::to_string)
                     .collect::<Vec<_>>()
@@ -308,6 +309,15 @@ mod tests {
         let r = reduce_of(&s);
         assert_eq!(r.axes, Some(vec![0, 2]));
         assert_eq!(r.describe(), "std over axes 0, 2, ddof 1");
+        let s = plan_one(
+            "kind = \"reduce\"\nop = \"sum\"\naxis = 1",
+            &[DType::U8],
+            &[10, 12],
+            &[4, 5],
+        );
+        assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::I64));
+        assert_eq!(s.grid.shape(), &[10]);
+        assert_eq!(reduce_of(&s).describe(), "sum over axis 1");
         // Min keeps the dtype.
         let s = plan_one(
             "kind = \"reduce\"\nop = \"min\"",
