@@ -122,7 +122,6 @@ impl<'p> RegionRunner<'p> {
                 self.compute(st.inputs[0], region)
             }
             Exec::Map(kernel) => {
-                let halo = op.halo();
                 let mut chunks = Vec::with_capacity(st.inputs.len());
                 for (pos, &j) in st.inputs.iter().enumerate() {
                     let shape = self.plan.stages[j]
@@ -130,12 +129,14 @@ impl<'p> RegionRunner<'p> {
                         .as_ref()
                         .map(|o| o.shape().to_vec())
                         .unwrap_or_default();
-                    let (grown, got) = match (&halo, pos) {
-                        (Some(h), 0) => grow(region, h, &shape),
-                        _ => (region.clone(), vec![(0, 0); region.ndim()]),
-                    };
-                    let data = self.compute(j, &grown)?;
-                    let mut c = Chunk::new(index_of(st, region), region.clone(), data, &self.meter);
+                    let (want, got) = op.input_region(pos, region, &shape);
+                    let data = self.compute(j, &want)?;
+                    // The chunk's core is the input region less its halo.
+                    let core = Region::new(
+                        want.origin.iter().zip(&got).map(|(&o, &(b, _))| o + b).collect(),
+                        want.shape.iter().zip(&got).map(|(&n, &(b, a))| n - b - a).collect(),
+                    );
+                    let mut c = Chunk::new(index_of(st, region), core, data, &self.meter);
                     c.halo = got;
                     chunks.push(c);
                 }
@@ -175,22 +176,4 @@ fn index_of(st: &crate::plan::PlannedStage, region: &Region) -> Vec<u64> {
         .zip(st.grid.chunk_shape())
         .map(|(&o, &c)| o / c.max(1))
         .collect()
-}
-
-/// `region` grown by `halo` on each side, clipped to `shape`; and the halo
-/// actually taken on each side.
-fn grow(region: &Region, halo: &[(usize, usize)], shape: &[u64]) -> (Region, Vec<(u64, u64)>) {
-    let mut origin = Vec::with_capacity(region.ndim());
-    let mut extent = Vec::with_capacity(region.ndim());
-    let mut got = Vec::with_capacity(region.ndim());
-    for ax in 0..region.ndim() {
-        let (b, a) = halo.get(ax).map_or((0, 0), |&(b, a)| (b as u64, a as u64));
-        let lo = region.origin[ax].saturating_sub(b);
-        let end = region.origin[ax] + region.shape[ax];
-        let hi = (end + a).min(shape.get(ax).copied().unwrap_or(end));
-        origin.push(lo);
-        extent.push(hi - lo);
-        got.push((region.origin[ax] - lo, hi - end));
-    }
-    (Region::new(origin, extent), got)
 }

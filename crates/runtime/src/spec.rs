@@ -153,16 +153,6 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
-        kind: "rechunk",
-        role: "kernel",
-        summary: "the same array in other chunks, in a stream: in memory when the chunks it must hold fit the budget, else through an intermediate Zarr store on disk (written as chunks arrive, read back in the new chunks, removed afterwards); `blockflow plan` says which and why",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("chunks", PType::Shape, None, "the new chunk shape"),
-            p("route", PType::Choice(&["auto", "memory", "disk"]), Some("auto"), "auto: in memory unless the plan would exceed `memory`; memory or disk to force one"),
-        ],
-    },
-    KindSpec {
         kind: "read-hdf5",
         role: "reader",
         summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); HDF5 I/O runs one chunk at a time (the library's global lock)",
@@ -197,61 +187,6 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
-        kind: "pca",
-        role: "kernel",
-        summary: "principal components of a stack (N, ...): the data matrix is features x observations (each image a column), centred by the mean image, decomposed by a tall-skinny QR over the chunks (each a band of features of all N images; rechunk to whole axis 0 first) and an SVD of R; the stream is the first k modes u_i s_i as (k, ...) images (their norms are the singular values), or the singular values",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("k", PType::Int(1, 1_000_000), Some("10"), "how many modes (or singular values)"),
-            p("output", PType::Choice(&["modes", "values"]), Some("modes"), "modes: (k, ...) as the input's chunks, u_i s_i (the seed's u.dot(diag(s))); values: the k largest singular values. Modes read the input a second time from a scratch store"),
-        ],
-    },
-    KindSpec {
-        kind: "slice",
-        role: "kernel",
-        summary: "numpy's basic indexing on any axes, split or not, in a stream: `index = \"730, :, :, :\"` (one image of a stack; an integer drops its axis), `\"100:, 100:\"` (a crop), `\"::2, ::2\"` (a step), `\"..., :3\"`; only the source chunks the slice touches are held, in a sliding window",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("index", PType::Str, None, "the index, as in numpy: integers, start:stop:step slices (step > 0; negative start/stop count from the end), `...`; axes left out are taken whole"),
-            p("chunks", PType::Shape, Some(""), "the result's chunks (default: the input's, clipped to the result)"),
-        ],
-    },
-    KindSpec {
-        kind: "concatenate",
-        role: "kernel",
-        summary: "numpy's concatenate of several inputs along an existing axis (the other axes equal, dtypes promoted as numpy); the inputs wait in scratch stores until all have arrived, then the result streams in its own chunks (the first input's)",
-        inputs: Arity::AtLeast(2),
-        params: &[p("axis", PType::Int(-32, 31), Some("0"), "the axis to join along")],
-    },
-    KindSpec {
-        kind: "stack",
-        role: "kernel",
-        summary: "numpy's stack of several inputs of one shape along a new axis (one chunk per input along it); the inputs wait in scratch stores until all have arrived",
-        inputs: Arity::AtLeast(2),
-        params: &[p("axis", PType::Int(-33, 32), Some("0"), "where the new axis goes")],
-    },
-    KindSpec {
-        kind: "transpose",
-        role: "kernel",
-        summary: "numpy's transpose: the axes permuted (reversed by default); the input waits in a scratch store, then each result chunk is read back and permuted",
-        inputs: Arity::Exactly(1),
-        params: &[p("axes", PType::Ints, Some(""), "the permutation, as numpy's `axes` (default: reversed)")],
-    },
-    KindSpec {
-        kind: "take",
-        role: "kernel",
-        summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
-        inputs: Arity::Exactly(2),
-        params: &[],
-    },
-    KindSpec {
-        kind: "matmul",
-        role: "kernel",
-        summary: "numpy's a @ b for 1-D and 2-D arrays (1-D @ 1-D: the inner product, a 1-element array), with matrixmultiply's blocked kernels for floats; integers accumulate in int64, never wrapping silently (an overflowing product is an error). Out of core in `a`: a 2-D `a` streams in bands of whole rows (its chunks must span the rows), kept in a scratch store until `b` has arrived; `b` is held whole (the plan counts it); the result comes in the same bands",
-        inputs: Arity::Exactly(2),
-        params: &[],
-    },
-    KindSpec {
         kind: "write-hdf5",
         role: "writer",
         summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
@@ -271,19 +206,6 @@ pub const KINDS: &[KindSpec] = &[
         params: &[
             p("path", PType::Path, None, "the CSV file"),
             p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
-        ],
-    },
-    KindSpec {
-        kind: "reduce",
-        role: "kernel",
-        summary: "a statistic of the whole array (a 1-element array), over chosen axes, or of each block (one value per chunk, an array shaped like the chunk grid); float64 accumulation and results (min and max keep the dtype; sums of integers and booleans int64, exact; count, argmin, argmax int64; any, all bool); argmin/argmax of the whole array or of blocks give global flat indices",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("op", PType::Choice(&["sum", "mean", "min", "max", "std", "var", "count", "argmin", "argmax", "any", "all", "nansum", "nanmean", "nanmin", "nanmax", "nanstd", "nanvar"]), None, "the statistic, as numpy names it (nan*: NaN skipped; else NaN propagates)"),
-            p("over", PType::Choice(&["all", "blocks"]), Some("all"), "the whole array, or each block (chunk) of the stream"),
-            p("axis", PType::Ints, Some(""), "reduce only these axes (an integer or a list; negative counts from the end), as numpy's `axis`: the result has the other axes (argmin/argmax: one axis, the index along it)"),
-            p("keepdims", PType::Bool, Some("false"), "with `axis`: keep the reduced axes, as length 1"),
-            p("ddof", PType::Int(0, 1_000_000), Some("0"), "std and var: delta degrees of freedom, as numpy"),
         ],
     },
     KindSpec {

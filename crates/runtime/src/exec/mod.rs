@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use crate::plan::{Plan, PlannedStage, RechunkRoute, StageKind};
 use crate::stages::{BuildCx, ChunkSink, ChunkSource, Exec};
 
+pub mod keep;
 mod shapes;
 use crate::report::{peak_rss_bytes, Report, StageReport};
 use blockflow_io::output::{Claim, Made};
@@ -1625,7 +1626,7 @@ fn rechunk_through_disk(
 }
 
 /// The part of `data` (which covers `whole`) that `region` covers.
-fn crop(data: &ArrayData, whole: &Region, region: &Region) -> ArrayData {
+pub(crate) fn crop(data: &ArrayData, whole: &Region, region: &Region) -> ArrayData {
     let info: Vec<ndarray::SliceInfoElem> = (0..whole.ndim())
         .map(|ax| {
             let a = (region.origin[ax] - whole.origin[ax]) as isize;
@@ -1951,7 +1952,7 @@ fn overlap(
 }
 
 /// Puts the chunks of a small array together.
-fn gather(chunks: &[Chunk]) -> Result<ArrayData, String> {
+pub(crate) fn gather(chunks: &[Chunk]) -> Result<ArrayData, String> {
     let first = chunks.first().ok_or("no chunks")?;
     let nd = first.region.ndim();
     let shape: Vec<usize> = (0..nd)

@@ -208,14 +208,15 @@ pub(crate) fn check_shape(out: &ArrayData, region: &Region) -> Result<(), String
     Ok(())
 }
 
-/// Receives up to `parallel` chunks from whichever inputs send (blocking
-/// for the first), in each input's order; None once all have ended.
+/// Receives up to `want` chunks from whichever inputs send (blocking for
+/// the first), in each input's order; None once all have ended.
 fn drain_batch(
     ctx: &mut Ctx<'_>,
     inputs: &[In],
     open: &mut [bool],
+    want: usize,
 ) -> Result<Option<Vec<(usize, Chunk)>>, RunError> {
-    let want = ctx.stage.parallel.max(1);
+    let want = want.max(1);
     let mut batch = Vec::with_capacity(want);
     while batch.len() < want && open.iter().any(|&o| o) {
         ctx.check_cancel()?;
@@ -274,7 +275,8 @@ pub(super) fn run_barrier(
         outs,
     })?;
     let mut open = vec![true; inputs.len()];
-    while let Some(batch) = drain_batch(ctx, inputs, &mut open)? {
+    let want = barrier.at_once(ctx.stage.parallel);
+    while let Some(batch) = drain_batch(ctx, inputs, &mut open, want)? {
         let t = Instant::now();
         let b: &dyn Barrier = &*barrier;
         #[allow(clippy::type_complexity)]
@@ -327,7 +329,8 @@ pub(super) fn run_sink(
 ) -> Result<Option<Output>, RunError> {
     let mut open = vec![true; inputs.len()];
     let mut written = 0u64;
-    while let Some(batch) = drain_batch(ctx, inputs, &mut open)? {
+    let want = ctx.stage.parallel;
+    while let Some(batch) = drain_batch(ctx, inputs, &mut open, want)? {
         let held: u64 = batch.iter().map(|(_, c)| c.nbytes()).sum();
         ctx.note_held(held + sink.held_bytes());
         let t = Instant::now();

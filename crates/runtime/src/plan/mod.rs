@@ -260,7 +260,7 @@ pub enum RechunkRoute {
     },
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
+pub(crate) fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
         a
     } else {
@@ -268,57 +268,7 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// How many destination chunks a disk rechunk reads back at once, per
-/// axis: as many consecutive ones (row-major) as fit in `target` bytes,
-/// whole trailing axes first. Bigger groups mean bigger intermediate chunks,
-/// so fewer, larger files.
-pub fn read_group(dst: &ChunkGrid, item: u64, target: u64) -> Vec<u64> {
-    let g = dst.grid_shape();
-    let c = dst.chunk_shape();
-    let mut group = vec![1u64; g.len()];
-    let bytes = |group: &[u64]| -> u64 {
-        (0..g.len())
-            .map(|ax| (group[ax] * c[ax]).min(dst.shape()[ax]))
-            .product::<u64>()
-            * item
-    };
-    for ax in (0..g.len()).rev() {
-        while group[ax] < g[ax] {
-            group[ax] += 1;
-            if bytes(&group) > target {
-                group[ax] -= 1;
-                break;
-            }
-        }
-        if group[ax] < g[ax] {
-            break;
-        }
-    }
-    group
-}
-
-/// The chunks of a rechunk's intermediate store: every source chunk is
-/// made of whole ones (writes need no read-modify-write) and so is every
-/// group of destination chunks read back (reads decode nothing they do not
-/// return). Per axis that is the greatest common divisor of the source
-/// chunk's and the group's lengths, or one of them where the other holds
-/// the whole axis.
-pub fn intermediate_chunks(src: &ChunkGrid, dst: &ChunkGrid, group: &[u64]) -> Vec<u64> {
-    (0..src.ndim())
-        .map(|ax| {
-            let n = src.shape()[ax];
-            let s = src.chunk_shape()[ax];
-            let d = (dst.chunk_shape()[ax] * group[ax]).min(n);
-            if s >= n {
-                d.max(1)
-            } else if d >= n {
-                s.max(1)
-            } else {
-                gcd(s, d).max(1)
-            }
-        })
-        .collect()
-}
+pub use crate::stages::rechunk::{intermediate_chunks, read_group};
 
 /// The disk route for a rechunk from `src` to `dst` under `memory`.
 fn disk_route(
@@ -938,64 +888,19 @@ pub fn plan_with(
         if projected <= memory {
             break;
         }
-        let Some(k) = stages
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                matches!(
-                    s.kind,
-                    StageKind::Rechunk {
-                        forced: None,
-                        route: RechunkRoute::Memory,
-                        ..
-                    }
-                )
-            })
-            .max_by_key(|(_, s)| s.mem.total())
-            .map(|(k, _)| k)
+        let mut by_size: Vec<usize> = (0..stages.len()).collect();
+        by_size.sort_by_key(|&k| std::cmp::Reverse((stages[k].mem.total(), k)));
+        let Some(k) = by_size
+            .into_iter()
+            .find(|&k| spill(&mut stages[k], memory, projected))
         else {
             break;
         };
-        let own = stages[k].mem.total();
-        let dst = stages[k].grid.clone();
-        let item = stages[k]
-            .output
-            .as_ref()
-            .map_or(8, |o| o.dtype.size() as u64);
-        if let StageKind::Rechunk {
-            src, window, route, ..
-        } = &mut stages[k].kind
-        {
-            *route = disk_route(
-                src,
-                &dst,
-                item,
-                memory,
-                format!(
-                    "in memory it would hold up to {window} source chunks ({} for this stage) and the plan {} of the {} budget",
-                    human_bytes(own),
-                    human_bytes(projected),
-                    human_bytes(memory)
-                ),
-            );
-        }
         project_all(&mut stages);
-        // Bigger read groups make bigger intermediate chunks (fewer, larger
-        // files): give the groups a third of what the budget has left.
         let total = stages
             .iter()
             .fold(0u64, |a, s| a.saturating_add(s.mem.total()));
-        if let StageKind::Rechunk {
-            src,
-            route: RechunkRoute::Disk { inter, group, .. },
-            ..
-        } = &mut stages[k].kind
-        {
-            let now = group.iter().product::<u64>() * dst.chunk_elements() * item;
-            let target = (now + memory.saturating_sub(total) / 6).min(64 << 20);
-            *group = read_group(&dst, item, target);
-            *inter = intermediate_chunks(src, &dst, group);
-        }
+        tune_spill(&mut stages[k], memory, total);
         project_all(&mut stages);
     }
     for s in &mut stages {
@@ -1034,6 +939,9 @@ pub fn plan_with(
         .map(|(k, _)| *k)
         .collect();
         let advice = match &big.kind {
+            StageKind::Unit(op) if op.over_budget(own).is_some() => {
+                op.over_budget(own).unwrap_or_default()
+            }
             StageKind::Overlap { window, .. } => format!(
                 "Its sliding window holds up to {window} chunks (about one row of the chunk grid) to give \"{own}\" its halo; use smaller chunks, or raise `memory`"
             ),
@@ -1079,97 +987,79 @@ pub fn plan_with(
     Ok(plan)
 }
 
-/// numpy's basic index (`"730, :, :"`, `"100:, ::2"`, `"..., 0"`) over an
-/// array of `shape`: per axis (start, step), whether an integer dropped it,
-/// and the extent taken.
-#[allow(clippy::type_complexity)]
-pub fn parse_index(
-    text: &str,
-    shape: &[u64],
-) -> Result<(Vec<(u64, u64)>, Vec<bool>, Vec<u64>), String> {
-    let parts: Vec<&str> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    let ellipses = parts.iter().filter(|p| **p == "...").count();
-    if ellipses > 1 {
-        return Err("at most one `...`".into());
-    }
-    let named = parts.len() - ellipses;
-    if named > shape.len() {
-        return Err(format!("{named} indices for {} axes", shape.len()));
-    }
-    let mut items: Vec<&str> = Vec::new();
-    for p in &parts {
-        if *p == "..." {
-            items.extend(std::iter::repeat_n(":", shape.len() - named));
-        } else {
-            items.push(p);
-        }
-    }
-    while items.len() < shape.len() {
-        items.push(":");
-    }
-    let num = |s: &str| -> Result<Option<i64>, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            Ok(None)
-        } else {
-            s.parse::<i64>()
-                .map(Some)
-                .map_err(|_| format!("`{s}` is not an integer"))
-        }
-    };
-    let (mut map, mut drop, mut extents) = (Vec::new(), Vec::new(), Vec::new());
-    for (ax, (item, &n)) in items.iter().zip(shape).enumerate() {
-        let n = n as i64;
-        if item.contains(':') {
-            let f: Vec<&str> = item.split(':').collect();
-            if f.len() > 3 {
-                return Err(format!("`{item}` has too many colons"));
-            }
-            let step = num(f.get(2).copied().unwrap_or(""))?.unwrap_or(1);
-            if step <= 0 {
-                return Err(format!(
-                    "axis {ax}: step {step}; only positive steps are supported"
-                ));
-            }
-            let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
-            let start = num(f[0])?.map_or(0, clamp);
-            let stop = num(f.get(1).copied().unwrap_or(""))?.map_or(n, clamp);
-            let len = if stop > start {
-                (stop - start + step - 1) / step
-            } else {
-                0
-            };
-            if len == 0 {
-                return Err(format!("axis {ax}: `{item}` selects nothing"));
-            }
-            map.push((start as u64, step as u64));
-            drop.push(false);
-            extents.push(len as u64);
-        } else {
-            let i = num(item)?.ok_or("an empty index")?;
-            let j = if i < 0 { i + n } else { i };
-            if j < 0 || j >= n {
-                return Err(format!(
-                    "index {i} is out of range for axis {ax} of length {n}"
-                ));
-            }
-            map.push((j as u64, 1));
-            drop.push(true);
-            extents.push(1);
-        }
-    }
-    if drop.iter().all(|&d| d) {
-        // numpy gives a scalar; here a 1-element array of the last axis.
-        if let Some(last) = drop.last_mut() {
-            *last = false;
-        }
-    }
-    Ok((map, drop, extents))
+/// What [`crate::stages::Stage::spill`] sees of stage `s`: its grid, the
+/// size of its items, its projection.
+fn spill_cx(s: &PlannedStage) -> (ChunkGrid, u64, u64) {
+    let item = s.output.as_ref().map_or(8, |o| o.dtype.size() as u64);
+    (s.grid.clone(), item, s.mem.total())
 }
+
+/// Moves stage `s` to disk if it can (see [`crate::stages::Stage::spill`]).
+fn spill(s: &mut PlannedStage, memory: u64, projected: u64) -> bool {
+    let (dst, item, own) = spill_cx(s);
+    match &mut s.kind {
+        StageKind::Unit(op) => op.spill(&SpillCx {
+            grid: &dst,
+            item,
+            memory,
+            own,
+            projected,
+        }),
+        StageKind::Rechunk {
+            src,
+            window,
+            route,
+            forced: None,
+        } if *route == RechunkRoute::Memory => {
+            *route = disk_route(
+                src,
+                &dst,
+                item,
+                memory,
+                format!(
+                    "in memory it would hold up to {window} source chunks ({} for this stage) and the plan {} of the {} budget",
+                    human_bytes(own),
+                    human_bytes(projected),
+                    human_bytes(memory)
+                ),
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+/// After [`spill`], with the plan at `total`: bigger read groups make bigger
+/// intermediate chunks (fewer, larger files), from what the budget has left.
+fn tune_spill(s: &mut PlannedStage, memory: u64, total: u64) {
+    let (dst, item, own) = spill_cx(s);
+    let spare = memory.saturating_sub(total);
+    match &mut s.kind {
+        StageKind::Unit(op) => op.tune_spill(
+            &SpillCx {
+                grid: &dst,
+                item,
+                memory,
+                own,
+                projected: total,
+            },
+            spare,
+        ),
+        StageKind::Rechunk {
+            src,
+            route: RechunkRoute::Disk { inter, group, .. },
+            ..
+        } => {
+            let now = group.iter().product::<u64>() * dst.chunk_elements() * item;
+            let target = (now + spare / 6).min(64 << 20);
+            *group = read_group(&dst, item, target);
+            *inter = intermediate_chunks(src, &dst, group);
+        }
+        _ => {}
+    }
+}
+
+pub use crate::stages::slice::parse_index;
 
 /// Projects every stage's memory (stages in topological order).
 fn project_all(stages: &mut [PlannedStage]) {
@@ -3147,11 +3037,13 @@ fn fuse_and_assemble(stages: Vec<PlannedStage>, capacity: usize) -> Vec<PlannedS
         if let Some(input) = input {
             let spec = input.output.clone().expect("inputs send");
             if let Some(halo) = needs_halo(&s, spec.shape().len()) {
-                let window = window_chunks(&spec.grid, &halo);
                 let name = format!("{}.halo", s.name);
                 let ov = PlannedStage {
                     name: name.clone(),
-                    kind: StageKind::Overlap { halo, window },
+                    kind: StageKind::Unit(Box::new(crate::stages::overlap::Overlap::new(
+                        spec.grid.clone(),
+                        halo,
+                    ))),
                     params: Vec::new(),
                     inputs: vec![],
                     consumers: vec![],

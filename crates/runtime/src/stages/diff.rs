@@ -54,6 +54,14 @@ impl Stage for Diff {
     fn exec(&self) -> Exec<'_> {
         Exec::Map(self)
     }
+    /// One more element along the axis than the output region.
+    fn input_region(&self, _k: usize, region: &Region, shape: &[u64]) -> (Region, Vec<(u64, u64)>) {
+        let mut r = region.clone();
+        if let Some(n) = shape.get(self.axis) {
+            r.shape[self.axis] = (r.shape[self.axis] + 1).min(n - r.origin[self.axis]);
+        }
+        (r, vec![(0, 0); shape.len()])
+    }
 }
 
 impl MapKernel for Diff {

@@ -27,17 +27,26 @@ pub mod common;
 pub mod diff;
 pub mod expr;
 pub mod filter;
+pub mod join;
+pub mod matmul;
 pub mod median;
+pub mod overlap;
 pub mod params;
+pub mod pca;
+pub mod rechunk;
+pub mod reduce;
 pub mod register;
 pub mod rescale;
 pub mod shift;
+pub mod slice;
 pub mod structure_tensor;
+pub mod take;
+pub mod transpose;
+pub mod zscore;
 #[cfg(test)]
 mod registry_tests;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod zscore;
 
 use std::any::Any;
 use std::fmt;
@@ -63,7 +72,7 @@ pub struct KindDef {
     pub params: &'static [ParamSpec],
     /// A small stage of this kind, as its table's body, over the generated
     /// inputs of the registry test (`f32_2d`, `f32_rgb`, `u8_stack`,
-    /// `frames`, `shifts`, `mat`, `vec4`, `best`; stored `in.zarr`, `in.h5`,
+    /// `frames`, `shifts`, `mat`, `vec4`, `bands`, `best`; stored `in.zarr`, `in.h5`,
     /// `t_*.h5`, `img_*.png`): the test plans it, `blockflow stages` shows it.
     pub example: &'static str,
     /// Checks the parameters against the inputs and plans the stage; on
@@ -74,16 +83,25 @@ pub struct KindDef {
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
 pub static KINDS: &[&KindDef] = &[
-    &clip::KIND,
     &expr::KIND,
+    &clip::KIND,
     &filter::KIND,
     &structure_tensor::KIND,
+    &rechunk::KIND,
     &median::KIND,
     &register::KIND,
     &shift::KIND,
     &zscore::KIND,
     &rescale::KIND,
+    &pca::KIND,
+    &slice::KIND,
+    &join::CONCATENATE,
+    &join::STACK,
+    &transpose::KIND,
+    &take::KIND,
     &diff::KIND,
+    &matmul::KIND,
+    &reduce::KIND,
 ];
 
 /// The kind called `name`.
@@ -211,6 +229,15 @@ impl<'a, 'd> PlanCx<'a, 'd> {
         }
     }
 
+    /// A grid the stage derives, or an error on the stage when it cannot
+    /// be cut so (a shape too large to count).
+    pub fn stage_grid(&mut self, shape: Vec<u64>, chunks: Vec<u64>) -> Option<ChunkGrid> {
+        match ChunkGrid::new(shape, chunks) {
+            Ok(g) => Some(g),
+            Err(e) => self.err_stage(e.to_string()),
+        }
+    }
+
     /// Where diagnostics go, for checks shared between kinds.
     pub fn diags(&mut self) -> (&mut Diags<'d>, &'a RawStage) {
         (self.d, self.st)
@@ -266,6 +293,36 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     fn halo(&self) -> Option<Vec<(usize, usize)>> {
         None
     }
+    /// The region of input `k` (of `shape`) that output `region` needs,
+    /// and the halo on each side of it (for the region contract, see
+    /// `region.rs`). Default: the same positions, grown by `halo()` on the
+    /// first input and clipped to the array; input axes beyond the output's
+    /// (channels a kernel reduces) whole.
+    fn input_region(&self, k: usize, region: &Region, shape: &[u64]) -> (Region, Vec<(u64, u64)>) {
+        let halo = if k == 0 { self.halo() } else { None };
+        let mut origin = Vec::with_capacity(shape.len());
+        let mut extent = Vec::with_capacity(shape.len());
+        let mut got = Vec::with_capacity(shape.len());
+        for (ax, &n) in shape.iter().enumerate() {
+            if ax >= region.ndim() {
+                origin.push(0);
+                extent.push(n);
+                got.push((0, 0));
+                continue;
+            }
+            let (b, a) = halo
+                .as_ref()
+                .and_then(|h| h.get(ax))
+                .map_or((0, 0), |&(b, a)| (b as u64, a as u64));
+            let end = region.origin[ax] + region.shape[ax];
+            let lo = region.origin[ax].saturating_sub(b);
+            let hi = end.saturating_add(a).min(n).max(end.min(n));
+            origin.push(lo);
+            extent.push(hi - lo);
+            got.push((region.origin[ax] - lo, hi.saturating_sub(end)));
+        }
+        (Region::new(origin, extent), got)
+    }
     /// The halo its sent chunks carry (an overlap stage's).
     fn sends_halo(&self) -> Option<&[(usize, usize)]> {
         None
@@ -295,6 +352,12 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     /// After a spill, given `spare` bytes of the budget: use some to make
     /// the disk route cheaper.
     fn tune_spill(&mut self, _cx: &SpillCx<'_>, _spare: u64) {}
+    /// What to advise when this stage projects the most of a plan over
+    /// its budget (`serves`: the stage it works for), instead of the usual
+    /// knobs (`parallel`, `capacity`, smaller chunks); None: those.
+    fn over_budget(&self, _serves: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What [`Stage::spill`] sees.
@@ -442,6 +505,12 @@ pub trait Barrier: Send + Sync {
     ) -> Result<(), RunError>;
     /// Every input has ended: compute and send.
     fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError>;
+    /// How many chunks it takes from its inputs at once (prepared together
+    /// in the pool), given the stage's `parallel`. A barrier that works on
+    /// one chunk at a time says 1, so it holds no more than it projects.
+    fn at_once(&self, parallel: usize) -> usize {
+        parallel
+    }
 }
 
 /// A writer.

@@ -45,6 +45,11 @@ kind = "synthetic"
 shape = [4]
 chunks = [4]
 dtype = "float64"
+[stage.bands]
+kind = "synthetic"
+shape = [4, 12]
+chunks = [4, 6]
+dtype = "float64"
 [stage.block_std]
 kind = "reduce"
 inputs = ["f32_2d"]

@@ -1,0 +1,175 @@
+//! `take`: one block of an array, chosen at run time by a flat block index
+//! from another stage. The array's chunks wait in a scratch store until
+//! the index has arrived; then the chosen block is read back.
+
+use std::any::Any;
+use std::path::PathBuf;
+
+use blockflow_core::{Chunk, ChunkGrid, DType};
+
+use super::{Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PlanCx, Planned, Stage};
+use crate::exec::keep::Keeper;
+use crate::exec::{RunError, StageIo};
+
+pub static KIND: KindDef = KindDef {
+    kind: "take",
+    role: "kernel",
+    summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
+    inputs: Arity::Exactly(2),
+    params: &[],
+    example: "inputs = [\"f32_2d\", \"best\"]",
+    plan,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Take {
+    /// The first input's grid.
+    pub src: ChunkGrid,
+    /// Where its chunks wait.
+    pub dir: PathBuf,
+}
+
+fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
+    let (a, idx) = (cx.input(0)?, cx.input(1)?);
+    if idx.grid.total_elements() != 1 || idx.dtype.is_float() || idx.dtype == DType::Bool {
+        let name = cx.inputs[1].name;
+        return cx.err("inputs", format!("the second input, \"{name}\", must be one integer (a block index, e.g. an argmin); it is {} {:?}", idx.dtype, idx.shape()));
+    }
+    let grid = ChunkGrid::whole(a.grid.chunk_shape().to_vec());
+    let op = Take {
+        src: a.grid.clone(),
+        dir: PathBuf::new(),
+    };
+    Some(Planned::sends(op, a.dtype, grid))
+}
+
+impl Stage for Take {
+    fn kind(&self) -> &'static str {
+        KIND.kind
+    }
+    fn describe(&self) -> String {
+        format!(
+            "a block of chunks {:?}, chosen at run time (the chunks wait in {})",
+            self.src.chunk_shape(),
+            self.dir.display()
+        )
+    }
+    /// A chunk being kept; the block read back.
+    fn memory(&self, m: &MemoryCx<'_>) -> u128 {
+        m.parallel * m.in_bytes + 2 * m.out_bytes
+    }
+    fn exec(&self) -> Exec<'_> {
+        Exec::Barrier(self)
+    }
+    fn scratch_dir_mut(&mut self) -> Option<&mut PathBuf> {
+        Some(&mut self.dir)
+    }
+}
+
+impl BarrierOp for Take {
+    fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError> {
+        let keeper = Keeper::new(io, &self.dir, vec![Some(self.src.clone()), None]);
+        Ok(Box::new(Taking {
+            src: self.src.clone(),
+            keeper,
+        }))
+    }
+}
+
+struct Taking {
+    src: ChunkGrid,
+    keeper: Keeper,
+}
+
+impl Barrier for Taking {
+    fn add(
+        &mut self,
+        io: &mut StageIo<'_, '_>,
+        input: usize,
+        chunk: Chunk,
+        _part: Option<Box<dyn Any + Send>>,
+    ) -> Result<(), RunError> {
+        self.keeper.add(io, input, chunk)
+    }
+
+    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
+        let Taking { src, keeper } = *self;
+        let kept = keeper.finish(io)?;
+        let from = io.input_names().get(1).cloned().unwrap_or_default();
+        let index = kept
+            .chunks(1)
+            .first()
+            .and_then(|c| c.array().to_f64().iter().next().copied());
+        let n = src.num_chunks();
+        let k = match index {
+            Some(v) if v >= 0.0 && v < n as f64 && v.fract() == 0.0 => v as u64,
+            Some(v) => {
+                return Err(io.err(
+                    None,
+                    format!(
+                        "block index {v} from \"{from}\" is not one of the {n} blocks (0..{n})"
+                    ),
+                ))
+            }
+            None => return Err(io.err(None, format!("\"{from}\" sent no index"))),
+        };
+        let block = src.unravel(k);
+        let region = src.region(&block);
+        if region.shape != src.chunk_shape() {
+            return Err(io.err(
+                Some(&block),
+                format!(
+                    "block {block:?} is an edge block of shape {:?}, not a whole {:?} block",
+                    region.shape,
+                    src.chunk_shape()
+                ),
+            ));
+        }
+        let data = kept
+            .reader(io, 0)?
+            .read(&region, &block)
+            .map_err(|e| io.err(Some(&block), format!("reading the block back: {e}")))?;
+        let ndim = io.stage().grid.ndim();
+        io.send(vec![0; ndim], data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn plans_one_block_of_the_first_input() {
+        let text = config("kind = \"take\"", &[DType::F32], &[10, 12], &[4, 5])
+            + "[stage.i]\nkind = \"reduce\"\ninputs = [\"in0\"]\nop = \"argmin\"\nover = \"blocks\"\n"
+            + "[stage.j]\nkind = \"reduce\"\ninputs = [\"i\"]\nop = \"argmin\"\n";
+        let text = text.replace(
+            "inputs = [\"in0\"]\nkind = \"take\"",
+            "inputs = [\"in0\", \"j\"]\nkind = \"take\"",
+        );
+        let plan = plan_text(&text, &crate::catalog::FakeCatalog::default()).expect("plans");
+        let s = stage_named(&plan, "s");
+        assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::F32));
+        assert_eq!(s.grid.shape(), &[4, 5]);
+        assert_eq!(s.grid.chunk_shape(), &[4, 5]);
+        // Two chunks being kept (f32 4 x 5 and the int64 index) and the
+        // block read back twice.
+        assert_eq!(s.mem.working, 2 * (80 + 8) + 2 * 80);
+        let crate::plan::StageKind::Unit(op) = &s.kind else {
+            panic!("a unit")
+        };
+        assert!(op
+            .describe()
+            .starts_with("a block of chunks [4, 5], chosen at run time"));
+    }
+
+    #[test]
+    fn refuses_an_index_that_is_not_one_integer() {
+        let e = plan_err("kind = \"take\"", &[DType::F32, DType::F32], &[10], &[5]);
+        assert!(
+            e.contains("the second input, \"in1\", must be one integer (a block index, e.g. an argmin); it is float32 [10]"),
+            "{e}"
+        );
+    }
+}
