@@ -47,8 +47,9 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, RawConfig, Val};
-use crate::plan::{self, Plan, StageKind};
+use crate::plan::{self, Plan, PlannedStage, StageKind};
 use crate::report::peak_rss_bytes;
+use crate::stages::Writes;
 
 /// Errors of a follow run. Each names the file, stage or path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -291,18 +292,8 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
     };
     for (i, s) in plan.stages.iter().enumerate() {
         let step = match &s.kind {
-            StageKind::ReadHdf5Stack { .. } => {
-                let want: Vec<u64> = std::iter::once(1)
-                    .chain(s.grid.shape()[1..].iter().copied())
-                    .collect();
-                if s.grid.chunk_shape() != want.as_slice() {
-                    return Err(FollowError::Unfit(format!(
-                        "stage \"{}\" must stream one whole timepoint per chunk (remove its `chunks`)",
-                        src.stage
-                    )));
-                }
-                Step::Source
-            }
+            StageKind::ReadHdf5Stack { .. } => source_step(s, src)?,
+            StageKind::Unit(op) if op.kind() == "read-hdf5-stack" => source_step(s, src)?,
             StageKind::Overlap { .. } => Step::Pass,
             StageKind::Median { filter, .. } => {
                 if filter.size().first() != Some(&1) {
@@ -337,29 +328,23 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
                 prefilter: *prefilter,
             },
             StageKind::Expr { expr, .. } => Step::Expr(expr.clone()),
-            StageKind::WriteZarr { options, path } => {
-                if out.is_some() {
-                    return Err(FollowError::Unfit(format!(
-                        "stage \"{}\": an ingest appends to one Zarr array; this pipeline has two write-zarr stages",
-                        s.name
-                    )));
-                }
-                let input = s.inputs[0];
-                if options.chunks.first() != Some(&1) {
-                    return Err(FollowError::Unfit(format!(
-                        "stage \"{}\": the appended array needs chunks of 1 along time, not {:?} (set `chunks`)",
-                        s.name, options.chunks
-                    )));
-                }
-                out = Some((input, path.clone(), options.clone()));
-                Step::Sink
-            }
-            StageKind::WriteJson { path, .. }
-                if s.inputs.len() == 1
-                    && matches!(plan.stages[s.inputs[0]].kind, StageKind::Register { .. }) =>
-            {
+            StageKind::WriteZarr { options, path } => zarr_sink(s, path, options, &mut out)?,
+            StageKind::Unit(op) if op.kind() == "write-zarr" => match op.writes() {
+                Some(Writes::Zarr { path, options }) => zarr_sink(s, path, options, &mut out)?,
+                _ => return Err(unsupported(&s.name, op.kind(), "")),
+            },
+            StageKind::WriteJson { path, .. } if shifts_of_register(plan, s) => {
                 shifts_json = Some(path.clone());
                 Step::Sink
+            }
+            StageKind::Unit(op) if op.kind() == "write-json" && shifts_of_register(plan, s) => {
+                match op.writes() {
+                    Some(Writes::Files([path])) => {
+                        shifts_json = Some(path.clone());
+                        Step::Sink
+                    }
+                    _ => return Err(unsupported(&s.name, op.kind(), "")),
+                }
             }
             other => return Err(unsupported(&s.name, other.name(), "")),
         };
@@ -387,6 +372,48 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
         worker_bytes,
         shift_buffers: Default::default(),
     })
+}
+
+/// The source stage: one whole timepoint per chunk.
+fn source_step(s: &PlannedStage, src: &Source) -> Result<Step, FollowError> {
+    let want: Vec<u64> = std::iter::once(1)
+        .chain(s.grid.shape()[1..].iter().copied())
+        .collect();
+    if s.grid.chunk_shape() != want.as_slice() {
+        return Err(FollowError::Unfit(format!(
+            "stage \"{}\" must stream one whole timepoint per chunk (remove its `chunks`)",
+            src.stage
+        )));
+    }
+    Ok(Step::Source)
+}
+
+/// The one write-zarr stage, whose array the ingest appends to.
+fn zarr_sink(
+    s: &PlannedStage,
+    path: &Path,
+    options: &ZarrWriteOptions,
+    out: &mut Option<(usize, PathBuf, ZarrWriteOptions)>,
+) -> Result<Step, FollowError> {
+    if out.is_some() {
+        return Err(FollowError::Unfit(format!(
+            "stage \"{}\": an ingest appends to one Zarr array; this pipeline has two write-zarr stages",
+            s.name
+        )));
+    }
+    if options.chunks.first() != Some(&1) {
+        return Err(FollowError::Unfit(format!(
+            "stage \"{}\": the appended array needs chunks of 1 along time, not {:?} (set `chunks`)",
+            s.name, options.chunks
+        )));
+    }
+    *out = Some((s.inputs[0], path.to_path_buf(), options.clone()));
+    Ok(Step::Sink)
+}
+
+/// Whether a writer takes the shifts of a register stage alone.
+fn shifts_of_register(plan: &Plan, s: &PlannedStage) -> bool {
+    s.inputs.len() == 1 && plan.stages[s.inputs[0]].kind.name() == "register"
 }
 
 /// The registration reference, shared by the workers: the first

@@ -129,30 +129,6 @@ pub const FOLLOW: &[ParamSpec] = &[
 
 pub const KINDS: &[KindSpec] = &[
     KindSpec {
-        kind: "synthetic",
-        role: "reader",
-        summary: "a deterministic generated array; any chunking gives the same values",
-        inputs: Arity::None,
-        params: &[
-            p("shape", PType::Shape, None, "array shape"),
-            p("chunks", PType::Shape, None, "chunk shape"),
-            p("dtype", PType::DType, Some("float32"), "element type"),
-            p("pattern", PType::Choice(&["survey", "terrain", "noise", "ramp"]), Some("noise"),
-              "survey: RGB sky with galaxies, stars, red blobs (H, W, 3) in [0, 1]; terrain: RGBA elevation colours (H, W, 4) 0..255; noise: uniform; ramp: flat index"),
-            p("seed", PType::Int(0, i64::MAX), Some("0"), "random seed"),
-        ],
-    },
-    KindSpec {
-        kind: "read-zarr",
-        role: "reader",
-        summary: "a Zarr v2 or v3 array, read chunk by chunk (only the stored chunks each region needs)",
-        inputs: Arity::None,
-        params: &[
-            p("path", PType::Path, None, "the array's directory (relative paths are from the config's folder)"),
-            p("chunks", PType::Shape, Some(""), "stream chunks, if not the stored ones (as dask's from_zarr(chunks=...))"),
-        ],
-    },
-    KindSpec {
         kind: "expr",
         role: "kernel",
         summary: "an elementwise expression over its inputs (numpy semantics); see the expression reference below",
@@ -208,30 +184,6 @@ pub const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
-        kind: "read-hdf5",
-        role: "reader",
-        summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); HDF5 I/O runs one chunk at a time (the library's global lock)",
-        inputs: Arity::None,
-        params: &[
-            p("path", PType::Path, None, "the HDF5 file"),
-            p("dataset", PType::Str, None, "the dataset's path in the file, e.g. `data` or `/group/volume`"),
-            p("chunks", PType::Shape, Some(""), "the chunks to stream (default: the dataset's own chunks, or the whole dataset)"),
-        ],
-    },
-    KindSpec {
-        kind: "read-hdf5-stack",
-        role: "reader",
-        summary: "a glob of per-timepoint HDF5 files (natural order of their names: t2 before t10), each holding `dataset` of one shape and dtype, stacked on a new leading axis; a file whose dataset is missing or differs is an error naming the file and the dataset",
-        inputs: Arity::None,
-        params: &[
-            p("path", PType::Path, None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
-            p("dataset", PType::Str, None, "the dataset in every file"),
-            p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
-            p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
-            p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),
-        ],
-    },
-    KindSpec {
         kind: "median",
         role: "kernel",
         summary: "scipy.ndimage's median_filter (or rank_filter, percentile_filter) with a window size per axis, e.g. [1, 3, 3, 3] on a (T, Z, Y, X) stack: chunk by chunk with the halo the window needs, equal to scipy on the whole array; keeps the dtype",
@@ -271,16 +223,6 @@ pub const KINDS: &[KindSpec] = &[
         params: &[
             p("axis", PType::Int(-32, 31), Some("0"), "the axis"),
             p("ddof", PType::Int(0, 1_000_000), Some("0"), "delta degrees of freedom, as scipy"),
-        ],
-    },
-    KindSpec {
-        kind: "read-images",
-        role: "reader",
-        summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
-        inputs: Arity::None,
-        params: &[
-            p("path", PType::Path, None, "a glob whose wildcards (*, ?, [abc]) are in the file name: `cells/*.png`; sorted as Python's sorted(glob(...))"),
-            p("batch", PType::Int(1, 1_000_000), Some("1"), "images per chunk"),
         ],
     },
     KindSpec {
@@ -359,28 +301,6 @@ pub const KINDS: &[KindSpec] = &[
         params: &[],
     },
     KindSpec {
-        kind: "write-hdf5",
-        role: "writer",
-        summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("path", PType::Path, None, "the HDF5 file"),
-            p("dataset", PType::Str, Some("data"), "the dataset's name"),
-            p("chunks", PType::Shape, Some(""), "the dataset's chunks (default: the stream's)"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
-        ],
-    },
-    KindSpec {
-        kind: "write-csv",
-        role: "writer",
-        summary: "small arrays of the same length N (1-D, or 2-D (N, C)) as one CSV table: a row per index, a column per input (name) or per input and column (name_0, name_1, ...)",
-        inputs: Arity::AtLeast(1),
-        params: &[
-            p("path", PType::Path, None, "the CSV file"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
-        ],
-    },
-    KindSpec {
         kind: "reduce",
         role: "kernel",
         summary: "a statistic of the whole array (a 1-element array), over chosen axes, or of each block (one value per chunk, an array shaped like the chunk grid); float64 accumulation and results (min and max keep the dtype; sums of integers and booleans int64, exact; count, argmin, argmax int64; any, all bool); argmin/argmax of the whole array or of blocks give global flat indices",
@@ -391,57 +311,6 @@ pub const KINDS: &[KindSpec] = &[
             p("axis", PType::Ints, Some(""), "reduce only these axes (an integer or a list; negative counts from the end), as numpy's `axis`: the result has the other axes (argmin/argmax: one axis, the index along it)"),
             p("keepdims", PType::Bool, Some("false"), "with `axis`: keep the reduced axes, as length 1"),
             p("ddof", PType::Int(0, 1_000_000), Some("0"), "std and var: delta degrees of freedom, as numpy"),
-        ],
-    },
-    KindSpec {
-        kind: "write-json",
-        role: "writer",
-        summary: "small results (a reduction's scalar, a per-block table) as one JSON document, one key per input stage",
-        inputs: Arity::AtLeast(1),
-        params: &[
-            p("path", PType::Path, None, "the JSON file"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
-        ],
-    },
-    KindSpec {
-        kind: "write-blocks",
-        role: "writer",
-        summary: "per chunk (block), how many values exceed a threshold; the blocks with any, as JSON (and every block's count as CSV)",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("path", PType::Path, None, "the JSON file"),
-            p("csv", PType::Path, Some(""), "a CSV file with every block's count and maximum"),
-            p("threshold", PType::Float, None, "values above it count (NaN never does)"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when a file exists"),
-        ],
-    },
-    KindSpec {
-        kind: "write-png",
-        role: "writer",
-        summary: "a PNG preview of an (H, W) or RGB (H, W, 3) array: a region, or the whole array averaged down, stretched between percentiles",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("path", PType::Path, None, "the PNG file"),
-            p("max_size", PType::Int(8, 16384), Some("1024"), "the picture's longer side in pixels (the array is block-averaged down to it)"),
-            p("region", PType::Ints, Some(""), "[y0, y1, x0, x1]: preview only this part of the array"),
-            p("colormap", PType::Choice(&["gray", "viridis", "pink_r"]), Some("gray"), "for single-channel arrays"),
-            p("percentiles", PType::Floats, Some("[1.0, 99.5]"), "values at these percentiles map to the ends of the colormap"),
-            p("downsample", PType::Choice(&["mean", "max"]), Some("mean"), "how a block of pixels becomes one: mean, or max (for sparse peaks)"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
-        ],
-    },
-    KindSpec {
-        kind: "write-zarr",
-        role: "writer",
-        summary: "writes its input as a Zarr array; chunk files are atomic and the array appears at `path` only when the run succeeds",
-        inputs: Arity::Exactly(1),
-        params: &[
-            p("path", PType::Path, None, "the array's directory (relative paths are from the config's folder)"),
-            p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
-            p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks"),
-            p("codec", PType::Choice(&["zstd", "blosc", "gzip", "none"]), Some("zstd"), "compression"),
-            p("level", PType::Int(0, 22), Some("3"), "compression level"),
-            p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when `path` exists"),
         ],
     },
 ];

@@ -1951,7 +1951,7 @@ fn overlap(
 }
 
 /// Puts the chunks of a small array together.
-fn gather(chunks: &[Chunk]) -> Result<ArrayData, String> {
+pub(crate) fn gather(chunks: &[Chunk]) -> Result<ArrayData, String> {
     let first = chunks.first().ok_or("no chunks")?;
     let nd = first.region.ndim();
     let shape: Vec<usize> = (0..nd)

@@ -24,8 +24,20 @@
 
 pub mod clip;
 pub mod params;
+pub mod read_hdf5;
+pub mod read_hdf5_stack;
+pub mod read_images;
+pub mod read_zarr;
+pub mod stored;
+pub mod synthetic;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod write_blocks;
+pub mod write_csv;
+pub mod write_hdf5;
+pub mod write_json;
+pub mod write_png;
+pub mod write_zarr;
 
 use std::any::Any;
 use std::fmt;
@@ -56,7 +68,20 @@ pub struct KindDef {
 
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
-pub static KINDS: &[&KindDef] = &[&clip::KIND];
+pub static KINDS: &[&KindDef] = &[
+    &clip::KIND,
+    &synthetic::KIND,
+    &read_zarr::KIND,
+    &read_hdf5::KIND,
+    &read_hdf5_stack::KIND,
+    &read_images::KIND,
+    &write_hdf5::KIND,
+    &write_csv::KIND,
+    &write_json::KIND,
+    &write_blocks::KIND,
+    &write_png::KIND,
+    &write_zarr::KIND,
+];
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static KindDef> {
