@@ -165,3 +165,41 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     }
 }
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+    use crate::images::{write_png, ImageStack};
+
+    #[test]
+    fn an_image_stack_reads_whole_images_and_parts_of_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut files = Vec::new();
+        for i in 0..3u8 {
+            let values: Vec<u8> = (0..6).map(|k| 10 * i + k).collect();
+            let image = ArrayData::U8(
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 3, 1]), values).expect("shape"),
+            );
+            let path = dir.path().join(format!("i{i}.png"));
+            write_png(&path, &image).expect("png");
+            files.push(path);
+        }
+        let stack = ImageStack {
+            files,
+            image: vec![2, 3, 1],
+            dtype: DType::U8,
+        };
+        assert_eq!(stack.spec().shape, vec![3, 2, 3, 1]);
+        let whole = stack
+            .read(&Region::new(vec![1, 0, 0, 0], vec![2, 2, 3, 1]), &[1])
+            .expect("reads");
+        assert_eq!(whole.shape(), &[2, 2, 3, 1]);
+        let part = stack
+            .read(&Region::new(vec![2, 1, 1, 0], vec![1, 1, 2, 1]), &[])
+            .expect("reads");
+        assert_eq!(
+            part.to_f64().iter().copied().collect::<Vec<_>>(),
+            vec![24.0, 25.0]
+        );
+    }
+}
