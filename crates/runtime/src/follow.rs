@@ -49,7 +49,7 @@ use serde_json::{json, Value};
 use crate::config::{ConfigError, RawConfig, Val};
 use crate::plan::{self, Plan, PlannedStage, StageKind};
 use crate::report::peak_rss_bytes;
-use crate::stages::Writes;
+use crate::stages::{self, Writes};
 
 /// Errors of a follow run. Each names the file, stage or path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +293,9 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
     for (i, s) in plan.stages.iter().enumerate() {
         let step = match &s.kind {
             StageKind::ReadHdf5Stack { .. } => source_step(s, src)?,
-            StageKind::Unit(op) if op.kind() == "read-hdf5-stack" => source_step(s, src)?,
+            StageKind::Unit(op) if op.kind() == stages::read_hdf5_stack::KIND.kind => {
+                source_step(s, src)?
+            }
             StageKind::Overlap { .. } => Step::Pass,
             StageKind::Median { filter, .. } => {
                 if filter.size().first() != Some(&1) {
@@ -329,15 +331,19 @@ fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
             },
             StageKind::Expr { expr, .. } => Step::Expr(expr.clone()),
             StageKind::WriteZarr { options, path } => zarr_sink(s, path, options, &mut out)?,
-            StageKind::Unit(op) if op.kind() == "write-zarr" => match op.writes() {
-                Some(Writes::Zarr { path, options }) => zarr_sink(s, path, options, &mut out)?,
-                _ => return Err(unsupported(&s.name, op.kind(), "")),
-            },
+            StageKind::Unit(op) if op.kind() == stages::write_zarr::KIND.kind => {
+                match op.writes() {
+                    Some(Writes::Zarr { path, options }) => zarr_sink(s, path, options, &mut out)?,
+                    _ => return Err(unsupported(&s.name, op.kind(), "")),
+                }
+            }
             StageKind::WriteJson { path, .. } if shifts_of_register(plan, s) => {
                 shifts_json = Some(path.clone());
                 Step::Sink
             }
-            StageKind::Unit(op) if op.kind() == "write-json" && shifts_of_register(plan, s) => {
+            StageKind::Unit(op)
+                if op.kind() == stages::write_json::KIND.kind && shifts_of_register(plan, s) =>
+            {
                 match op.writes() {
                     Some(Writes::Files([path])) => {
                         shifts_json = Some(path.clone());
