@@ -845,3 +845,61 @@ pub fn write_cell_images(
     }
     Ok(paths)
 }
+
+/// A stack of image files of one shape `(H, W, C)` and dtype, as one
+/// `(N, H, W, C)` array read by regions (each image a stored chunk).
+#[derive(Debug, Clone)]
+pub struct ImageStack {
+    pub files: Vec<PathBuf>,
+    pub image: Vec<u64>,
+    pub dtype: DType,
+}
+
+impl crate::store::ChunkSource for ImageStack {
+    fn spec(&self) -> crate::store::StoreSpec {
+        let mut shape = vec![self.files.len() as u64];
+        shape.extend(&self.image);
+        let mut chunks = vec![1];
+        chunks.extend(&self.image);
+        crate::store::StoreSpec {
+            dtype: self.dtype,
+            shape,
+            chunks,
+        }
+    }
+
+    /// Decodes the images the region spans, and cuts the region from them
+    /// when it does not take them whole.
+    fn read(&self, region: &blockflow_core::Region, _chunk: &[u64]) -> Result<ArrayData, IoError> {
+        use blockflow_core::{with_array, ArrayKind};
+        let mut origin = vec![region.origin[0]];
+        origin.extend(vec![0; self.image.len()]);
+        let mut shape = vec![region.shape[0]];
+        shape.extend(&self.image);
+        let whole = blockflow_core::Region::new(origin, shape);
+        let data = read_stack(&self.files, &self.image, self.dtype, &whole)?;
+        if whole.shape == region.shape {
+            return Ok(data);
+        }
+        let cut: Vec<ndarray::SliceInfoElem> = region
+            .origin
+            .iter()
+            .zip(&region.shape)
+            .enumerate()
+            .map(|(ax, (&o, &n))| {
+                let start = if ax == 0 { 0 } else { o as isize };
+                ndarray::SliceInfoElem::Slice {
+                    start,
+                    end: Some(start + n as isize),
+                    step: 1,
+                }
+            })
+            .collect();
+        let info =
+            ndarray::SliceInfo::<_, IxDyn, IxDyn>::try_from(cut).map_err(|e| IoError::Store {
+                path: self.files.first().cloned().unwrap_or_default(),
+                why: format!("region {region}: {e}"),
+            })?;
+        Ok(with_array!(data, a => ArrayKind::wrap(a.slice(info).to_owned())))
+    }
+}

@@ -8,6 +8,10 @@
 //!   terrain, noise, ramps) whose every chunk is computed from its region
 //!   alone, so any chunking gives the same array.
 //!
+//! Readers implement [`ChunkSource`] (an array spec, any region read) and
+//! writers [`ChunkSink`] (chunks written, then committed): the seams the
+//! engine's stages hold them by.
+//!
 //! Every error names the path and, where there is one, the chunk.
 
 pub mod atomic_store;
@@ -18,12 +22,15 @@ pub mod images;
 pub mod json;
 pub mod output;
 pub mod preview;
+pub mod store;
 pub mod stored_chunks;
 pub mod synthetic;
 pub mod table;
 pub mod zarr;
 
 use std::path::PathBuf;
+
+pub use store::{ChunkSink, ChunkSource, StoreSpec};
 
 /// Errors of readers and writers.
 #[derive(Debug, thiserror::Error)]

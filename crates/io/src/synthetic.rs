@@ -426,3 +426,32 @@ mod tests {
         assert!(rgb.len() > 5, "terrain varies");
     }
 }
+
+/// A generated array as a store: any region, computed from the region alone.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub pattern: Pattern,
+    pub seed: u64,
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+}
+
+impl crate::store::ChunkSource for Generated {
+    /// Stored nowhere: one chunk as large as the array.
+    fn spec(&self) -> crate::store::StoreSpec {
+        crate::store::StoreSpec {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            chunks: self.shape.clone(),
+        }
+    }
+    fn read(&self, region: &Region, _chunk: &[u64]) -> Result<ArrayData, crate::IoError> {
+        Ok(generate(
+            self.pattern,
+            self.seed,
+            &self.shape,
+            self.dtype,
+            region,
+        ))
+    }
+}

@@ -74,6 +74,37 @@ impl<'a> StageIo<'a, '_> {
         self.ctx.note_held(bytes);
     }
 
+    /// Makes the chunks at flat positions `batch` of the stage's grid in
+    /// the pool, as a source's loop does (the fault hook applied, each
+    /// chunk's time counted as busy): each chunk, or its index and error.
+    #[allow(clippy::type_complexity)]
+    pub fn make_chunks<F>(
+        &mut self,
+        batch: &[u64],
+        make: F,
+    ) -> Vec<Result<Chunk, (Vec<u64>, String)>>
+    where
+        F: Fn(&Region, &[u64]) -> Result<ArrayData, String> + Sync,
+    {
+        let grid = self.ctx.stage.grid.clone();
+        let made = super::make_batch(self.ctx, &grid, batch, make);
+        made.into_iter()
+            .map(|r| {
+                r.map(|(c, secs)| {
+                    self.ctx.report.busy_seconds += secs;
+                    c
+                })
+            })
+            .collect()
+    }
+
+    /// Counts seconds of the stage's own work: `busy` in the pool, `wall`
+    /// on the stage's clock.
+    pub fn count_seconds(&mut self, busy: f64, wall: f64) {
+        self.ctx.report.busy_seconds += busy;
+        self.ctx.report.wall_seconds += wall;
+    }
+
     /// A scratch store's path for this stage in `dir`, unique to the run.
     pub fn scratch_path(&self, dir: &std::path::Path) -> std::path::PathBuf {
         super::scratch_path(self.ctx, dir)
@@ -93,7 +124,7 @@ pub(super) fn run_source(
         outs,
     });
     let result = match streamed {
-        Some(r) => r,
+        Some(r) => r.map(|()| ctx.end(outs)),
         None => super::source(ctx, outs, |region, index| src.read(region, Some(index))),
     };
     ctx.report.stored_chunks_decoded = src.decoded();

@@ -33,15 +33,27 @@ pub mod median;
 pub mod overlap;
 pub mod params;
 pub mod pca;
+pub mod read_hdf5;
+pub mod read_hdf5_stack;
+pub mod read_images;
+pub mod read_zarr;
 pub mod rechunk;
 pub mod reduce;
 pub mod register;
 pub mod rescale;
 pub mod shift;
 pub mod slice;
+pub mod stored;
 pub mod structure_tensor;
+pub mod synthetic;
 pub mod take;
 pub mod transpose;
+pub mod write_blocks;
+pub mod write_csv;
+pub mod write_hdf5;
+pub mod write_json;
+pub mod write_png;
+pub mod write_zarr;
 pub mod zscore;
 #[cfg(test)]
 mod registry_tests;
@@ -83,25 +95,36 @@ pub struct KindDef {
 /// Every stage kind a config may name, in the order `blockflow stages`
 /// lists them. Adding a kind: its file in this folder, one line here.
 pub static KINDS: &[&KindDef] = &[
+    &synthetic::KIND,
+    &read_zarr::KIND,
+    &read_hdf5::KIND,
+    &read_hdf5_stack::KIND,
+    &read_images::KIND,
     &expr::KIND,
     &clip::KIND,
     &filter::KIND,
     &structure_tensor::KIND,
-    &rechunk::KIND,
     &median::KIND,
     &register::KIND,
     &shift::KIND,
     &zscore::KIND,
     &rescale::KIND,
-    &pca::KIND,
+    &diff::KIND,
+    &rechunk::KIND,
     &slice::KIND,
     &join::CONCATENATE,
     &join::STACK,
     &transpose::KIND,
-    &take::KIND,
-    &diff::KIND,
-    &matmul::KIND,
     &reduce::KIND,
+    &pca::KIND,
+    &take::KIND,
+    &matmul::KIND,
+    &write_zarr::KIND,
+    &write_hdf5::KIND,
+    &write_png::KIND,
+    &write_json::KIND,
+    &write_csv::KIND,
+    &write_blocks::KIND,
 ];
 
 /// The kind called `name`.

@@ -1,0 +1,280 @@
+//! `read-zarr`: a Zarr v2 or v3 array, read chunk by chunk (only the
+//! stored chunks each region needs); when the stream's chunks are finer
+//! than the stored ones, each stored chunk is decoded once and cut.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use blockflow_core::{ArrayData, Region};
+use blockflow_io::stored_chunks::{held_stored_chunks, stream_is_finer, StoredChunks};
+use blockflow_io::zarr::{ZarrInfo, ZarrReader};
+use blockflow_io::IoError;
+use rayon::prelude::*;
+
+use super::stored::check_planned;
+use super::{
+    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SourceOp,
+    Stage,
+};
+use crate::exec::{RunError, StageIo};
+
+pub static KIND: KindDef = KindDef {
+    kind: "read-zarr",
+    role: "reader",
+    summary:
+        "a Zarr v2 or v3 array, read chunk by chunk (only the stored chunks each region needs)",
+    inputs: Arity::None,
+    params: &[
+        p(
+            "path",
+            PType::Path,
+            None,
+            "the array's directory (relative paths are from the config's folder)",
+        ),
+        p(
+            "chunks",
+            PType::Shape,
+            Some(""),
+            "stream chunks, if not the stored ones (as dask's from_zarr(chunks=...))",
+        ),
+    ],
+    example: "path = \"in.zarr\"",
+    plan,
+};
+
+#[derive(Debug, Clone)]
+pub struct ReadZarr {
+    pub path: PathBuf,
+    /// The array as planned.
+    pub info: ZarrInfo,
+    /// The stream's chunks are finer than the stored ones: decode each
+    /// stored chunk once and cut the stream's chunks from it.
+    pub regrid: bool,
+}
+
+fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
+    let path = cx.path("path")?;
+    let info = match cx.catalog.zarr(&path) {
+        Ok(i) => i,
+        Err(e) => return cx.err("path", e.to_string()),
+    };
+    let chunks = cx.p.shape("chunks").unwrap_or_else(|| info.chunks.clone());
+    let grid = cx.grid("chunks", info.shape.clone(), chunks)?;
+    let regrid = stream_is_finer(&info.shape, &info.chunks, grid.chunk_shape());
+    let dtype = info.dtype;
+    Some(Planned::sends(ReadZarr { path, info, regrid }, dtype, grid))
+}
+
+impl Stage for ReadZarr {
+    fn kind(&self) -> &'static str {
+        KIND.kind
+    }
+    fn describe(&self) -> String {
+        let regrid = if self.regrid {
+            "; each stored chunk decoded once and cut into stream chunks, about a row of them held"
+        } else {
+            ""
+        };
+        format!(
+            "{} (zarr v{}, stored chunks {:?}, {}){regrid}",
+            self.path.display(),
+            self.info.zarr_format,
+            self.info.chunks,
+            self.info.codecs
+        )
+    }
+    fn memory(&self, m: &MemoryCx<'_>) -> u128 {
+        let info = &self.info;
+        let stored = info.chunks.iter().fold(info.dtype.size() as u128, |a, &c| {
+            a.saturating_mul(c as u128)
+        });
+        let stream = m.grid.chunk_shape();
+        if stream_is_finer(&info.shape, &info.chunks, stream) {
+            // Each stored chunk decoded once and held until the last
+            // stream chunk in it is cut (about a row of them); each being
+            // decoded twice more while it is (its encoded bytes, then its
+            // raw bytes beside the typed copy kept, as zarrs decodes); and
+            // the stream chunks being cut.
+            let p = m.parallel;
+            let held = held_stored_chunks(&info.shape, &info.chunks, stream, p as u64) as u128;
+            (held + 2 * p.min(held)) * stored + p * m.out_bytes
+        } else {
+            // The result and the decoded stored chunks it is cut from.
+            m.parallel * (m.out_bytes + 2 * stored)
+        }
+    }
+    fn exec(&self) -> Exec<'_> {
+        Exec::Source(self)
+    }
+}
+
+impl SourceOp for ReadZarr {
+    fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSource>, IoError> {
+        let reader = ZarrReader::open(&self.path)?;
+        let spec = blockflow_io::ChunkSource::spec(&reader);
+        check_planned(cx, &self.path, &spec)?;
+        Ok(Box::new(ZarrSource {
+            reader,
+            regrid: self.regrid,
+        }))
+    }
+}
+
+/// An array opened for a run.
+struct ZarrSource {
+    reader: ZarrReader,
+    regrid: bool,
+}
+
+impl ChunkSource for ZarrSource {
+    fn read(&self, region: &Region, index: Option<&[u64]>) -> Result<ArrayData, String> {
+        self.reader
+            .read(region, index.unwrap_or(&[]))
+            .map_err(|e| e.to_string())
+    }
+
+    fn stream(&self, io: &mut StageIo<'_, '_>) -> Option<Result<(), RunError>> {
+        self.regrid.then(|| self.decode_once(io))
+    }
+
+    fn decoded(&self) -> Option<u64> {
+        Some(self.reader.stored_chunks_decoded())
+    }
+}
+
+impl ZarrSource {
+    /// Produces every stream chunk in row-major order, `parallel` at a
+    /// time, as a source does, but decodes each stored chunk once, when
+    /// the first stream chunk that needs it comes up, cuts every stream
+    /// chunk from the decoded stored chunks and drops each after the last
+    /// stream chunk that needs it (at most `held_stored_chunks` of them at
+    /// once, as projected).
+    fn decode_once(&self, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
+        let reader = &self.reader;
+        let grid = io.stage().grid.clone();
+        let total = grid.num_chunks();
+        let p = io.stage().parallel.max(1);
+        let mut stored = StoredChunks::new(&reader.info, &grid);
+        let mut n = 0;
+        while n < total {
+            io.check_cancel()?;
+            let batch: Vec<u64> = (n..(n + p as u64).min(total)).collect();
+            let t = Instant::now();
+            // The stored chunks this batch starts, decoded `parallel` at a time.
+            let missing = stored.missing(&batch);
+            for group in missing.chunks(p) {
+                io.check_cancel()?;
+                #[allow(clippy::type_complexity)]
+                let decoded: Vec<(Vec<u64>, f64, Result<ArrayData, String>)> =
+                    io.pool().install(|| {
+                        group
+                            .par_iter()
+                            .map(|s| {
+                                let t = Instant::now();
+                                let d = reader.read_stored(s).map_err(|e| e.to_string());
+                                (s.clone(), t.elapsed().as_secs_f64(), d)
+                            })
+                            .collect()
+                    });
+                for (s, secs, d) in decoded {
+                    io.count_seconds(secs, 0.0);
+                    // Name the first stream chunk that needed it.
+                    let first = batch
+                        .iter()
+                        .map(|&k| grid.unravel(k))
+                        .find(|i| stored.needs(&grid.region(i), &s))
+                        .unwrap_or_else(|| grid.unravel(batch[0]));
+                    let d = d.map_err(|m| io.err(Some(&first), m))?;
+                    stored.insert(s, d);
+                }
+            }
+            let results = io.make_chunks(&batch, |region, _| {
+                stored
+                    .cut(region, &reader.info.path)
+                    .map_err(|e| e.to_string())
+            });
+            io.count_seconds(0.0, t.elapsed().as_secs_f64());
+            let mut bytes = stored.held_bytes();
+            let mut chunks = Vec::with_capacity(results.len());
+            for r in results {
+                let c = r.map_err(|(i, m)| io.err(Some(&i), m))?;
+                bytes += c.nbytes();
+                chunks.push(c);
+            }
+            io.note_held(bytes);
+            n += batch.len() as u64;
+            // Drop what no later stream chunk needs before waiting on the channel.
+            stored.release_before(n);
+            for c in chunks {
+                io.send_chunk(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::catalog::FakeCatalog;
+    use blockflow_core::DType;
+    use std::path::Path;
+
+    fn planned(body: &str, catalog: &FakeCatalog) -> Result<crate::plan::PlannedStage, String> {
+        let text = format!("[pipeline]\nmemory = \"1 GiB\"\nthreads = 2\n[stage.s]\n{body}\n");
+        plan_text(&text, catalog).map(|p| stage_named(&p, "s").clone())
+    }
+
+    fn catalog() -> FakeCatalog {
+        let c = FakeCatalog::default();
+        c.add_zarr(Path::new("/data/a.zarr"), DType::U16, &[100, 60], &[50, 60]);
+        c
+    }
+
+    #[test]
+    fn plans_the_stored_grid_and_memory() {
+        let s =
+            planned("kind = \"read-zarr\"\npath = \"/data/a.zarr\"", &catalog()).expect("plans");
+        assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::U16));
+        assert_eq!(s.grid.shape(), &[100, 60]);
+        assert_eq!(s.grid.chunk_shape(), &[50, 60]);
+        // 2 at once: the 6000-byte result and two stored chunks of 6000.
+        assert_eq!(s.mem.working, 2 * (6000 + 2 * 6000));
+    }
+
+    #[test]
+    fn plans_finer_stream_chunks_decoding_each_stored_chunk_once() {
+        let s = planned(
+            "kind = \"read-zarr\"\npath = \"/data/a.zarr\"\nchunks = [10, 60]",
+            &catalog(),
+        )
+        .expect("plans");
+        assert_eq!(s.grid.chunk_shape(), &[10, 60]);
+        let crate::plan::StageKind::Unit(op) = &s.kind else {
+            panic!("a unit")
+        };
+        assert!(op.describe().contains("decoded once"), "{}", op.describe());
+        // The stored chunks held, twice more each of those being decoded
+        // (at most `parallel`), and 2 stream chunks of 1200 bytes.
+        let held = held_stored_chunks(&[100, 60], &[50, 60], &[10, 60], 2) as u64;
+        assert_eq!(s.mem.working, (held + 2 * held.min(2)) * 6000 + 2 * 1200);
+    }
+
+    #[test]
+    fn refuses_a_missing_array_and_chunks_of_another_rank() {
+        let e = planned("kind = \"read-zarr\"\npath = \"/data/b.zarr\"", &catalog())
+            .expect_err("refused");
+        assert!(e.contains("/data/b.zarr"), "{e}");
+        let e = planned(
+            "kind = \"read-zarr\"\npath = \"/data/a.zarr\"\nchunks = [10]",
+            &catalog(),
+        )
+        .expect_err("refused");
+        // On the `chunks` line.
+        assert!(
+            e.contains("test.toml:7:") && e.contains("chunk shape [10] has 1 axes"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! `write-hdf5`: the stream as one chunked HDF5 dataset, moved into place
+//! when the whole run succeeded.
+
+use std::path::PathBuf;
+
+use blockflow_core::DType;
+use blockflow_io::hdf5::Hdf5Writer;
+use blockflow_io::IoError;
+
+use super::stored::StoreSink;
+use super::{
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
+    Writes,
+};
+
+pub static KIND: KindDef = KindDef {
+    kind: "write-hdf5",
+    role: "writer",
+    summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
+    inputs: Arity::Exactly(1),
+    params: &[
+        p("path", PType::Path, None, "the HDF5 file"),
+        p("dataset", PType::Str, Some("data"), "the dataset's name"),
+        p("chunks", PType::Shape, Some(""), "the dataset's chunks (default: the stream's)"),
+        p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
+    ],
+    example: "inputs = [\"frames\"]\npath = \"out.h5\"",
+    plan,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteHdf5 {
+    pub path: PathBuf,
+    pub dataset: String,
+    pub chunks: Vec<u64>,
+    pub overwrite: bool,
+}
+
+fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
+    let stream = cx.input(0)?;
+    if stream.dtype == DType::Bool {
+        return cx.err(
+            "inputs",
+            "HDF5 output of booleans is not supported; cast to uint8 first",
+        );
+    }
+    let chunks =
+        cx.p.shape("chunks")
+            .unwrap_or_else(|| stream.grid.chunk_shape().to_vec());
+    let stage = WriteHdf5 {
+        path: cx.path("path")?,
+        dataset: cx.p.str("dataset")?,
+        chunks,
+        overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
+    };
+    Some(Planned::sink(stage, stream.grid.clone()))
+}
+
+impl Stage for WriteHdf5 {
+    fn kind(&self) -> &'static str {
+        KIND.kind
+    }
+    fn describe(&self) -> String {
+        format!(
+            "HDF5 {} dataset \"{}\" in chunks of {:?}",
+            self.path.display(),
+            self.dataset,
+            self.chunks
+        )
+    }
+    fn memory(&self, m: &MemoryCx<'_>) -> u128 {
+        2 * m.in_bytes
+    }
+    fn exec(&self) -> Exec<'_> {
+        Exec::Sink(self)
+    }
+    fn serial(&self) -> bool {
+        true
+    }
+    fn writes(&self) -> Option<Writes<'_>> {
+        Some(Writes::Files(std::slice::from_ref(&self.path)))
+    }
+}
+
+impl SinkOp for WriteHdf5 {
+    fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSink>, IoError> {
+        let spec = cx
+            .inputs
+            .first()
+            .and_then(Option::as_ref)
+            .ok_or_else(|| IoError::Store {
+                path: self.path.clone(),
+                why: "internal: no input".into(),
+            })?;
+        let w = Hdf5Writer::create(
+            &self.path,
+            &self.dataset,
+            spec.dtype,
+            spec.shape(),
+            &self.chunks,
+            self.overwrite,
+        )?;
+        Ok(StoreSink::boxed(Box::new(w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn plans_one_chunk_at_a_time_with_the_streams_chunks() {
+        let s = plan_one(
+            "kind = \"write-hdf5\"\npath = \"o.h5\"",
+            &[DType::U16],
+            &[10, 12],
+            &[4, 5],
+        );
+        assert!(s.output.is_none());
+        assert_eq!(s.parallel, 1);
+        assert_eq!(s.mem.working, 2 * 40);
+        let crate::plan::StageKind::Unit(op) = &s.kind else {
+            panic!("a unit")
+        };
+        assert_eq!(
+            op.describe(),
+            "HDF5 /cfg/o.h5 dataset \"data\" in chunks of [4, 5]"
+        );
+        assert!(
+            matches!(op.writes(), Some(Writes::Files([p])) if p == std::path::Path::new("/cfg/o.h5"))
+        );
+    }
+
+    #[test]
+    fn refuses_booleans() {
+        let e = plan_err(
+            "kind = \"write-hdf5\"\npath = \"o.h5\"",
+            &[DType::Bool],
+            &[10],
+            &[5],
+        );
+        assert!(e.contains("booleans is not supported"), "{e}");
+    }
+}

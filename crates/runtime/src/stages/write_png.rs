@@ -1,0 +1,217 @@
+//! `write-png`: a PNG preview of an (H, W) or RGB (H, W, 3) array.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use blockflow_core::Chunk;
+use blockflow_io::preview::{Colormap, PreviewOptions, PreviewWriter};
+use blockflow_io::IoError;
+
+use super::{
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
+    Writes,
+};
+
+pub static KIND: KindDef = KindDef {
+    kind: "write-png",
+    role: "writer",
+    summary: "a PNG preview of an (H, W) or RGB (H, W, 3) array: a region, or the whole array averaged down, stretched between percentiles",
+    inputs: Arity::Exactly(1),
+    params: &[
+        p("path", PType::Path, None, "the PNG file"),
+        p("max_size", PType::Int(8, 16384), Some("1024"), "the picture's longer side in pixels (the array is block-averaged down to it)"),
+        p("region", PType::Ints, Some(""), "[y0, y1, x0, x1]: preview only this part of the array"),
+        p("colormap", PType::Choice(&["gray", "viridis", "pink_r"]), Some("gray"), "for single-channel arrays"),
+        p("percentiles", PType::Floats, Some("[1.0, 99.5]"), "values at these percentiles map to the ends of the colormap"),
+        p("downsample", PType::Choice(&["mean", "max"]), Some("mean"), "how a block of pixels becomes one: mean, or max (for sparse peaks)"),
+        p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
+    ],
+    example: "inputs = [\"f32_2d\"]\npath = \"out.png\"\ncolormap = \"viridis\"",
+    plan,
+};
+
+#[derive(Debug, Clone)]
+pub struct WritePng {
+    pub path: PathBuf,
+    pub options: PreviewOptions,
+}
+
+fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
+    let stream = cx.input(0)?;
+    let shape = stream.shape().to_vec();
+    let rgb = shape.len() == 3 && shape[2] == 3 && stream.grid.chunk_shape()[2] == 3;
+    if shape.len() != 2 && !rgb {
+        return cx.err("inputs", format!("a preview takes an (H, W) array or an RGB (H, W, 3) array with whole channels per chunk; the input is {shape:?} in chunks of {:?}", stream.grid.chunk_shape()));
+    }
+    let region = match cx.p.ints("region", 4) {
+        None => None,
+        Some(Ok(r))
+            if r.len() == 4
+                && r[0] >= 0
+                && r[2] >= 0
+                && r[0] < r[1]
+                && r[2] < r[3]
+                && r[1] as u64 <= shape[0]
+                && r[3] as u64 <= shape[1] =>
+        {
+            Some([r[0] as u64, r[1] as u64, r[2] as u64, r[3] as u64])
+        }
+        _ => {
+            return cx.err(
+                "region",
+                format!(
+                    "`region` is [y0, y1, x0, x1] with y0 < y1 <= {} and x0 < x1 <= {}",
+                    shape[0], shape[1]
+                ),
+            );
+        }
+    };
+    let percentiles = match cx.p.floats("percentiles", 2) {
+        Some(Ok(p)) if p.len() == 2 && 0.0 <= p[0] && p[0] < p[1] && p[1] <= 100.0 => [p[0], p[1]],
+        _ => {
+            return cx.err(
+                "percentiles",
+                "`percentiles` is [low, high] with 0 <= low < high <= 100",
+            );
+        }
+    };
+    let options = PreviewOptions {
+        region,
+        max_size: cx.p.int("max_size")? as u64,
+        colormap: Colormap::parse(&cx.p.str("colormap")?)?,
+        percentiles,
+        max_pool: cx.p.str("downsample").as_deref() == Some("max"),
+        overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
+    };
+    let path = cx.path("path")?;
+    Some(Planned::sink(
+        WritePng { path, options },
+        stream.grid.clone(),
+    ))
+}
+
+impl Stage for WritePng {
+    fn kind(&self) -> &'static str {
+        KIND.kind
+    }
+    fn describe(&self) -> String {
+        let o = &self.options;
+        let part = match o.region {
+            Some([y0, y1, x0, x1]) => format!("rows {y0}..{y1}, columns {x0}..{x1}"),
+            None => "the whole array".to_string(),
+        };
+        let colormap = match o.colormap {
+            Colormap::Gray => "gray",
+            Colormap::Viridis => "viridis",
+            Colormap::PinkR => "pink_r",
+        };
+        format!(
+            "PNG preview {} of {part}, {} down to at most {} px, {colormap} between percentiles {} and {}",
+            self.path.display(),
+            if o.max_pool { "max-pooled" } else { "averaged" },
+            o.max_size,
+            o.percentiles[0],
+            o.percentiles[1]
+        )
+    }
+    /// The chunks held and the preview's sums and counts.
+    fn memory(&self, m: &MemoryCx<'_>) -> u128 {
+        m.parallel * m.in_bytes + self.options.held_bytes(m.grid.shape()) as u128
+    }
+    fn exec(&self) -> Exec<'_> {
+        Exec::Sink(self)
+    }
+    fn writes(&self) -> Option<Writes<'_>> {
+        Some(Writes::Files(std::slice::from_ref(&self.path)))
+    }
+}
+
+impl SinkOp for WritePng {
+    fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSink>, IoError> {
+        let w = PreviewWriter::create(&self.path, cx.stage.grid.shape(), self.options.clone())?;
+        Ok(Box::new(PngSink {
+            path: self.path.clone(),
+            w: Mutex::new(w),
+        }))
+    }
+}
+
+/// The preview's sums, added to by chunks written at once.
+struct PngSink {
+    path: PathBuf,
+    w: Mutex<PreviewWriter>,
+}
+
+impl ChunkSink for PngSink {
+    fn write(&self, _input: usize, chunk: &Chunk) -> Result<(), String> {
+        let mut w = self
+            .w
+            .lock()
+            .map_err(|_| "another chunk failed while adding to the preview")?;
+        w.add(&chunk.region, chunk.array());
+        Ok(())
+    }
+    fn held_bytes(&self) -> u64 {
+        self.w.lock().map_or(0, |w| w.held_bytes())
+    }
+    fn commit(self: Box<Self>) -> Result<Vec<PathBuf>, IoError> {
+        let PngSink { path, w } = *self;
+        let w = w.into_inner().map_err(|_| IoError::Store {
+            path,
+            why: "a chunk failed while adding to the preview".into(),
+        })?;
+        w.finish().map(|p| vec![p])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use blockflow_core::DType;
+
+    #[test]
+    fn plans_the_preview_and_its_sums() {
+        let s = plan_one(
+            "kind = \"write-png\"\npath = \"p.png\"\nmax_size = 8\nregion = [0, 10, 2, 12]",
+            &[DType::F32],
+            &[20, 30],
+            &[10, 10],
+        );
+        assert!(s.output.is_none());
+        // 2 chunks of 400 bytes, and a 10 x 10 region down to 8 px (factor
+        // 2): 5 x 5 pixels of 12 bytes.
+        assert_eq!(s.mem.working, 2 * 400 + 5 * 5 * 12);
+        let crate::plan::StageKind::Unit(op) = &s.kind else {
+            panic!("a unit")
+        };
+        assert_eq!(
+            op.describe(),
+            "PNG preview /cfg/p.png of rows 0..10, columns 2..12, averaged down to at most 8 px, gray between percentiles 1 and 99.5"
+        );
+    }
+
+    #[test]
+    fn refuses_a_region_outside_the_array_bad_percentiles_and_3_d_arrays() {
+        let e = plan_err(
+            "kind = \"write-png\"\npath = \"p.png\"\nregion = [0, 30, 0, 10]",
+            &[DType::F32],
+            &[20, 30],
+            &[10, 10],
+        );
+        assert!(e.contains("y0 < y1 <= 20 and x0 < x1 <= 30"), "{e}");
+        let e = plan_err(
+            "kind = \"write-png\"\npath = \"p.png\"\npercentiles = [50, 10]",
+            &[DType::F32],
+            &[20, 30],
+            &[10, 10],
+        );
+        assert!(e.contains("0 <= low < high <= 100"), "{e}");
+        let e = plan_err(
+            "kind = \"write-png\"\npath = \"p.png\"",
+            &[DType::F32],
+            &[20, 30, 4],
+            &[10, 10, 4],
+        );
+        assert!(e.contains("a preview takes an (H, W) array"), "{e}");
+    }
+}
