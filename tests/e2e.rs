@@ -1306,15 +1306,10 @@ fn elevation_exact_matmul_sum_and_the_smoothest_block() {
     }
 }
 
-/// matmul as numpy's @ (2-D, 1-D, exact int64 beyond float64's 2^53, an
-/// int64 overflow as an error), and diff with numpy's integer wrap.
-#[test]
-fn matmul_and_diff_as_numpy() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = write_config(
-        dir.path(),
-        "mm.toml",
-        r#"
+/// A matmul and diff pipeline: a 5x7 int32 ramp `a`, its column sums `v`,
+/// `a @ v` in int64 and float64, `v @ v`, and diffs of int32 and uint8
+/// values, written to `mm.json`.
+const MATMUL_CONFIG: &str = r#"
 [stage.a]
 kind = "synthetic"
 pattern = "ramp"
@@ -1373,8 +1368,13 @@ inputs = ["du"]
 kind = "write-json"
 inputs = ["ab", "ff", "bigdot", "d", "dd"]
 path = "mm.json"
-"#,
-    );
+"#;
+
+/// matmul as numpy's @ (2-D, 1-D), and diff with numpy's integer wrap.
+#[test]
+fn matmul_and_diff_as_numpy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), "mm.toml", MATMUL_CONFIG);
     let (code, _, err) = blockflow(&["run", "-q", cfg.to_str().expect("u")]);
     assert_eq!(code, 0, "{err}");
     let s: serde_json::Value = read_json(dir.path().join("mm.json"));
@@ -1394,11 +1394,17 @@ path = "mm.json"
     );
     // uint8 diff wraps as numpy's: (34 - a) decreases by 1, so each step is 255.
     assert_eq!(s["dd"][0][0].as_i64(), Some(255));
+}
 
+/// matmul of int64 values: exact beyond float64's 2^53, an int64 overflow
+/// as an error naming the stage.
+#[test]
+fn matmul_int64_is_exact_past_2_53_and_refuses_overflow() {
+    let dir = tempfile::tempdir().expect("tmp");
     // Past 2^53 the product is still exact; past int64 it is an error.
-    let text = std::fs::read_to_string(&cfg).expect("cfg");
     let big = |value: i64| {
-        text.replace(r#"inputs = ["v", "v"]"#, r#"inputs = ["bigrow", "bigrow"]"#)
+        MATMUL_CONFIG
+            .replace(r#"inputs = ["v", "v"]"#, r#"inputs = ["bigrow", "bigrow"]"#)
             .replace(
                 "[stage.d]\n",
                 &format!("[stage.bigrow]\nkind = \"expr\"\ninputs = [\"a\"]\nexpr = \"int64(a[0]) * 0 + {value}\"\n\n[stage.d]\n"),

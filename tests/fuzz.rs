@@ -218,20 +218,7 @@ fn mutate_once(rng: &mut Rng, text: &str, others: &[&str]) -> String {
             let r = *rng.pick(&nums);
             replace(text, r, rng.pick::<&str>(NUMBERS))
         }
-        3 | 4 => {
-            let strs = strings(text);
-            if strs.is_empty() {
-                return text.to_string();
-            }
-            let r = *rng.pick(&strs);
-            let with = if rng.below(2) == 0 {
-                (*rng.pick(STRINGS)).to_string()
-            } else {
-                let o = *rng.pick(&strs);
-                text[o.0..o.1].to_string()
-            };
-            replace(text, r, &with)
-        }
+        3 | 4 => another_string(rng, text),
         5 => {
             let mut v = lines.clone();
             v.remove(rng.below(n));
@@ -250,84 +237,108 @@ fn mutate_once(rng: &mut Rng, text: &str, others: &[&str]) -> String {
             join(v)
         }
         8 => text[..floor_char(text, rng.below(text.len() + 1))].to_string(),
-        9 => {
-            // Another stage kind.
-            match text
-                .match_indices("kind = \"")
-                .nth(rng.below(40) % text.matches("kind = \"").count().max(1))
-            {
-                Some((i, m)) => {
-                    let s = i + m.len();
-                    let e = s + text[s..].find('"').unwrap_or(0);
-                    replace(text, (s, e), rng.pick::<&str>(KINDS))
-                }
-                None => text.to_string(),
-            }
-        }
-        10 => {
-            // Nesting and length in an expression.
-            match text.find("expr = \"") {
-                Some(i) => {
-                    let s = i + "expr = \"".len();
-                    let e = s + text[s..].find('"').unwrap_or(0);
-                    let inner = &text[s..e];
-                    let k = *rng.pick(&[1usize, 10, 99, 100, 101, 500, 5000]);
-                    let with = match rng.below(5) {
-                        0 => format!("{}{inner}{}", "(".repeat(k), ")".repeat(k)),
-                        1 => format!("{}{inner}{}", "abs(".repeat(k), ")".repeat(k)),
-                        2 => vec![inner; k.min(3000)].join("+"),
-                        3 => format!("{}{inner}", "-".repeat(k)),
-                        _ => format!("{inner}{}", "[...]".repeat(k.min(300))),
-                    };
-                    replace(text, (s, e), &with)
-                }
-                None => text.to_string(),
-            }
-        }
-        11 => {
-            // A value of another type.
-            let nums = numbers(text);
-            if nums.is_empty() {
-                return text.to_string();
-            }
-            let r = *rng.pick(&nums);
-            let with = *rng.pick(&[
-                "\"s\"",
-                "[]",
-                "[1, 2]",
-                "[[1]]",
-                "true",
-                "{ a = 1 }",
-                "[1, \"a\"]",
-                "[0, 0, 0, 0, 0, 0, 0, 0]",
-                "[9223372036854775807, 9223372036854775807]",
-                "[4294967296, 4294967296]",
-            ]);
-            replace(text, r, with)
-        }
+        9 => another_kind(rng, text),
+        10 => deeper_expr(rng, text),
+        11 => another_type(rng, text),
         12 => {
             // A line of another config (keys of other stages).
             let mut v = lines.clone();
             v.insert(rng.below(n + 1), *rng.pick(others));
             join(v)
         }
-        _ => {
-            // A stray character or bracket.
-            let i = floor_char(text, rng.below(text.len() + 1));
-            let c = *rng.pick(&[
-                "[",
-                "]",
-                "\"",
-                "=",
-                "\n[stage.x]\n",
-                "\u{0}",
-                "é",
-                "{",
-                "'''",
-            ]);
-            format!("{}{c}{}", &text[..i], &text[i..])
-        }
+        _ => stray_character(rng, text),
     }
+}
+
+/// A string value replaced by a hostile one or another of the config's.
+fn another_string(rng: &mut Rng, text: &str) -> String {
+    let strs = strings(text);
+    if strs.is_empty() {
+        return text.to_string();
+    }
+    let r = *rng.pick(&strs);
+    let with = if rng.below(2) == 0 {
+        (*rng.pick(STRINGS)).to_string()
+    } else {
+        let o = *rng.pick(&strs);
+        text[o.0..o.1].to_string()
+    };
+    replace(text, r, &with)
+}
+
+/// Another stage kind.
+fn another_kind(rng: &mut Rng, text: &str) -> String {
+    match text
+        .match_indices("kind = \"")
+        .nth(rng.below(40) % text.matches("kind = \"").count().max(1))
+    {
+        Some((i, m)) => {
+            let s = i + m.len();
+            let e = s + text[s..].find('"').unwrap_or(0);
+            replace(text, (s, e), rng.pick::<&str>(KINDS))
+        }
+        None => text.to_string(),
+    }
+}
+
+/// Nesting and length in an expression.
+fn deeper_expr(rng: &mut Rng, text: &str) -> String {
+    match text.find("expr = \"") {
+        Some(i) => {
+            let s = i + "expr = \"".len();
+            let e = s + text[s..].find('"').unwrap_or(0);
+            let inner = &text[s..e];
+            let k = *rng.pick(&[1usize, 10, 99, 100, 101, 500, 5000]);
+            let with = match rng.below(5) {
+                0 => format!("{}{inner}{}", "(".repeat(k), ")".repeat(k)),
+                1 => format!("{}{inner}{}", "abs(".repeat(k), ")".repeat(k)),
+                2 => vec![inner; k.min(3000)].join("+"),
+                3 => format!("{}{inner}", "-".repeat(k)),
+                _ => format!("{inner}{}", "[...]".repeat(k.min(300))),
+            };
+            replace(text, (s, e), &with)
+        }
+        None => text.to_string(),
+    }
+}
+
+/// A number replaced by a value of another type.
+fn another_type(rng: &mut Rng, text: &str) -> String {
+    let nums = numbers(text);
+    if nums.is_empty() {
+        return text.to_string();
+    }
+    let r = *rng.pick(&nums);
+    let with = *rng.pick(&[
+        "\"s\"",
+        "[]",
+        "[1, 2]",
+        "[[1]]",
+        "true",
+        "{ a = 1 }",
+        "[1, \"a\"]",
+        "[0, 0, 0, 0, 0, 0, 0, 0]",
+        "[9223372036854775807, 9223372036854775807]",
+        "[4294967296, 4294967296]",
+    ]);
+    replace(text, r, with)
+}
+
+/// A stray character or bracket.
+fn stray_character(rng: &mut Rng, text: &str) -> String {
+    let i = floor_char(text, rng.below(text.len() + 1));
+    let c = *rng.pick(&[
+        "[",
+        "]",
+        "\"",
+        "=",
+        "\n[stage.x]\n",
+        "\u{0}",
+        "é",
+        "{",
+        "'''",
+    ]);
+    format!("{}{c}{}", &text[..i], &text[i..])
 }
 
 fn mutant(rng: &mut Rng, base: &str, others: &[&str]) -> String {
@@ -455,24 +466,22 @@ fn located(e: &ConfigError, path: &Path) -> Result<(), String> {
 /// The most one mutant may take to plan.
 const PER_MUTANT: Duration = Duration::from_secs(10);
 
-#[test]
-fn mutated_configs_never_panic_and_every_refusal_has_a_location() {
-    let count: usize = std::env::var("FUZZ_MUTANTS")
+/// A number from the environment variable `name`, or `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5000);
-    let seed: u64 = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11);
-    let (_tmp, bases) = fixture();
-    let all_lines: Vec<String> = bases
-        .iter()
-        .flat_map(|(_, t)| t.lines().map(str::to_string))
-        .collect();
-    let current = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-current.toml");
-    // Plans run on a worker with a 2 MiB stack (a test thread's, less than
-    // the binary's main thread); the test waits on each with a deadline.
+        .unwrap_or(default)
+}
+
+/// A worker that plans each (path, text) it is sent and sends the outcome
+/// back; it runs with a 2 MiB stack (a test thread's, less than the
+/// binary's main thread).
+fn spawn_planner() -> (
+    mpsc::Sender<(PathBuf, String)>,
+    mpsc::Receiver<Outcome>,
+    std::thread::JoinHandle<()>,
+) {
     let (to_worker, jobs) = mpsc::channel::<(PathBuf, String)>();
     let (to_main, results) = mpsc::channel::<Outcome>();
     let worker = std::thread::Builder::new()
@@ -485,14 +494,64 @@ fn mutated_configs_never_panic_and_every_refusal_has_a_location() {
             }
         })
         .expect("spawn");
+    (to_worker, results, worker)
+}
+
+/// What the mutants came to.
+#[derive(Default)]
+struct Tally {
+    accepted: usize,
+    refused: usize,
+    failures: Vec<String>,
+    slowest: (Duration, String),
+    /// A few refused mutants, to run through the real binary.
+    refused_samples: Vec<(PathBuf, String)>,
+}
+
+impl Tally {
+    /// Counts mutant `i` of `path` (`text`), planned in `took`.
+    fn record(&mut self, i: usize, path: &Path, text: String, outcome: Outcome, took: Duration) {
+        if took > self.slowest.0 {
+            self.slowest = (took, format!("mutant {i} of {}", path.display()));
+        }
+        match outcome {
+            Outcome::Accepted => self.accepted += 1,
+            Outcome::Refused(e) => {
+                self.refused += 1;
+                if let Err(m) = located(&e, path) {
+                    self.failures
+                        .push(format!("mutant {i} of {}: {m}\n{text}", path.display()));
+                }
+                if self.refused_samples.len() < 6 && i.is_multiple_of(97) {
+                    self.refused_samples.push((path.to_path_buf(), text));
+                }
+            }
+            Outcome::Panicked(m) => self.failures.push(format!(
+                "mutant {i} of {}: panicked: {m}\n{text}",
+                path.display()
+            )),
+        }
+    }
+}
+
+#[test]
+fn mutated_configs_never_panic_and_every_refusal_has_a_location() {
+    let count: usize = env_or("FUZZ_MUTANTS", 5000);
+    let seed: u64 = env_or("FUZZ_SEED", 11);
+    let (_tmp, bases) = fixture();
+    let all_lines: Vec<String> = bases
+        .iter()
+        .flat_map(|(_, t)| t.lines().map(str::to_string))
+        .collect();
+    let current = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-current.toml");
+    // Plans run on a worker with a 2 MiB stack; the test waits on each with
+    // a deadline.
+    let (to_worker, results, worker) = spawn_planner();
     // Panics are counted, not printed 2000 times.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut rng = Rng::new(seed);
-    let (mut accepted, mut refused) = (0usize, 0usize);
-    let mut failures: Vec<String> = Vec::new();
-    let mut slowest = (Duration::ZERO, String::new());
-    let mut refused_samples: Vec<(PathBuf, String)> = Vec::new();
+    let mut tally = Tally::default();
     let t0 = Instant::now();
     for i in 0..count {
         let (path, base) = &bases[i % bases.len()];
@@ -513,30 +572,18 @@ fn mutated_configs_never_panic_and_every_refusal_has_a_location() {
                 );
             }
         };
-        let took = started.elapsed();
-        if took > slowest.0 {
-            slowest = (took, format!("mutant {i} of {}", path.display()));
-        }
-        match outcome {
-            Outcome::Accepted => accepted += 1,
-            Outcome::Refused(e) => {
-                refused += 1;
-                if let Err(m) = located(&e, path) {
-                    failures.push(format!("mutant {i} of {}: {m}\n{text}", path.display()));
-                }
-                if refused_samples.len() < 6 && i % 97 == 0 {
-                    refused_samples.push((path.clone(), text));
-                }
-            }
-            Outcome::Panicked(m) => failures.push(format!(
-                "mutant {i} of {}: panicked: {m}\n{text}",
-                path.display()
-            )),
-        }
+        tally.record(i, path, text, outcome, started.elapsed());
     }
     std::panic::set_hook(hook);
     drop(to_worker);
     worker.join().expect("worker");
+    let Tally {
+        accepted,
+        refused,
+        failures,
+        slowest,
+        refused_samples,
+    } = tally;
     eprintln!(
         "fuzz: {count} mutants (seed {seed}) in {:.1?}: {accepted} accepted, {refused} refused, {} failures; slowest {:.1?} ({})",
         t0.elapsed(),

@@ -153,30 +153,7 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
         .unwrap_or(0x5eed);
     let mut rng = Lcg(seed);
 
-    // The writer: one timepoint every 80 ms; timepoint 9 arrives truncated.
-    let writer = {
-        let (gen, watch) = (s.gen.clone(), s.watch.clone());
-        std::thread::spawn(move || {
-            let s = Setup {
-                dir: PathBuf::new(),
-                gen,
-                watch,
-            };
-            for t in 0..count {
-                if t == corrupt {
-                    let name = format!("t_{t:04}.h5");
-                    let bytes = std::fs::read(s.gen.join(&name)).expect("read");
-                    let tmp = s.watch.join(format!(".{name}.part"));
-                    std::fs::write(&tmp, &bytes[..bytes.len() / 3]).expect("write");
-                    std::fs::rename(&tmp, s.watch.join(&name)).expect("rename");
-                } else {
-                    s.drop_file(t);
-                }
-                std::thread::sleep(Duration::from_millis(80));
-            }
-        })
-    };
-
+    let writer = spawn_writer(&s, count, corrupt);
     // The ingest, killed with SIGKILL after a random 20-400 ms, ten times.
     let mut kills = 0;
     while kills < 10 {
@@ -197,7 +174,39 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
     let err = stderr_of(child);
     assert!(status.success(), "final run: {status:?}\n{err}");
 
-    // The manifest lists each file once, timepoints in order.
+    check_manifest_and_quarantine(&s, count, corrupt);
+    let want = check_same_as_batch(&s, count, corrupt);
+    check_statistics_and_zscore(&s, &want, count);
+}
+
+/// The writer: one timepoint every 80 ms; timepoint `corrupt` arrives
+/// truncated.
+fn spawn_writer(s: &Setup, count: usize, corrupt: usize) -> std::thread::JoinHandle<()> {
+    let (gen, watch) = (s.gen.clone(), s.watch.clone());
+    std::thread::spawn(move || {
+        let s = Setup {
+            dir: PathBuf::new(),
+            gen,
+            watch,
+        };
+        for t in 0..count {
+            if t == corrupt {
+                let name = format!("t_{t:04}.h5");
+                let bytes = std::fs::read(s.gen.join(&name)).expect("read");
+                let tmp = s.watch.join(format!(".{name}.part"));
+                std::fs::write(&tmp, &bytes[..bytes.len() / 3]).expect("write");
+                std::fs::rename(&tmp, s.watch.join(&name)).expect("rename");
+            } else {
+                s.drop_file(t);
+            }
+            std::thread::sleep(Duration::from_millis(80));
+        }
+    })
+}
+
+/// The manifest lists each file once, timepoints in order; the corrupt one
+/// is in quarantine, with its reason; all after it went in.
+fn check_manifest_and_quarantine(s: &Setup, count: usize, corrupt: usize) {
     let m = s.manifest();
     let mut names: Vec<&str> = m
         .iter()
@@ -213,7 +222,6 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
         let want = format!("t_{:04}.h5", if i < corrupt { i } else { i + 1 });
         assert_eq!(e["file"], want.as_str());
     }
-    // The corrupt one is in quarantine, with its reason; all after it went in.
     let q: Vec<_> = m.iter().filter(|e| e["status"] == "quarantined").collect();
     assert_eq!(q.len(), 1, "{q:?}");
     let bad = format!("t_{corrupt:04}.h5");
@@ -229,11 +237,14 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
     let reason = std::fs::read_to_string(qdir.join(format!("{bad}.reason.txt"))).expect("reason");
     assert!(reason.contains("truncated"), "{reason}");
     assert!(!s.watch.join(&bad).exists());
+}
 
-    // The appended array equals the batch run over the same good files, bit
-    // for bit, and no stray chunk or temporary file is left in it.
+/// The appended array equals the batch run over the same good files, bit
+/// for bit, and no stray chunk or temporary file is left in it. Returns the
+/// batch run's array.
+fn check_same_as_batch(s: &Setup, count: usize, corrupt: usize) -> blockflow_core::ArrayData {
     let got = read_all(&s.dir.join("ingest.zarr"));
-    let want = batch(&s, &[corrupt], count);
+    let want = batch(s, &[corrupt], count);
     assert_eq!(got.shape(), want.shape());
     assert!(got == want, "the ingested array differs from the batch run");
     let shifts = read_json(s.dir.join("shifts.json"));
@@ -256,8 +267,12 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
         .expect("chunks")
         .count();
     assert_eq!(c_dirs, count - 1, "chunks past the recorded length");
+    want
+}
 
-    // The running statistics are those of the whole array.
+/// The running statistics are those of the whole array `want`, and the
+/// exact batch zscore runs over the ingested array at any time.
+fn check_statistics_and_zscore(s: &Setup, want: &blockflow_core::ArrayData, count: usize) {
     let stats = s.dir.join("ingest.zarr.stats");
     let attrs = blockflow_io::zarr::group_attributes(&stats).expect("stats group");
     assert_eq!(attrs["count"].as_u64(), Some(count as u64 - 1));
@@ -279,7 +294,6 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
         "statistics off by {dm:e} (mean), {ds:e} (std)"
     );
 
-    // The exact batch zscore runs over the ingested array at any time.
     let z = s.dir.join("z.zarr");
     let (code, _, err) = run_with_sets(
         &root().join("configs/zscore-ingested.toml"),

@@ -145,66 +145,9 @@ fn apply_filter_rows(c: &mut [f64], n: usize, inner: usize, poles: &[f64], init:
         gain *= (1.0 - z) * (1.0 - 1.0 / z);
     }
     c.iter_mut().for_each(|v| *v *= gain);
-    let row = |i: usize| i * inner..(i + 1) * inner;
     let mut acc = vec![0.0; inner];
     for &z in poles {
-        // Causal initialisation of row 0.
-        match init {
-            Init::Mirror => {
-                let z_n_1 = z.powf((n - 1) as f64);
-                for (l, a) in acc.iter_mut().enumerate() {
-                    *a = c[l] + z_n_1 * c[(n - 1) * inner + l];
-                }
-                let mut z_i = z;
-                for i in 1..n.saturating_sub(1) {
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a += z_i * (c[i * inner + l] + z_n_1 * c[(n - 1 - i) * inner + l]);
-                    }
-                    z_i *= z;
-                }
-                let d = 1.0 - z_n_1 * z_n_1;
-                for (l, a) in acc.iter().enumerate() {
-                    c[l] = a / d;
-                }
-            }
-            Init::Wrap => {
-                acc.copy_from_slice(&c[row(0)]);
-                let mut z_i = z;
-                for i in 1..n {
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a += z_i * c[(n - i) * inner + l];
-                    }
-                    z_i *= z;
-                }
-                let d = 1.0 - z_i;
-                for (l, a) in acc.iter().enumerate() {
-                    c[l] = a / d;
-                }
-            }
-            Init::Reflect => {
-                let z_n = z.powf(n as f64);
-                for (l, a) in acc.iter_mut().enumerate() {
-                    *a = c[l] + z_n * c[(n - 1) * inner + l];
-                }
-                let mut z_i = z;
-                for i in 1..n - 1 {
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a += z_i * (c[i * inner + l] + z_n * c[(n - 1 - i) * inner + l]);
-                    }
-                    z_i *= z;
-                }
-                // scipy accumulates in c[0] itself, so its last term reads
-                // the running sum, not the original c[0].
-                for (l, a) in acc.iter_mut().enumerate() {
-                    *a += z_i * (c[(n - 1) * inner + l] + z_n * *a);
-                }
-                let f = z / (1.0 - z_n * z_n);
-                for (l, a) in acc.iter().enumerate() {
-                    let c0 = c[l];
-                    c[l] = a * f + c0;
-                }
-            }
-        }
+        causal_init_rows(c, n, inner, z, init, &mut acc);
         // Causal recursion.
         for i in 1..n {
             let (prev, cur) = c.split_at_mut(i * inner);
@@ -213,42 +156,117 @@ fn apply_filter_rows(c: &mut [f64], n: usize, inner: usize, poles: &[f64], init:
                 *x += z * p;
             }
         }
-        // Anticausal initialisation of row n − 1.
-        let last = (n - 1) * inner;
-        match init {
-            Init::Mirror => {
-                let d = z * z - 1.0;
-                for l in 0..inner {
-                    c[last + l] = (z * c[last - inner + l] + c[last + l]) * z / d;
-                }
-            }
-            Init::Wrap => {
-                acc.copy_from_slice(&c[row(n - 1)]);
-                let mut z_i = z;
-                for i in 0..n - 1 {
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a += z_i * c[i * inner + l];
-                    }
-                    z_i *= z;
-                }
-                let f = z / (z_i - 1.0);
-                for (l, a) in acc.iter().enumerate() {
-                    c[last + l] = a * f;
-                }
-            }
-            Init::Reflect => {
-                let f = z / (z - 1.0);
-                for l in 0..inner {
-                    c[last + l] *= f;
-                }
-            }
-        }
+        anticausal_init_rows(c, n, inner, z, init, &mut acc);
         // Anticausal recursion.
         for i in (0..n - 1).rev() {
             let (cur, next) = c.split_at_mut((i + 1) * inner);
             let cur = &mut cur[i * inner..];
             for (x, &nx) in cur.iter_mut().zip(&next[..inner]) {
                 *x = z * (nx - *x);
+            }
+        }
+    }
+}
+
+/// The causal initialisation of row 0 of [`apply_filter_rows`] for pole
+/// `z`; `acc` is scratch of `inner` values.
+#[inline(always)]
+fn causal_init_rows(c: &mut [f64], n: usize, inner: usize, z: f64, init: Init, acc: &mut [f64]) {
+    match init {
+        Init::Mirror => {
+            let z_n_1 = z.powf((n - 1) as f64);
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = c[l] + z_n_1 * c[(n - 1) * inner + l];
+            }
+            let mut z_i = z;
+            for i in 1..n.saturating_sub(1) {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a += z_i * (c[i * inner + l] + z_n_1 * c[(n - 1 - i) * inner + l]);
+                }
+                z_i *= z;
+            }
+            let d = 1.0 - z_n_1 * z_n_1;
+            for (l, a) in acc.iter().enumerate() {
+                c[l] = a / d;
+            }
+        }
+        Init::Wrap => {
+            acc.copy_from_slice(&c[..inner]);
+            let mut z_i = z;
+            for i in 1..n {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a += z_i * c[(n - i) * inner + l];
+                }
+                z_i *= z;
+            }
+            let d = 1.0 - z_i;
+            for (l, a) in acc.iter().enumerate() {
+                c[l] = a / d;
+            }
+        }
+        Init::Reflect => {
+            let z_n = z.powf(n as f64);
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = c[l] + z_n * c[(n - 1) * inner + l];
+            }
+            let mut z_i = z;
+            for i in 1..n - 1 {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a += z_i * (c[i * inner + l] + z_n * c[(n - 1 - i) * inner + l]);
+                }
+                z_i *= z;
+            }
+            // scipy accumulates in c[0] itself, so its last term reads
+            // the running sum, not the original c[0].
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a += z_i * (c[(n - 1) * inner + l] + z_n * *a);
+            }
+            let f = z / (1.0 - z_n * z_n);
+            for (l, a) in acc.iter().enumerate() {
+                let c0 = c[l];
+                c[l] = a * f + c0;
+            }
+        }
+    }
+}
+
+/// The anticausal initialisation of row `n − 1` of [`apply_filter_rows`]
+/// for pole `z`; `acc` is scratch of `inner` values.
+#[inline(always)]
+fn anticausal_init_rows(
+    c: &mut [f64],
+    n: usize,
+    inner: usize,
+    z: f64,
+    init: Init,
+    acc: &mut [f64],
+) {
+    let last = (n - 1) * inner;
+    match init {
+        Init::Mirror => {
+            let d = z * z - 1.0;
+            for l in 0..inner {
+                c[last + l] = (z * c[last - inner + l] + c[last + l]) * z / d;
+            }
+        }
+        Init::Wrap => {
+            acc.copy_from_slice(&c[last..last + inner]);
+            let mut z_i = z;
+            for i in 0..n - 1 {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a += z_i * c[i * inner + l];
+                }
+                z_i *= z;
+            }
+            let f = z / (z_i - 1.0);
+            for (l, a) in acc.iter().enumerate() {
+                c[last + l] = a * f;
+            }
+        }
+        Init::Reflect => {
+            let f = z / (z - 1.0);
+            for l in 0..inner {
+                c[last + l] *= f;
             }
         }
     }

@@ -62,81 +62,89 @@ fn reductions_match_numpy_whole_and_per_block() {
         );
         let want: f64 = case["whole"].as_str().expect("whole").parse().expect("f64");
         let what = format!("{name} {op:?} ddof {ddof}");
-        // Whole array: partials of chunks, merged left to right and as a tree.
-        for (ch, cw) in [(37, 29), (10, 7), (3, 4), (1, 29)] {
-            let mut parts = Vec::new();
-            for y in (0..H).step_by(ch) {
-                for c in (0..W).step_by(cw) {
-                    parts.push(block_partial(
-                        &x,
-                        y,
-                        (y + ch).min(H),
-                        c,
-                        (c + cw).min(W),
-                        op.skips_nan(),
-                    ));
-                }
-            }
-            let linear = parts.iter().skip(1).fold(parts[0], |a, b| a.merge(b));
-            let mut tree = parts.clone();
-            while tree.len() > 1 {
-                tree = tree
-                    .chunks(2)
-                    .map(|p| {
-                        if p.len() == 2 {
-                            p[0].merge(&p[1])
-                        } else {
-                            p[0]
-                        }
-                    })
-                    .collect();
-            }
-            for (how, p) in [("linear", linear), ("tree", tree[0])] {
-                let got = p.finish(op, ddof);
-                assert!(
-                    same(got, want, exact),
-                    "{what}, chunks {ch}x{cw} merged {how}: {got} vs numpy {want}"
-                );
+        check_whole(&x, op, ddof, want, exact, &what);
+        check_blocks(&x, case, op, ddof, exact, &what);
+    }
+}
+
+/// Whole array: partials of chunks, merged left to right and as a tree.
+fn check_whole(x: &[f64], op: Reduction, ddof: u32, want: f64, exact: bool, what: &str) {
+    for (ch, cw) in [(37, 29), (10, 7), (3, 4), (1, 29)] {
+        let mut parts = Vec::new();
+        for y in (0..H).step_by(ch) {
+            for c in (0..W).step_by(cw) {
+                parts.push(block_partial(
+                    x,
+                    y,
+                    (y + ch).min(H),
+                    c,
+                    (c + cw).min(W),
+                    op.skips_nan(),
+                ));
             }
         }
-        // Per block.
-        for (bs, vals) in case["blocks"].as_object().expect("blocks") {
-            let (bh, bw): (usize, usize) = {
-                let mut it = bs.split('x').map(|v| v.parse::<usize>().expect("n"));
-                (it.next().expect("h"), it.next().expect("w"))
-            };
-            let want = floats(vals);
-            let mut k = 0;
-            for y in (0..H).step_by(bh) {
-                for c in (0..W).step_by(bw) {
-                    let got =
-                        block_partial(&x, y, (y + bh).min(H), c, (c + bw).min(W), op.skips_nan())
-                            .finish(op, ddof);
-                    assert!(
-                        same(got, want[k], exact),
-                        "{what}, block {bs} #{k}: {got} vs numpy {}",
-                        want[k]
-                    );
-                    // The op-aware partial of the block as a chunk.
-                    let (y1, c1) = ((y + bh).min(H), (c + bw).min(W));
-                    let block = ndarray::Array2::from_shape_fn((y1 - y, c1 - c), |(i, j)| {
-                        x[(y + i) * W + c + j]
-                    })
-                    .into_dyn();
-                    let got = partial_of_chunk_op(
-                        &blockflow_core::ArrayData::F64(block),
-                        &[y as u64, c as u64],
-                        &[H as u64, W as u64],
-                        op,
-                    )
+        let linear = parts.iter().skip(1).fold(parts[0], |a, b| a.merge(b));
+        let mut tree = parts.clone();
+        while tree.len() > 1 {
+            tree = tree
+                .chunks(2)
+                .map(|p| {
+                    if p.len() == 2 {
+                        p[0].merge(&p[1])
+                    } else {
+                        p[0]
+                    }
+                })
+                .collect();
+        }
+        for (how, p) in [("linear", linear), ("tree", tree[0])] {
+            let got = p.finish(op, ddof);
+            assert!(
+                same(got, want, exact),
+                "{what}, chunks {ch}x{cw} merged {how}: {got} vs numpy {want}"
+            );
+        }
+    }
+}
+
+/// Per block: the partial of each block, and the op-aware partial of the
+/// block as a chunk.
+fn check_blocks(x: &[f64], case: &Value, op: Reduction, ddof: u32, exact: bool, what: &str) {
+    for (bs, vals) in case["blocks"].as_object().expect("blocks") {
+        let (bh, bw): (usize, usize) = {
+            let mut it = bs.split('x').map(|v| v.parse::<usize>().expect("n"));
+            (it.next().expect("h"), it.next().expect("w"))
+        };
+        let want = floats(vals);
+        let mut k = 0;
+        for y in (0..H).step_by(bh) {
+            for c in (0..W).step_by(bw) {
+                let got = block_partial(x, y, (y + bh).min(H), c, (c + bw).min(W), op.skips_nan())
                     .finish(op, ddof);
-                    assert!(
-                        same(got, want[k], exact),
-                        "{what}, block {bs} #{k} (op-aware partial): {got} vs numpy {}",
-                        want[k]
-                    );
-                    k += 1;
-                }
+                assert!(
+                    same(got, want[k], exact),
+                    "{what}, block {bs} #{k}: {got} vs numpy {}",
+                    want[k]
+                );
+                // The op-aware partial of the block as a chunk.
+                let (y1, c1) = ((y + bh).min(H), (c + bw).min(W));
+                let block = ndarray::Array2::from_shape_fn((y1 - y, c1 - c), |(i, j)| {
+                    x[(y + i) * W + c + j]
+                })
+                .into_dyn();
+                let got = partial_of_chunk_op(
+                    &blockflow_core::ArrayData::F64(block),
+                    &[y as u64, c as u64],
+                    &[H as u64, W as u64],
+                    op,
+                )
+                .finish(op, ddof);
+                assert!(
+                    same(got, want[k], exact),
+                    "{what}, block {bs} #{k} (op-aware partial): {got} vs numpy {}",
+                    want[k]
+                );
+                k += 1;
             }
         }
     }

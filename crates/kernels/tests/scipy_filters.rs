@@ -4,7 +4,7 @@
 
 use blockflow_kernels::filters::{self, Boundary};
 use blockflow_kernels::tensor::{self, Gradient, TensorParams};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -68,115 +68,98 @@ fn filters_match_scipy_in_every_mode() {
         let args = &case["args"];
         let (want, want_shape, dtype) = values(&case["result"]);
         let what = format!("{f} {args}");
-        let axis = args["axis"].as_u64().unwrap_or(0) as usize;
-        let origin = args["origin"].as_i64().unwrap_or(0) as isize;
         let got: ArrayD<f64> = if case["input"] == "A" {
-            let x = a64.view();
-            match f {
-                "correlate1d" | "convolve1d" => {
-                    let w: Vec<f64> = args["weights"]
-                        .as_array()
-                        .expect("w")
-                        .iter()
-                        .map(|v| v.as_f64().expect("f"))
-                        .collect();
-                    if f == "correlate1d" {
-                        filters::correlate1d(x, &w, axis, mode(args), origin)
-                    } else {
-                        filters::convolve1d(x, &w, axis, mode(args), origin)
-                    }
-                }
-                "gaussian_filter1d" => filters::gaussian_filter1d(
-                    x,
-                    args["sigma"].as_f64().expect("s"),
-                    axis,
-                    args["order"].as_u64().expect("o") as usize,
-                    mode(args),
-                    args["truncate"].as_f64().expect("t"),
-                    args["radius"].as_u64().map(|r| r as usize),
-                ),
-                "gaussian_filter" => {
-                    let sig: Vec<f64> = args["sigma"]
-                        .as_array()
-                        .expect("s")
-                        .iter()
-                        .map(|v| v.as_f64().expect("f"))
-                        .collect();
-                    let ord: Vec<usize> = args["order"]
-                        .as_array()
-                        .expect("o")
-                        .iter()
-                        .map(|v| v.as_u64().expect("u") as usize)
-                        .collect();
-                    filters::gaussian_filter(
-                        x,
-                        &sig,
-                        &ord,
-                        mode(args),
-                        args["truncate"].as_f64().expect("t"),
-                        None,
-                    )
-                }
-                "uniform_filter1d" => filters::uniform_filter1d(
-                    x,
-                    args["size"].as_u64().expect("n") as usize,
-                    axis,
-                    mode(args),
-                    origin,
-                ),
-                "uniform_filter" => {
-                    let size: Vec<usize> = args["size"]
-                        .as_array()
-                        .expect("s")
-                        .iter()
-                        .map(|v| v.as_u64().expect("u") as usize)
-                        .collect();
-                    filters::uniform_filter(x, &size, mode(args))
-                }
-                "sobel" => filters::sobel(x, axis, mode(args)),
-                other => panic!("unknown fn {other}"),
-            }
+            filter_f64(f, args, a64.view())
         } else {
-            let x = b32.view();
-            let r: ArrayD<f32> = match f {
-                "gaussian_filter1d" => filters::gaussian_filter1d(
-                    x,
-                    args["sigma"].as_f64().expect("s"),
-                    axis,
-                    args["order"].as_u64().expect("o") as usize,
-                    mode(args),
-                    args["truncate"].as_f64().expect("t"),
-                    args["radius"].as_u64().map(|r| r as usize),
-                ),
-                "gaussian_filter" => {
-                    let sig: Vec<f64> = args["sigma"]
-                        .as_array()
-                        .expect("s")
-                        .iter()
-                        .map(|v| v.as_f64().expect("f"))
-                        .collect();
-                    let ord: Vec<usize> = args["order"]
-                        .as_array()
-                        .expect("o")
-                        .iter()
-                        .map(|v| v.as_u64().expect("u") as usize)
-                        .collect();
-                    filters::gaussian_filter(
-                        x,
-                        &sig,
-                        &ord,
-                        mode(args),
-                        args["truncate"].as_f64().expect("t"),
-                        None,
-                    )
-                }
-                other => panic!("unknown fn {other} on B"),
-            };
-            r.mapv(|v| v as f64)
+            filter_f32(f, args, b32.view()).mapv(|v| v as f64)
         };
         assert_eq!(got.shape(), &want_shape[..], "{what}: shape");
         let rel = if dtype == "float32" { 1e-5 } else { 1e-12 };
         close(got.as_slice().expect("standard"), &want, rel, &what);
+    }
+}
+
+fn f64_list(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v.as_f64().expect("f"))
+        .collect()
+}
+
+fn usize_list(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v.as_u64().expect("u") as usize)
+        .collect()
+}
+
+/// The fixture's filter `f` with `args` on float64 input A.
+fn filter_f64(f: &str, args: &Value, x: ArrayViewD<'_, f64>) -> ArrayD<f64> {
+    let axis = args["axis"].as_u64().unwrap_or(0) as usize;
+    let origin = args["origin"].as_i64().unwrap_or(0) as isize;
+    match f {
+        "correlate1d" | "convolve1d" => {
+            let w = f64_list(&args["weights"]);
+            if f == "correlate1d" {
+                filters::correlate1d(x, &w, axis, mode(args), origin)
+            } else {
+                filters::convolve1d(x, &w, axis, mode(args), origin)
+            }
+        }
+        "gaussian_filter1d" => filters::gaussian_filter1d(
+            x,
+            args["sigma"].as_f64().expect("s"),
+            axis,
+            args["order"].as_u64().expect("o") as usize,
+            mode(args),
+            args["truncate"].as_f64().expect("t"),
+            args["radius"].as_u64().map(|r| r as usize),
+        ),
+        "gaussian_filter" => filters::gaussian_filter(
+            x,
+            &f64_list(&args["sigma"]),
+            &usize_list(&args["order"]),
+            mode(args),
+            args["truncate"].as_f64().expect("t"),
+            None,
+        ),
+        "uniform_filter1d" => filters::uniform_filter1d(
+            x,
+            args["size"].as_u64().expect("n") as usize,
+            axis,
+            mode(args),
+            origin,
+        ),
+        "uniform_filter" => filters::uniform_filter(x, &usize_list(&args["size"]), mode(args)),
+        "sobel" => filters::sobel(x, axis, mode(args)),
+        other => panic!("unknown fn {other}"),
+    }
+}
+
+/// The fixture's filter `f` with `args` on float32 input B.
+fn filter_f32(f: &str, args: &Value, x: ArrayViewD<'_, f32>) -> ArrayD<f32> {
+    let axis = args["axis"].as_u64().unwrap_or(0) as usize;
+    match f {
+        "gaussian_filter1d" => filters::gaussian_filter1d(
+            x,
+            args["sigma"].as_f64().expect("s"),
+            axis,
+            args["order"].as_u64().expect("o") as usize,
+            mode(args),
+            args["truncate"].as_f64().expect("t"),
+            args["radius"].as_u64().map(|r| r as usize),
+        ),
+        "gaussian_filter" => filters::gaussian_filter(
+            x,
+            &f64_list(&args["sigma"]),
+            &usize_list(&args["order"]),
+            mode(args),
+            args["truncate"].as_f64().expect("t"),
+            None,
+        ),
+        other => panic!("unknown fn {other} on B"),
     }
 }
 

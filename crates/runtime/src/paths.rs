@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Diags, RawConfig, Span, Val};
+use crate::config::{Diags, RawConfig, Sp, Span, Val};
 use crate::plan::{normalize, resolve};
 
 /// What a path is to the run.
@@ -71,8 +71,20 @@ fn glob_parts(p: &Path) -> (PathBuf, String) {
 /// Checks the config's paths; every conflict is a diagnostic at the path
 /// parameter's location.
 pub(crate) fn check(d: &mut Diags<'_>, raw: &RawConfig) {
+    let named = collect(d, raw);
+    let config = absolute(&raw.path);
+    let outputs: Vec<&Named> = named.iter().filter(|n| n.role == Role::Output).collect();
+    let inputs: Vec<&Named> = named.iter().filter(|n| n.role != Role::Output).collect();
+    check_outputs_apart(d, &outputs);
+    check_outputs_off_inputs(d, raw, &config, &outputs, &inputs);
+    check_report(d, raw, &config, &named);
+    check_scratch(d, raw, &named);
+}
+
+/// The paths the stages read and write; an empty one is a diagnostic.
+fn collect(d: &mut Diags<'_>, raw: &RawConfig) -> Vec<Named> {
     let mut named: Vec<Named> = Vec::new();
-    let mut add = |d: &mut Diags<'_>, role: Role, stage: &str, v: &crate::config::Sp<Val>| {
+    let mut add = |d: &mut Diags<'_>, role: Role, stage: &str, v: &Sp<Val>| {
         let Val::Str(s) = &v.v else { return };
         if s.trim().is_empty() {
             d.err(
@@ -115,11 +127,11 @@ pub(crate) fn check(d: &mut Diags<'_>, raw: &RawConfig) {
             }
         }
     }
-    let config = absolute(&raw.path);
-    let outputs: Vec<&Named> = named.iter().filter(|n| n.role == Role::Output).collect();
-    let inputs: Vec<&Named> = named.iter().filter(|n| n.role != Role::Output).collect();
+    named
+}
 
-    // Outputs against each other.
+/// Outputs against each other: no two on one path or one inside another.
+fn check_outputs_apart(d: &mut Diags<'_>, outputs: &[&Named]) {
     for (i, a) in outputs.iter().enumerate() {
         for b in &outputs[i + 1..] {
             let why = if a.abs == b.abs {
@@ -145,9 +157,18 @@ pub(crate) fn check(d: &mut Diags<'_>, raw: &RawConfig) {
             }
         }
     }
-    // Outputs against inputs and the config file.
-    for o in &outputs {
-        for i in &inputs {
+}
+
+/// Outputs against inputs and the config file (`config`, absolute).
+fn check_outputs_off_inputs(
+    d: &mut Diags<'_>,
+    raw: &RawConfig,
+    config: &Path,
+    outputs: &[&Named],
+    inputs: &[&Named],
+) {
+    for o in outputs {
+        for i in inputs {
             let clash = match i.role {
                 Role::InputGlob => {
                     let (dir, pattern) = glob_parts(&i.abs);
@@ -187,66 +208,76 @@ pub(crate) fn check(d: &mut Diags<'_>, raw: &RawConfig) {
             );
         }
     }
-    // The report and the scratch folder.
-    let pipeline = |k: &str| {
-        raw.pipeline
-            .iter()
-            .find(|(kk, _)| kk.v == k)
-            .map(|(_, v)| v)
+}
+
+/// The `[pipeline]` entry `k`, if the config sets it.
+fn pipeline_entry<'r>(raw: &'r RawConfig, k: &str) -> Option<&'r Sp<Val>> {
+    raw.pipeline
+        .iter()
+        .find(|(kk, _)| kk.v == k)
+        .map(|(_, v)| v)
+}
+
+/// The report: not empty, not on an output or input, not the config file.
+fn check_report(d: &mut Diags<'_>, raw: &RawConfig, config: &Path, named: &[Named]) {
+    let Some(v) = pipeline_entry(raw, "report") else {
+        return;
     };
-    if let Some(v) = pipeline("report") {
-        if let Val::Str(s) = &v.v {
-            if s.trim().is_empty() {
-                d.err(&v.span, None, "an empty report path; name the JSON file");
-            } else {
-                let r = absolute(&resolve(&raw.path, v));
-                let hit = named
-                    .iter()
-                    .find(|n| r == n.abs || (n.role == Role::Output && r.starts_with(&n.abs)))
-                    .map(|n| (n.role, n.shown.clone(), n.stage.clone()));
-                if let Some((role, shown, stage)) = hit {
-                    d.err(
-                        &v.span,
-                        None,
-                        format!(
-                            "the report \"{s}\" is on the {} of stage \"{}\" (\"{shown}\"); give it a path of its own",
-                            if role == Role::Output { "output" } else { "input" },
-                            stage.as_deref().unwrap_or("?")
-                        ),
-                    );
-                } else if r == config {
-                    d.err(
-                        &v.span,
-                        None,
-                        format!("the report \"{s}\" would replace the config file itself"),
-                    );
-                }
-            }
-        }
+    let Val::Str(s) = &v.v else { return };
+    if s.trim().is_empty() {
+        d.err(&v.span, None, "an empty report path; name the JSON file");
+        return;
     }
-    if let Some(v) = pipeline("scratch") {
-        if let Val::Str(s) = &v.v {
-            if !s.trim().is_empty() {
-                let sc = absolute(&resolve(&raw.path, v));
-                let hit = named.iter().find(|n| match n.role {
-                    Role::Output => sc.starts_with(&n.abs),
-                    Role::Input => sc == n.abs || sc.starts_with(&n.abs),
-                    Role::InputGlob => false,
-                });
-                if let Some(n) = hit {
-                    d.err(
-                        &v.span,
-                        None,
-                        format!(
-                            "the scratch folder \"{s}\" is inside the {} of stage \"{}\" (\"{}\"); scratch stores would be written into it",
-                            if n.role == Role::Output { "output" } else { "input" },
-                            n.stage.as_deref().unwrap_or("?"),
-                            n.shown
-                        ),
-                    );
-                }
-            }
-        }
+    let r = absolute(&resolve(&raw.path, v));
+    let hit = named
+        .iter()
+        .find(|n| r == n.abs || (n.role == Role::Output && r.starts_with(&n.abs)))
+        .map(|n| (n.role, n.shown.clone(), n.stage.clone()));
+    if let Some((role, shown, stage)) = hit {
+        d.err(
+            &v.span,
+            None,
+            format!(
+                "the report \"{s}\" is on the {} of stage \"{}\" (\"{shown}\"); give it a path of its own",
+                if role == Role::Output { "output" } else { "input" },
+                stage.as_deref().unwrap_or("?")
+            ),
+        );
+    } else if r == config {
+        d.err(
+            &v.span,
+            None,
+            format!("the report \"{s}\" would replace the config file itself"),
+        );
+    }
+}
+
+/// The scratch folder: not inside an output or input.
+fn check_scratch(d: &mut Diags<'_>, raw: &RawConfig, named: &[Named]) {
+    let Some(v) = pipeline_entry(raw, "scratch") else {
+        return;
+    };
+    let Val::Str(s) = &v.v else { return };
+    if s.trim().is_empty() {
+        return;
+    }
+    let sc = absolute(&resolve(&raw.path, v));
+    let hit = named.iter().find(|n| match n.role {
+        Role::Output => sc.starts_with(&n.abs),
+        Role::Input => sc == n.abs || sc.starts_with(&n.abs),
+        Role::InputGlob => false,
+    });
+    if let Some(n) = hit {
+        d.err(
+            &v.span,
+            None,
+            format!(
+                "the scratch folder \"{s}\" is inside the {} of stage \"{}\" (\"{}\"); scratch stores would be written into it",
+                if n.role == Role::Output { "output" } else { "input" },
+                n.stage.as_deref().unwrap_or("?"),
+                n.shown
+            ),
+        );
     }
 }
 

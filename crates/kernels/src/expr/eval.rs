@@ -588,6 +588,7 @@ fn nan_max(a: f64, b: f64) -> f64 {
     }
 }
 
+/// Computes op `k` for the current tile of `len` elements into its lane.
 fn step(
     k: usize,
     len: usize,
@@ -602,223 +603,269 @@ fn step(
     }
     if d.is_float() {
         let mut o = std::mem::take(&mut fb[k]);
-        let o_ = &mut o[..len];
-        match op {
-            Op::Leaf(l) => sources[*l].fill_f(o_),
-            Op::ToF(j) => {
-                if ops[*j].1.is_float() {
-                    for (o, &a) in o_.iter_mut().zip(&fb[*j]) {
-                        *o = fix_f(d, a);
-                    }
-                } else {
-                    for (o, &a) in o_.iter_mut().zip(&ib[*j]) {
-                        *o = fix_f(d, a as f64);
-                    }
-                }
-            }
-            Op::Unary(_, j) => {
-                for (o, &a) in o_.iter_mut().zip(&fb[*j]) {
-                    *o = -a;
-                }
-            }
-            Op::Binary(bop, ja, jb) => {
-                let (a, b) = (&fb[*ja][..len], &fb[*jb][..len]);
-                let r = d == DType::F32;
-                match bop {
-                    BinOp::Add => zip2f(o_, a, b, r, |a, b| a + b),
-                    BinOp::Sub => zip2f(o_, a, b, r, |a, b| a - b),
-                    BinOp::Mul => zip2f(o_, a, b, r, |a, b| a * b),
-                    BinOp::Div => zip2f(o_, a, b, r, |a, b| a / b),
-                    BinOp::FloorDiv => zip2f(o_, a, b, r, |a, b| (a / b).floor()),
-                    BinOp::Rem => zip2f(o_, a, b, r, py_fmod),
-                    BinOp::Pow => zip2f(o_, a, b, r, f64::powf),
-                    _ => unreachable!("comparisons and bit ops give integer lanes"),
-                }
-            }
-            Op::Func(func, js) => {
-                // `where`'s condition lives in the integer lane.
-                let a: &[f64] = if *func == Func::Where {
-                    &[]
-                } else {
-                    &fb[js[0]][..len]
-                };
-                // float32 maths is computed in float64 and rounded once.
-                let handled = match func {
-                    Func::Abs => map1f(o_, a, d, f64::abs),
-                    Func::Sqrt => map1f(o_, a, d, f64::sqrt),
-                    Func::Exp => map1f(o_, a, d, f64::exp),
-                    Func::Log => map1f(o_, a, d, f64::ln),
-                    Func::Log2 => map1f(o_, a, d, f64::log2),
-                    Func::Log10 => map1f(o_, a, d, f64::log10),
-                    Func::Sin => map1f(o_, a, d, f64::sin),
-                    Func::Cos => map1f(o_, a, d, f64::cos),
-                    Func::Tan => map1f(o_, a, d, f64::tan),
-                    Func::Arctan => map1f(o_, a, d, f64::atan),
-                    Func::Tanh => map1f(o_, a, d, f64::tanh),
-                    Func::Floor => map1f(o_, a, d, f64::floor),
-                    Func::Ceil => map1f(o_, a, d, f64::ceil),
-                    Func::Round => map1f(o_, a, d, f64::round_ties_even),
-                    Func::Trunc => map1f(o_, a, d, f64::trunc),
-                    Func::Square => map1f(o_, a, d, |v| v * v),
-                    _ => false,
-                };
-                if handled {
-                } else {
-                    match func {
-                        Func::Minimum | Func::Maximum => {
-                            let f = if *func == Func::Minimum {
-                                nan_min
-                            } else {
-                                nan_max
-                            };
-                            for ((o, &a), &b) in o_.iter_mut().zip(a).zip(&fb[js[1]]) {
-                                *o = f(a, b);
-                            }
-                        }
-                        Func::Clip => {
-                            for (((o, &x), &lo), &hi) in
-                                o_.iter_mut().zip(a).zip(&fb[js[1]]).zip(&fb[js[2]])
-                            {
-                                *o = nan_min(nan_max(x, lo), hi);
-                            }
-                        }
-                        Func::Where => {
-                            let c = &ib[js[0]];
-                            for (((o, &c), &x), &y) in
-                                o_.iter_mut().zip(c).zip(&fb[js[1]]).zip(&fb[js[2]])
-                            {
-                                *o = if c != 0 { x } else { y };
-                            }
-                        }
-                        _ => unreachable!("bool-valued functions give integer lanes"),
-                    }
-                }
-            }
-            Op::ConstF(_) | Op::ConstI(_) | Op::ToI(_) => unreachable!("float lane"),
-        }
+        step_f(op, d, &mut o[..len], ops, fb, ib, sources);
         fb[k] = o;
     } else {
         let mut o = std::mem::take(&mut ib[k]);
-        let o_ = &mut o[..len];
-        match op {
-            Op::Leaf(l) => sources[*l].fill_i(o_),
-            Op::ToI(j) => {
-                if ops[*j].1.is_float() {
-                    for (o, &a) in o_.iter_mut().zip(&fb[*j]) {
-                        *o = f_to_i(d, a);
-                    }
-                } else {
-                    for (o, &a) in o_.iter_mut().zip(&ib[*j]) {
-                        *o = fix_i(d, a);
-                    }
-                }
-            }
-            Op::Unary(u, j) => {
-                for (o, &a) in o_.iter_mut().zip(&ib[*j]) {
-                    *o = match u {
-                        UnOp::Neg => fix_i(d, a.wrapping_neg()),
-                        UnOp::Not if d == DType::Bool => 1 - a,
-                        UnOp::Not => fix_i(d, !a),
-                    };
-                }
-            }
-            Op::Binary(bop, ja, jb) if bop.is_comparison() => {
-                let f_cmp = |a: f64, b: f64| -> bool {
-                    match bop {
-                        BinOp::Lt => a < b,
-                        BinOp::Le => a <= b,
-                        BinOp::Gt => a > b,
-                        BinOp::Ge => a >= b,
-                        BinOp::Eq => a == b,
-                        _ => a != b,
-                    }
-                };
-                if ops[*ja].1.is_float() {
-                    for ((o, &a), &b) in o_.iter_mut().zip(&fb[*ja]).zip(&fb[*jb]) {
-                        *o = f_cmp(a, b) as i64;
-                    }
-                } else {
-                    for ((o, &a), &b) in o_.iter_mut().zip(&ib[*ja]).zip(&ib[*jb]) {
-                        *o = match bop {
-                            BinOp::Lt => a < b,
-                            BinOp::Le => a <= b,
-                            BinOp::Gt => a > b,
-                            BinOp::Ge => a >= b,
-                            BinOp::Eq => a == b,
-                            _ => a != b,
-                        } as i64;
-                    }
-                }
-            }
-            Op::Binary(bop, ja, jb) => {
-                let (a, b) = (&ib[*ja][..len], &ib[*jb][..len]);
-                match bop {
-                    BinOp::Add => zip2i(o_, a, b, d, i64::wrapping_add),
-                    BinOp::Sub => zip2i(o_, a, b, d, i64::wrapping_sub),
-                    BinOp::Mul => zip2i(o_, a, b, d, i64::wrapping_mul),
-                    BinOp::FloorDiv => zip2i(o_, a, b, d, py_idiv),
-                    BinOp::Rem => zip2i(o_, a, b, d, py_imod),
-                    BinOp::Pow => zip2i(o_, a, b, d, |a, b| {
-                        if b < 0 {
-                            0
-                        } else {
-                            a.wrapping_pow(b.min(u32::MAX as i64) as u32)
-                        }
-                    }),
-                    BinOp::And => zip2i(o_, a, b, d, |a, b| a & b),
-                    BinOp::Or => zip2i(o_, a, b, d, |a, b| a | b),
-                    _ => unreachable!("division gives floats"),
-                }
-            }
-            Op::Func(func, js) => match func {
-                Func::IsNan | Func::IsFinite => {
-                    let nan = *func == Func::IsNan;
-                    for (o, &a) in o_.iter_mut().zip(&fb[js[0]]) {
-                        *o = if nan { a.is_nan() } else { a.is_finite() } as i64;
-                    }
-                }
-                Func::Where => {
-                    for (((o, &c), &x), &y) in o_
-                        .iter_mut()
-                        .zip(&ib[js[0]])
-                        .zip(&ib[js[1]])
-                        .zip(&ib[js[2]])
-                    {
-                        *o = if c != 0 { x } else { y };
-                    }
-                }
-                Func::Minimum | Func::Maximum => {
-                    let min = *func == Func::Minimum;
-                    for ((o, &a), &b) in o_.iter_mut().zip(&ib[js[0]]).zip(&ib[js[1]]) {
-                        *o = if min { a.min(b) } else { a.max(b) };
-                    }
-                }
-                Func::Clip => {
-                    for (((o, &x), &lo), &hi) in o_
-                        .iter_mut()
-                        .zip(&ib[js[0]])
-                        .zip(&ib[js[1]])
-                        .zip(&ib[js[2]])
-                    {
-                        *o = x.max(lo).min(hi);
-                    }
-                }
-                Func::Abs => {
-                    for (o, &a) in o_.iter_mut().zip(&ib[js[0]]) {
-                        *o = fix_i(d, a.wrapping_abs());
-                    }
-                }
-                Func::Square => {
-                    for (o, &a) in o_.iter_mut().zip(&ib[js[0]]) {
-                        *o = fix_i(d, a.wrapping_mul(a));
-                    }
-                }
-                // Rounding an integer is the identity.
-                _ => o_.copy_from_slice(&ib[js[0]][..len]),
-            },
-            Op::ConstF(_) | Op::ConstI(_) | Op::ToF(_) => unreachable!("integer lane"),
-        }
+        step_i(op, d, &mut o[..len], ops, fb, ib, sources);
         ib[k] = o;
+    }
+}
+
+/// An op of the float lane (`d` is a float dtype) into `o`, one tile.
+#[inline]
+fn step_f(
+    op: &Op,
+    d: DType,
+    o: &mut [f64],
+    ops: &[(Op, DType)],
+    fb: &[Vec<f64>],
+    ib: &[Vec<i64>],
+    sources: &mut [Box<dyn TileSource + '_>],
+) {
+    let len = o.len();
+    match op {
+        Op::Leaf(l) => sources[*l].fill_f(o),
+        Op::ToF(j) => {
+            if ops[*j].1.is_float() {
+                for (o, &a) in o.iter_mut().zip(&fb[*j]) {
+                    *o = fix_f(d, a);
+                }
+            } else {
+                for (o, &a) in o.iter_mut().zip(&ib[*j]) {
+                    *o = fix_f(d, a as f64);
+                }
+            }
+        }
+        Op::Unary(_, j) => {
+            for (o, &a) in o.iter_mut().zip(&fb[*j]) {
+                *o = -a;
+            }
+        }
+        Op::Binary(bop, ja, jb) => {
+            let (a, b) = (&fb[*ja][..len], &fb[*jb][..len]);
+            let r = d == DType::F32;
+            match bop {
+                BinOp::Add => zip2f(o, a, b, r, |a, b| a + b),
+                BinOp::Sub => zip2f(o, a, b, r, |a, b| a - b),
+                BinOp::Mul => zip2f(o, a, b, r, |a, b| a * b),
+                BinOp::Div => zip2f(o, a, b, r, |a, b| a / b),
+                BinOp::FloorDiv => zip2f(o, a, b, r, |a, b| (a / b).floor()),
+                BinOp::Rem => zip2f(o, a, b, r, py_fmod),
+                BinOp::Pow => zip2f(o, a, b, r, f64::powf),
+                _ => unreachable!("comparisons and bit ops give integer lanes"),
+            }
+        }
+        Op::Func(func, js) => func_f(*func, js, d, o, fb, ib),
+        Op::ConstF(_) | Op::ConstI(_) | Op::ToI(_) => unreachable!("float lane"),
+    }
+}
+
+/// A function of the float lane (`d` is a float dtype) into `o`, one tile.
+#[inline]
+fn func_f(func: Func, js: &[usize], d: DType, o: &mut [f64], fb: &[Vec<f64>], ib: &[Vec<i64>]) {
+    let len = o.len();
+    // `where`'s condition lives in the integer lane.
+    let a: &[f64] = if func == Func::Where {
+        &[]
+    } else {
+        &fb[js[0]][..len]
+    };
+    // float32 maths is computed in float64 and rounded once.
+    let handled = match func {
+        Func::Abs => map1f(o, a, d, f64::abs),
+        Func::Sqrt => map1f(o, a, d, f64::sqrt),
+        Func::Exp => map1f(o, a, d, f64::exp),
+        Func::Log => map1f(o, a, d, f64::ln),
+        Func::Log2 => map1f(o, a, d, f64::log2),
+        Func::Log10 => map1f(o, a, d, f64::log10),
+        Func::Sin => map1f(o, a, d, f64::sin),
+        Func::Cos => map1f(o, a, d, f64::cos),
+        Func::Tan => map1f(o, a, d, f64::tan),
+        Func::Arctan => map1f(o, a, d, f64::atan),
+        Func::Tanh => map1f(o, a, d, f64::tanh),
+        Func::Floor => map1f(o, a, d, f64::floor),
+        Func::Ceil => map1f(o, a, d, f64::ceil),
+        Func::Round => map1f(o, a, d, f64::round_ties_even),
+        Func::Trunc => map1f(o, a, d, f64::trunc),
+        Func::Square => map1f(o, a, d, |v| v * v),
+        _ => false,
+    };
+    if handled {
+        return;
+    }
+    match func {
+        Func::Minimum | Func::Maximum => {
+            let f = if func == Func::Minimum {
+                nan_min
+            } else {
+                nan_max
+            };
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(&fb[js[1]]) {
+                *o = f(a, b);
+            }
+        }
+        Func::Clip => {
+            for (((o, &x), &lo), &hi) in o.iter_mut().zip(a).zip(&fb[js[1]]).zip(&fb[js[2]]) {
+                *o = nan_min(nan_max(x, lo), hi);
+            }
+        }
+        Func::Where => {
+            let c = &ib[js[0]];
+            for (((o, &c), &x), &y) in o.iter_mut().zip(c).zip(&fb[js[1]]).zip(&fb[js[2]]) {
+                *o = if c != 0 { x } else { y };
+            }
+        }
+        _ => unreachable!("bool-valued functions give integer lanes"),
+    }
+}
+
+/// An op of the integer lane (`d` is an integer or bool dtype) into `o`,
+/// one tile.
+#[inline]
+fn step_i(
+    op: &Op,
+    d: DType,
+    o: &mut [i64],
+    ops: &[(Op, DType)],
+    fb: &[Vec<f64>],
+    ib: &[Vec<i64>],
+    sources: &mut [Box<dyn TileSource + '_>],
+) {
+    let len = o.len();
+    match op {
+        Op::Leaf(l) => sources[*l].fill_i(o),
+        Op::ToI(j) => {
+            if ops[*j].1.is_float() {
+                for (o, &a) in o.iter_mut().zip(&fb[*j]) {
+                    *o = f_to_i(d, a);
+                }
+            } else {
+                for (o, &a) in o.iter_mut().zip(&ib[*j]) {
+                    *o = fix_i(d, a);
+                }
+            }
+        }
+        Op::Unary(u, j) => {
+            for (o, &a) in o.iter_mut().zip(&ib[*j]) {
+                *o = match u {
+                    UnOp::Neg => fix_i(d, a.wrapping_neg()),
+                    UnOp::Not if d == DType::Bool => 1 - a,
+                    UnOp::Not => fix_i(d, !a),
+                };
+            }
+        }
+        Op::Binary(bop, ja, jb) if bop.is_comparison() => {
+            compare(*bop, ops[*ja].1.is_float(), *ja, *jb, o, fb, ib);
+        }
+        Op::Binary(bop, ja, jb) => {
+            let (a, b) = (&ib[*ja][..len], &ib[*jb][..len]);
+            match bop {
+                BinOp::Add => zip2i(o, a, b, d, i64::wrapping_add),
+                BinOp::Sub => zip2i(o, a, b, d, i64::wrapping_sub),
+                BinOp::Mul => zip2i(o, a, b, d, i64::wrapping_mul),
+                BinOp::FloorDiv => zip2i(o, a, b, d, py_idiv),
+                BinOp::Rem => zip2i(o, a, b, d, py_imod),
+                BinOp::Pow => zip2i(o, a, b, d, |a, b| {
+                    if b < 0 {
+                        0
+                    } else {
+                        a.wrapping_pow(b.min(u32::MAX as i64) as u32)
+                    }
+                }),
+                BinOp::And => zip2i(o, a, b, d, |a, b| a & b),
+                BinOp::Or => zip2i(o, a, b, d, |a, b| a | b),
+                _ => unreachable!("division gives floats"),
+            }
+        }
+        Op::Func(func, js) => func_i(*func, js, d, o, fb, ib),
+        Op::ConstF(_) | Op::ConstI(_) | Op::ToF(_) => unreachable!("integer lane"),
+    }
+}
+
+/// A comparison of ops `ja` and `jb` (both in the float lane when `float`,
+/// else both in the integer lane) into the bool lane `o`, one tile.
+#[inline]
+fn compare(
+    bop: BinOp,
+    float: bool,
+    ja: usize,
+    jb: usize,
+    o: &mut [i64],
+    fb: &[Vec<f64>],
+    ib: &[Vec<i64>],
+) {
+    if float {
+        let f_cmp = |a: f64, b: f64| -> bool {
+            match bop {
+                BinOp::Lt => a < b,
+                BinOp::Le => a <= b,
+                BinOp::Gt => a > b,
+                BinOp::Ge => a >= b,
+                BinOp::Eq => a == b,
+                _ => a != b,
+            }
+        };
+        for ((o, &a), &b) in o.iter_mut().zip(&fb[ja]).zip(&fb[jb]) {
+            *o = f_cmp(a, b) as i64;
+        }
+    } else {
+        for ((o, &a), &b) in o.iter_mut().zip(&ib[ja]).zip(&ib[jb]) {
+            *o = match bop {
+                BinOp::Lt => a < b,
+                BinOp::Le => a <= b,
+                BinOp::Gt => a > b,
+                BinOp::Ge => a >= b,
+                BinOp::Eq => a == b,
+                _ => a != b,
+            } as i64;
+        }
+    }
+}
+
+/// A function of the integer lane (`d` is an integer or bool dtype) into
+/// `o`, one tile.
+#[inline]
+fn func_i(func: Func, js: &[usize], d: DType, o: &mut [i64], fb: &[Vec<f64>], ib: &[Vec<i64>]) {
+    let len = o.len();
+    match func {
+        Func::IsNan | Func::IsFinite => {
+            let nan = func == Func::IsNan;
+            for (o, &a) in o.iter_mut().zip(&fb[js[0]]) {
+                *o = if nan { a.is_nan() } else { a.is_finite() } as i64;
+            }
+        }
+        Func::Where => {
+            for (((o, &c), &x), &y) in o.iter_mut().zip(&ib[js[0]]).zip(&ib[js[1]]).zip(&ib[js[2]])
+            {
+                *o = if c != 0 { x } else { y };
+            }
+        }
+        Func::Minimum | Func::Maximum => {
+            let min = func == Func::Minimum;
+            for ((o, &a), &b) in o.iter_mut().zip(&ib[js[0]]).zip(&ib[js[1]]) {
+                *o = if min { a.min(b) } else { a.max(b) };
+            }
+        }
+        Func::Clip => {
+            for (((o, &x), &lo), &hi) in
+                o.iter_mut().zip(&ib[js[0]]).zip(&ib[js[1]]).zip(&ib[js[2]])
+            {
+                *o = x.max(lo).min(hi);
+            }
+        }
+        Func::Abs => {
+            for (o, &a) in o.iter_mut().zip(&ib[js[0]]) {
+                *o = fix_i(d, a.wrapping_abs());
+            }
+        }
+        Func::Square => {
+            for (o, &a) in o.iter_mut().zip(&ib[js[0]]) {
+                *o = fix_i(d, a.wrapping_mul(a));
+            }
+        }
+        // Rounding an integer is the identity.
+        _ => o.copy_from_slice(&ib[js[0]][..len]),
     }
 }
 

@@ -424,167 +424,136 @@ impl Checker<'_> {
                     },
                 })
             }
-            AstKind::Name(name) => {
-                let pos = self
-                    .inputs
-                    .iter()
-                    .position(|i| &i.name == name)
-                    .or_else(|| (name == "x" && !self.inputs.is_empty()).then_some(0));
-                match pos {
-                    Some(i) => {
-                        let info = &self.inputs[i];
-                        Ok(TNode {
-                            node: Node::Input(i),
-                            ty: Ty {
-                                dtype: info.dtype,
-                                weak: false,
-                                shape: info.shape.clone(),
-                                chunk: info.chunk.clone(),
-                            },
-                        })
-                    }
-                    None => {
-                        let names: Vec<&str> =
-                            self.inputs.iter().map(|i| i.name.as_str()).collect();
-                        Err(ExprError::at(
-                            col,
-                            format!(
-                                "`{name}` is not an input; the inputs are {} (`x` is the first)",
-                                if names.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    names
-                                        .iter()
-                                        .map(|n| format!("`{n}`"))
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                }
-                            ),
-                        ))
-                    }
-                }
-            }
-            AstKind::Index(base, items) => {
-                let b = self.check(base)?;
-                if b.ty.weak {
-                    return Err(ExprError::at(col, "a number cannot be indexed"));
-                }
-                let items = expand_items(items, b.ty.shape.len(), col)?;
-                let mut shape = Vec::new();
-                let mut chunk = Vec::new();
-                let mut ax = 0;
-                for it in &items {
-                    match it {
-                        IndexItem::NewAxis => {
-                            shape.push(1);
-                            chunk.push(1);
-                        }
-                        IndexItem::Ellipsis => unreachable!("expanded"),
-                        IndexItem::Int(i) => {
-                            let (n, c) = (b.ty.shape[ax], b.ty.chunk[ax]);
-                            whole_axis(n, c, ax, col)?;
-                            let ii = if *i < 0 { *i + n as i64 } else { *i };
-                            if ii < 0 || ii >= n as i64 {
-                                return Err(ExprError::at(
-                                    col,
-                                    format!("index {i} is out of range for axis {ax} of size {n}"),
-                                ));
-                            }
-                            ax += 1;
-                        }
-                        IndexItem::Slice(s, e, st) => {
-                            let (n, c) = (b.ty.shape[ax], b.ty.chunk[ax]);
-                            if s.is_none() && e.is_none() && st.unwrap_or(1) == 1 {
-                                shape.push(n);
-                                chunk.push(c);
-                            } else {
-                                whole_axis(n, c, ax, col)?;
-                                let (_, _, len) = slice_indices(n as i64, *s, *e, *st);
-                                if len == 0 {
-                                    return Err(ExprError::at(
-                                        col,
-                                        format!("slice selects nothing of axis {ax} (size {n})"),
-                                    ));
-                                }
-                                shape.push(len as u64);
-                                chunk.push(len as u64);
-                            }
-                            ax += 1;
-                        }
-                    }
-                }
-                let ty = Ty {
-                    dtype: b.ty.dtype,
-                    weak: false,
-                    shape,
-                    chunk,
-                };
-                Ok(TNode {
-                    node: Node::Index(Box::new(b), items),
-                    ty,
-                })
-            }
-            AstKind::Unary(op, e) => {
-                let e = self.check(e)?;
-                let mut ty = e.ty.clone();
-                match op {
-                    UnOp::Neg => {
-                        if ty.dtype == DType::Bool {
-                            return Err(ExprError::at(col, "cannot negate a bool; use `~`"));
-                        }
-                    }
-                    UnOp::Not => {
-                        if ty.dtype.is_float() {
-                            return Err(ExprError::at(col, "`~` needs bool or integer values"));
-                        }
-                    }
-                }
-                ty.weak = e.ty.weak;
-                Ok(TNode {
-                    node: Node::Unary(*op, Box::new(e)),
-                    ty,
-                })
-            }
-            AstKind::Binary(op, a, b) => {
-                let a = self.check(a)?;
-                let b = self.check(b)?;
-                let (shape, chunk) = broadcast(&a.ty, &b.ty, col)?;
-                let (mut dtype, weak) = promote(&a.ty, &b.ty);
-                match op {
-                    _ if op.is_comparison() => dtype = DType::Bool,
-                    BinOp::Div => {
-                        if !dtype.is_float() {
-                            dtype = DType::F64
-                        }
-                    }
-                    BinOp::And | BinOp::Or => {
-                        if dtype.is_float() {
-                            return Err(ExprError::at(
-                                col,
-                                "`&` and `|` need bool or integer operands; compare first, e.g. `(x > 0) & (y < 1)`",
-                            ));
-                        }
-                    }
-                    _ => {
-                        if dtype == DType::Bool {
-                            dtype = DType::I64
-                        }
-                    }
-                }
-                Ok(TNode {
-                    node: Node::Binary(*op, Box::new(a), Box::new(b)),
-                    ty: Ty {
-                        dtype,
-                        weak,
-                        shape,
-                        chunk,
-                    },
-                })
-            }
+            AstKind::Name(name) => self.name(name, col),
+            AstKind::Index(base, items) => self.index(base, items, col),
+            AstKind::Unary(op, e) => self.unary(*op, e, col),
+            AstKind::Binary(op, a, b) => self.binary(*op, a, b, col),
             AstKind::Call(name, args) => self.call(name, args, col),
         }
     }
 
+    /// An input by its name (`x` is the first input).
+    fn name(&self, name: &str, col: usize) -> Result<TNode, ExprError> {
+        let pos = self
+            .inputs
+            .iter()
+            .position(|i| i.name == name)
+            .or_else(|| (name == "x" && !self.inputs.is_empty()).then_some(0));
+        match pos {
+            Some(i) => {
+                let info = &self.inputs[i];
+                Ok(TNode {
+                    node: Node::Input(i),
+                    ty: Ty {
+                        dtype: info.dtype,
+                        weak: false,
+                        shape: info.shape.clone(),
+                        chunk: info.chunk.clone(),
+                    },
+                })
+            }
+            None => {
+                let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+                Err(ExprError::at(
+                    col,
+                    format!(
+                        "`{name}` is not an input; the inputs are {} (`x` is the first)",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names
+                                .iter()
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// `base[items]`.
+    fn index(&self, base: &Ast, items: &[IndexItem], col: usize) -> Result<TNode, ExprError> {
+        let b = self.check(base)?;
+        if b.ty.weak {
+            return Err(ExprError::at(col, "a number cannot be indexed"));
+        }
+        let items = expand_items(items, b.ty.shape.len(), col)?;
+        let (shape, chunk) = indexed_shape(&b.ty, &items, col)?;
+        let ty = Ty {
+            dtype: b.ty.dtype,
+            weak: false,
+            shape,
+            chunk,
+        };
+        Ok(TNode {
+            node: Node::Index(Box::new(b), items),
+            ty,
+        })
+    }
+
+    fn unary(&self, op: UnOp, e: &Ast, col: usize) -> Result<TNode, ExprError> {
+        let e = self.check(e)?;
+        let mut ty = e.ty.clone();
+        match op {
+            UnOp::Neg => {
+                if ty.dtype == DType::Bool {
+                    return Err(ExprError::at(col, "cannot negate a bool; use `~`"));
+                }
+            }
+            UnOp::Not => {
+                if ty.dtype.is_float() {
+                    return Err(ExprError::at(col, "`~` needs bool or integer values"));
+                }
+            }
+        }
+        ty.weak = e.ty.weak;
+        Ok(TNode {
+            node: Node::Unary(op, Box::new(e)),
+            ty,
+        })
+    }
+
+    fn binary(&self, op: BinOp, a: &Ast, b: &Ast, col: usize) -> Result<TNode, ExprError> {
+        let a = self.check(a)?;
+        let b = self.check(b)?;
+        let (shape, chunk) = broadcast(&a.ty, &b.ty, col)?;
+        let (mut dtype, weak) = promote(&a.ty, &b.ty);
+        match op {
+            _ if op.is_comparison() => dtype = DType::Bool,
+            BinOp::Div => {
+                if !dtype.is_float() {
+                    dtype = DType::F64
+                }
+            }
+            BinOp::And | BinOp::Or => {
+                if dtype.is_float() {
+                    return Err(ExprError::at(
+                        col,
+                        "`&` and `|` need bool or integer operands; compare first, e.g. `(x > 0) & (y < 1)`",
+                    ));
+                }
+            }
+            _ => {
+                if dtype == DType::Bool {
+                    dtype = DType::I64
+                }
+            }
+        }
+        Ok(TNode {
+            node: Node::Binary(op, Box::new(a), Box::new(b)),
+            ty: Ty {
+                dtype,
+                weak,
+                shape,
+                chunk,
+            },
+        })
+    }
+
+    /// A call: a cast (`f32(e)`), a reduction (`sum(e, axis=-1)`) or an
+    /// elementwise function.
     fn call(&self, name: &str, args: &[parse::Arg], col: usize) -> Result<TNode, ExprError> {
         let positional: Vec<&Ast> = args
             .iter()
@@ -602,22 +571,8 @@ impl Checker<'_> {
                 }
             }
         }
-        let arity = |n: usize| -> Result<(), ExprError> {
-            if positional.len() != n {
-                Err(ExprError::at(
-                    col,
-                    format!(
-                        "`{name}` takes {n} argument{}, got {}",
-                        if n == 1 { "" } else { "s" },
-                        positional.len()
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        };
         if let Some(dtype) = DType::parse(name) {
-            arity(1)?;
+            arity(name, &positional, 1, col)?;
             let e = self.check(positional[0])?;
             let ty = Ty {
                 dtype,
@@ -630,122 +585,17 @@ impl Checker<'_> {
                 ty,
             });
         }
-        let red = match name {
-            "sum" => Some(RedOp::Sum),
-            "mean" => Some(RedOp::Mean),
-            "amin" => Some(RedOp::Min),
-            "amax" => Some(RedOp::Max),
-            "any" => Some(RedOp::Any),
-            "all" => Some(RedOp::All),
-            _ => None,
-        };
-        if let Some(op) = red {
-            if positional.is_empty() || positional.len() > 2 {
-                return Err(ExprError::at(
-                    col,
-                    format!("`{name}` takes an array and an optional axis: `{name}(e, axis=-1)`"),
-                ));
-            }
-            let axis_ast = named("axis")
-                .map(|a| &a.value)
-                .or(positional.get(1).copied());
-            let axis = match axis_ast {
-                None => -1,
-                Some(Ast {
-                    kind: AstKind::Num(v, true),
-                    ..
-                }) => *v as i64,
-                Some(a) => return Err(ExprError::at(a.col, "the axis must be an integer")),
-            };
-            let e = self.check(positional[0])?;
-            let nd = e.ty.shape.len() as i64;
-            if nd == 0 {
-                return Err(ExprError::at(col, format!("`{name}` needs an array")));
-            }
-            let ax = if axis < 0 { axis + nd } else { axis };
-            if ax < 0 || ax >= nd {
-                return Err(ExprError::at(
-                    col,
-                    format!("axis {axis} is out of range for an array of {nd} axes"),
-                ));
-            }
-            let ax = ax as usize;
-            whole_axis(e.ty.shape[ax], e.ty.chunk[ax], ax, col)?;
-            let dtype = match op {
-                RedOp::Any | RedOp::All => DType::Bool,
-                RedOp::Min | RedOp::Max => e.ty.dtype,
-                RedOp::Sum => {
-                    if e.ty.dtype.is_float() {
-                        e.ty.dtype
-                    } else {
-                        DType::I64
-                    }
-                }
-                RedOp::Mean => {
-                    if e.ty.dtype.is_float() {
-                        e.ty.dtype
-                    } else {
-                        DType::F64
-                    }
-                }
-            };
-            let mut shape = e.ty.shape.clone();
-            let mut chunk = e.ty.chunk.clone();
-            shape.remove(ax);
-            chunk.remove(ax);
-            return Ok(TNode {
-                node: Node::Reduce(op, ax, Box::new(e)),
-                ty: Ty {
-                    dtype,
-                    weak: false,
-                    shape,
-                    chunk,
-                },
-            });
+        if let Some(op) = reduction(name) {
+            let axis = named("axis").map(|a| &a.value);
+            return self.reduce(op, name, &positional, axis, col);
         }
-        let (func, n) = match name {
-            "abs" => (Func::Abs, 1),
-            "sqrt" => (Func::Sqrt, 1),
-            "exp" => (Func::Exp, 1),
-            "log" => (Func::Log, 1),
-            "log2" => (Func::Log2, 1),
-            "log10" => (Func::Log10, 1),
-            "sin" => (Func::Sin, 1),
-            "cos" => (Func::Cos, 1),
-            "tan" => (Func::Tan, 1),
-            "arctan" => (Func::Arctan, 1),
-            "tanh" => (Func::Tanh, 1),
-            "floor" => (Func::Floor, 1),
-            "ceil" => (Func::Ceil, 1),
-            "round" => (Func::Round, 1),
-            "trunc" => (Func::Trunc, 1),
-            "square" => (Func::Square, 1),
-            "isnan" => (Func::IsNan, 1),
-            "isfinite" => (Func::IsFinite, 1),
-            "min" | "minimum" => (Func::Minimum, 2),
-            "max" | "maximum" => (Func::Maximum, 2),
-            "clip" => (Func::Clip, 3),
-            "where" => (Func::Where, 3),
-            _ => {
-                let known = [
-                    "abs", "sqrt", "exp", "log", "log2", "log10", "sin", "cos", "tan", "arctan",
-                    "tanh", "floor", "ceil", "round", "trunc", "square", "isnan", "isfinite",
-                    "min", "max", "clip", "where", "sum", "mean", "amin", "amax", "any", "all",
-                    "u8", "u16", "u32", "i16", "i32", "i64", "f32", "f64", "bool",
-                ];
-                let hint = crate::did_you_mean(name, known.iter().copied())
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
-                return Err(ExprError::at(
-                    col,
-                    format!("unknown function `{name}`{hint}"),
-                ));
-            }
+        let Some((func, n)) = function(name) else {
+            return Err(unknown_function(name, col));
         };
         if named("axis").is_some() {
             return Err(ExprError::at(col, format!("`{name}` takes no axis")));
         }
-        arity(n)?;
+        arity(name, &positional, n, col)?;
         let args: Vec<TNode> = positional
             .iter()
             .map(|a| self.check(a))
@@ -756,39 +606,241 @@ impl Checker<'_> {
             ty.shape = shape;
             ty.chunk = chunk;
         }
-        ty.dtype = match func {
-            Func::IsNan | Func::IsFinite => DType::Bool,
-            Func::Abs | Func::Square | Func::Floor | Func::Ceil | Func::Round | Func::Trunc => {
-                if args[0].ty.dtype == DType::Bool && func != Func::Abs {
-                    DType::I64
-                } else {
-                    args[0].ty.dtype
-                }
-            }
-            Func::Minimum | Func::Maximum => promote(&args[0].ty, &args[1].ty).0,
-            Func::Clip => {
-                let (d, w) = promote(&args[0].ty, &args[1].ty);
-                let t = Ty {
-                    dtype: d,
-                    weak: w,
-                    ..args[0].ty.clone()
-                };
-                promote(&t, &args[2].ty).0
-            }
-            Func::Where => promote(&args[1].ty, &args[2].ty).0,
-            _ => {
-                if args[0].ty.dtype.is_float() {
-                    args[0].ty.dtype
-                } else {
-                    DType::F64
-                }
-            }
-        };
+        ty.dtype = func_dtype(func, &args);
         ty.weak = args.iter().all(|a| a.ty.weak);
         Ok(TNode {
             node: Node::Func(func, args),
             ty,
         })
+    }
+
+    /// The reduction `name` of `positional[0]` along the axis given by name
+    /// (`axis_named`) or as the second argument (-1 if neither).
+    fn reduce(
+        &self,
+        op: RedOp,
+        name: &str,
+        positional: &[&Ast],
+        axis_named: Option<&Ast>,
+        col: usize,
+    ) -> Result<TNode, ExprError> {
+        if positional.is_empty() || positional.len() > 2 {
+            return Err(ExprError::at(
+                col,
+                format!("`{name}` takes an array and an optional axis: `{name}(e, axis=-1)`"),
+            ));
+        }
+        let axis_ast = axis_named.or(positional.get(1).copied());
+        let axis = match axis_ast {
+            None => -1,
+            Some(Ast {
+                kind: AstKind::Num(v, true),
+                ..
+            }) => *v as i64,
+            Some(a) => return Err(ExprError::at(a.col, "the axis must be an integer")),
+        };
+        let e = self.check(positional[0])?;
+        let nd = e.ty.shape.len() as i64;
+        if nd == 0 {
+            return Err(ExprError::at(col, format!("`{name}` needs an array")));
+        }
+        let ax = if axis < 0 { axis + nd } else { axis };
+        if ax < 0 || ax >= nd {
+            return Err(ExprError::at(
+                col,
+                format!("axis {axis} is out of range for an array of {nd} axes"),
+            ));
+        }
+        let ax = ax as usize;
+        whole_axis(e.ty.shape[ax], e.ty.chunk[ax], ax, col)?;
+        let dtype = match op {
+            RedOp::Any | RedOp::All => DType::Bool,
+            RedOp::Min | RedOp::Max => e.ty.dtype,
+            RedOp::Sum => {
+                if e.ty.dtype.is_float() {
+                    e.ty.dtype
+                } else {
+                    DType::I64
+                }
+            }
+            RedOp::Mean => {
+                if e.ty.dtype.is_float() {
+                    e.ty.dtype
+                } else {
+                    DType::F64
+                }
+            }
+        };
+        let mut shape = e.ty.shape.clone();
+        let mut chunk = e.ty.chunk.clone();
+        shape.remove(ax);
+        chunk.remove(ax);
+        Ok(TNode {
+            node: Node::Reduce(op, ax, Box::new(e)),
+            ty: Ty {
+                dtype,
+                weak: false,
+                shape,
+                chunk,
+            },
+        })
+    }
+}
+
+/// The shape and chunk shape of an array of type `ty` indexed by `items`
+/// (expanded: no ellipsis, one item per axis besides new axes).
+fn indexed_shape(
+    ty: &Ty,
+    items: &[IndexItem],
+    col: usize,
+) -> Result<(Vec<u64>, Vec<u64>), ExprError> {
+    let mut shape = Vec::new();
+    let mut chunk = Vec::new();
+    let mut ax = 0;
+    for it in items {
+        match it {
+            IndexItem::NewAxis => {
+                shape.push(1);
+                chunk.push(1);
+            }
+            IndexItem::Ellipsis => unreachable!("expanded"),
+            IndexItem::Int(i) => {
+                let (n, c) = (ty.shape[ax], ty.chunk[ax]);
+                whole_axis(n, c, ax, col)?;
+                let ii = if *i < 0 { *i + n as i64 } else { *i };
+                if ii < 0 || ii >= n as i64 {
+                    return Err(ExprError::at(
+                        col,
+                        format!("index {i} is out of range for axis {ax} of size {n}"),
+                    ));
+                }
+                ax += 1;
+            }
+            IndexItem::Slice(s, e, st) => {
+                let (n, c) = (ty.shape[ax], ty.chunk[ax]);
+                if s.is_none() && e.is_none() && st.unwrap_or(1) == 1 {
+                    shape.push(n);
+                    chunk.push(c);
+                } else {
+                    whole_axis(n, c, ax, col)?;
+                    let (_, _, len) = slice_indices(n as i64, *s, *e, *st);
+                    if len == 0 {
+                        return Err(ExprError::at(
+                            col,
+                            format!("slice selects nothing of axis {ax} (size {n})"),
+                        ));
+                    }
+                    shape.push(len as u64);
+                    chunk.push(len as u64);
+                }
+                ax += 1;
+            }
+        }
+    }
+    Ok((shape, chunk))
+}
+
+/// Refuses a call of `name` with other than `n` positional arguments.
+fn arity(name: &str, positional: &[&Ast], n: usize, col: usize) -> Result<(), ExprError> {
+    if positional.len() != n {
+        Err(ExprError::at(
+            col,
+            format!(
+                "`{name}` takes {n} argument{}, got {}",
+                if n == 1 { "" } else { "s" },
+                positional.len()
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The reduction called `name`, if it is one.
+fn reduction(name: &str) -> Option<RedOp> {
+    match name {
+        "sum" => Some(RedOp::Sum),
+        "mean" => Some(RedOp::Mean),
+        "amin" => Some(RedOp::Min),
+        "amax" => Some(RedOp::Max),
+        "any" => Some(RedOp::Any),
+        "all" => Some(RedOp::All),
+        _ => None,
+    }
+}
+
+/// The elementwise function called `name` and its number of arguments.
+fn function(name: &str) -> Option<(Func, usize)> {
+    Some(match name {
+        "abs" => (Func::Abs, 1),
+        "sqrt" => (Func::Sqrt, 1),
+        "exp" => (Func::Exp, 1),
+        "log" => (Func::Log, 1),
+        "log2" => (Func::Log2, 1),
+        "log10" => (Func::Log10, 1),
+        "sin" => (Func::Sin, 1),
+        "cos" => (Func::Cos, 1),
+        "tan" => (Func::Tan, 1),
+        "arctan" => (Func::Arctan, 1),
+        "tanh" => (Func::Tanh, 1),
+        "floor" => (Func::Floor, 1),
+        "ceil" => (Func::Ceil, 1),
+        "round" => (Func::Round, 1),
+        "trunc" => (Func::Trunc, 1),
+        "square" => (Func::Square, 1),
+        "isnan" => (Func::IsNan, 1),
+        "isfinite" => (Func::IsFinite, 1),
+        "min" | "minimum" => (Func::Minimum, 2),
+        "max" | "maximum" => (Func::Maximum, 2),
+        "clip" => (Func::Clip, 3),
+        "where" => (Func::Where, 3),
+        _ => return None,
+    })
+}
+
+/// The error for a call of an unknown function, with a did-you-mean.
+fn unknown_function(name: &str, col: usize) -> ExprError {
+    let known = [
+        "abs", "sqrt", "exp", "log", "log2", "log10", "sin", "cos", "tan", "arctan", "tanh",
+        "floor", "ceil", "round", "trunc", "square", "isnan", "isfinite", "min", "max", "clip",
+        "where", "sum", "mean", "amin", "amax", "any", "all", "u8", "u16", "u32", "i16", "i32",
+        "i64", "f32", "f64", "bool",
+    ];
+    let hint = crate::did_you_mean(name, known.iter().copied())
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    ExprError::at(col, format!("unknown function `{name}`{hint}"))
+}
+
+/// The dtype of elementwise function `func` of the checked `args`.
+fn func_dtype(func: Func, args: &[TNode]) -> DType {
+    match func {
+        Func::IsNan | Func::IsFinite => DType::Bool,
+        Func::Abs | Func::Square | Func::Floor | Func::Ceil | Func::Round | Func::Trunc => {
+            if args[0].ty.dtype == DType::Bool && func != Func::Abs {
+                DType::I64
+            } else {
+                args[0].ty.dtype
+            }
+        }
+        Func::Minimum | Func::Maximum => promote(&args[0].ty, &args[1].ty).0,
+        Func::Clip => {
+            let (d, w) = promote(&args[0].ty, &args[1].ty);
+            let t = Ty {
+                dtype: d,
+                weak: w,
+                ..args[0].ty.clone()
+            };
+            promote(&t, &args[2].ty).0
+        }
+        Func::Where => promote(&args[1].ty, &args[2].ty).0,
+        _ => {
+            if args[0].ty.dtype.is_float() {
+                args[0].ty.dtype
+            } else {
+                DType::F64
+            }
+        }
     }
 }
 

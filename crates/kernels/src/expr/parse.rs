@@ -452,98 +452,106 @@ impl Parser {
                 self.expect(")")?;
                 Ok(e)
             }
-            Tok::Op("[") => {
-                let mut vals = Vec::new();
-                let mut all_int = true;
-                loop {
-                    let c = self.col();
-                    let neg = self.eat("-");
-                    match self.bump() {
-                        (Tok::Num(v, i), _) => {
-                            all_int &= i;
-                            vals.push(if neg { -v } else { v });
-                        }
-                        (t, _) => {
-                            return Err(ExprError::at(
-                                c,
-                                format!(
-                                    "a constant list holds numbers only, found {}",
-                                    describe(&t)
-                                ),
-                            ))
-                        }
-                    }
-                    if !self.eat(",") {
-                        break;
-                    }
-                }
-                self.expect("]")?;
-                Ok(Ast {
-                    kind: AstKind::List(vals, all_int),
-                    col,
-                })
-            }
-            Tok::Ident(name) => {
-                if name == "True" || name == "False" {
-                    return Ok(Ast {
-                        kind: AstKind::Bool(name == "True"),
-                        col,
-                    });
-                }
-                if name == "nan" || name == "inf" {
-                    let v = if name == "nan" {
-                        f64::NAN
-                    } else {
-                        f64::INFINITY
-                    };
-                    return Ok(Ast {
-                        kind: AstKind::Num(v, false),
-                        col,
-                    });
-                }
-                if name == "pi" {
-                    return Ok(Ast {
-                        kind: AstKind::Num(std::f64::consts::PI, false),
-                        col,
-                    });
-                }
-                if self.eat("(") {
-                    let mut args = Vec::new();
-                    if !self.eat(")") {
-                        loop {
-                            let mut arg_name = None;
-                            if let (Tok::Ident(n), Tok::Op("=")) =
-                                (self.peek().clone(), self.peek2().clone())
-                            {
-                                arg_name = Some(n);
-                                self.bump();
-                                self.bump();
-                            }
-                            let value = self.expr()?;
-                            args.push(Arg {
-                                name: arg_name,
-                                value,
-                            });
-                            if self.eat(")") {
-                                break;
-                            }
-                            self.expect(",")?;
-                        }
-                    }
-                    return Ok(Ast {
-                        kind: AstKind::Call(name, args),
-                        col,
-                    });
-                }
-                Ok(Ast {
-                    kind: AstKind::Name(name),
-                    col,
-                })
-            }
+            Tok::Op("[") => self.list(col),
+            Tok::Ident(name) => self.name_or_call(name, col),
             t => Err(ExprError::at(
                 col,
                 format!("expected a value, found {}", describe(&t)),
             )),
+        }
+    }
+
+    /// A constant list `[1, -2.5, ...]` after its `[` (at `col`).
+    fn list(&mut self, col: usize) -> Result<Ast, ExprError> {
+        let mut vals = Vec::new();
+        let mut all_int = true;
+        loop {
+            let c = self.col();
+            let neg = self.eat("-");
+            match self.bump() {
+                (Tok::Num(v, i), _) => {
+                    all_int &= i;
+                    vals.push(if neg { -v } else { v });
+                }
+                (t, _) => {
+                    return Err(ExprError::at(
+                        c,
+                        format!("a constant list holds numbers only, found {}", describe(&t)),
+                    ))
+                }
+            }
+            if !self.eat(",") {
+                break;
+            }
+        }
+        self.expect("]")?;
+        Ok(Ast {
+            kind: AstKind::List(vals, all_int),
+            col,
+        })
+    }
+
+    /// A name read at `col`: a constant (`True`, `nan`, `pi`, ...), a call
+    /// `name(args)`, or an input.
+    fn name_or_call(&mut self, name: String, col: usize) -> Result<Ast, ExprError> {
+        if name == "True" || name == "False" {
+            return Ok(Ast {
+                kind: AstKind::Bool(name == "True"),
+                col,
+            });
+        }
+        if name == "nan" || name == "inf" {
+            let v = if name == "nan" {
+                f64::NAN
+            } else {
+                f64::INFINITY
+            };
+            return Ok(Ast {
+                kind: AstKind::Num(v, false),
+                col,
+            });
+        }
+        if name == "pi" {
+            return Ok(Ast {
+                kind: AstKind::Num(std::f64::consts::PI, false),
+                col,
+            });
+        }
+        if self.eat("(") {
+            let args = self.call_args()?;
+            return Ok(Ast {
+                kind: AstKind::Call(name, args),
+                col,
+            });
+        }
+        Ok(Ast {
+            kind: AstKind::Name(name),
+            col,
+        })
+    }
+
+    /// The arguments of a call after its `(`, through its `)`.
+    fn call_args(&mut self) -> Result<Vec<Arg>, ExprError> {
+        let mut args = Vec::new();
+        if self.eat(")") {
+            return Ok(args);
+        }
+        loop {
+            let mut arg_name = None;
+            if let (Tok::Ident(n), Tok::Op("=")) = (self.peek().clone(), self.peek2().clone()) {
+                arg_name = Some(n);
+                self.bump();
+                self.bump();
+            }
+            let value = self.expr()?;
+            args.push(Arg {
+                name: arg_name,
+                value,
+            });
+            if self.eat(")") {
+                return Ok(args);
+            }
+            self.expect(",")?;
         }
     }
 }
