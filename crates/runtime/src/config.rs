@@ -419,7 +419,7 @@ impl RawConfig {
                     // the file's parameters the new kind does not take go.
                     if key.v == "kind" {
                         if let Val::Str(k) = &value.v {
-                            if let Some(spec) = crate::spec::kind(k) {
+                            if let Some(spec) = crate::stages::kind(k) {
                                 entries.retain(|(p, _)| {
                                     p.v == "kind"
                                         || !matches!(p.span, Span::File(_))

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use blockflow_core::{ArrayData, Chunk, Meter, Region};
 
 use crate::exec::RunError;
-use crate::plan::{Plan, StageKind};
+use crate::plan::Plan;
 use crate::stages::{BuildCx, ChunkSource, Exec, KernelState};
 
 /// Computes regions of a plan's stages; keeps each source open and each
@@ -85,13 +85,7 @@ impl<'p> RegionRunner<'p> {
                 format!("outside the stage's array {:?}", out.shape()),
             ));
         }
-        let StageKind::Unit(op) = &st.kind else {
-            return Err(self.err(
-                k,
-                region,
-                format!("{} cannot be computed by region yet", st.kind.name()),
-            ));
-        };
+        let op = &st.kind;
         match op.exec() {
             Exec::Source(src) => {
                 if !self.sources.contains_key(&k) {

@@ -1,17 +1,9 @@
-//! The stage kinds and their parameters: the one table the parser checks
-//! configs against and `blockflow stages` prints, so the two cannot drift.
+//! The parameters of the `[pipeline]` and `[follow]` tables and those every
+//! stage has, and `blockflow stages`: every kind's parameters, from the
+//! same declarations the parser checks configs against (see
+//! [`crate::stages`]), so the two cannot drift.
 
 pub use crate::stages::params::{p, Arity, PType, ParamSpec};
-
-/// A stage kind.
-#[derive(Debug, Clone, Copy)]
-pub struct KindSpec {
-    pub kind: &'static str,
-    pub role: &'static str,
-    pub summary: &'static str,
-    pub inputs: Arity,
-    pub params: &'static [ParamSpec],
-}
 
 /// Parameters every stage has.
 pub const COMMON: &[ParamSpec] = &[
@@ -127,46 +119,6 @@ pub const FOLLOW: &[ParamSpec] = &[
     ),
 ];
 
-pub const KINDS: &[KindSpec] = &[
-];
-
-/// A kind from either table: `stages::KINDS` (kinds defined in their own
-/// file) or the rows above (kinds not moved there yet).
-#[derive(Debug, Clone, Copy)]
-pub struct KindRef {
-    pub kind: &'static str,
-    pub role: &'static str,
-    pub summary: &'static str,
-    pub inputs: Arity,
-    pub params: &'static [ParamSpec],
-    pub def: Option<&'static crate::stages::KindDef>,
-}
-
-pub fn kind(name: &str) -> Option<KindRef> {
-    all().into_iter().find(|k| k.kind == name)
-}
-
-/// Every kind.
-pub fn all() -> Vec<KindRef> {
-    let old = KINDS.iter().map(|k| KindRef {
-        kind: k.kind,
-        role: k.role,
-        summary: k.summary,
-        inputs: k.inputs,
-        params: k.params,
-        def: None,
-    });
-    let new = crate::stages::KINDS.iter().map(|k| KindRef {
-        kind: k.kind,
-        role: k.role,
-        summary: k.summary,
-        inputs: k.inputs,
-        params: k.params,
-        def: Some(*k),
-    });
-    new.chain(old).collect()
-}
-
 /// The text of `blockflow stages`.
 pub fn describe_all() -> String {
     use std::fmt::Write;
@@ -197,7 +149,7 @@ pub fn describe_all() -> String {
     table(&mut s, FOLLOW);
     let _ = writeln!(s, "\nevery [stage.NAME]");
     table(&mut s, COMMON);
-    for k in all() {
+    for k in crate::stages::KINDS {
         let inputs = match k.inputs {
             Arity::None => "no inputs".to_string(),
             Arity::Exactly(n) => format!("{n} input{}", if n == 1 { "" } else { "s" }),
@@ -209,11 +161,9 @@ pub fn describe_all() -> String {
             k.kind, k.role, inputs, k.summary
         );
         table(&mut s, k.params);
-        if let Some(def) = k.def {
-            let _ = writeln!(s, "  example:\n    kind = \"{}\"", k.kind);
-            for line in def.example.lines() {
-                let _ = writeln!(s, "    {line}");
-            }
+        let _ = writeln!(s, "  example:\n    kind = \"{}\"", k.kind);
+        for line in k.example.lines() {
+            let _ = writeln!(s, "    {line}");
         }
     }
     let _ = writeln!(s, "\nexpression reference (kind = \"expr\"):");

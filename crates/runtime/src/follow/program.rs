@@ -13,7 +13,7 @@ use blockflow_io::zarr::ZarrWriteOptions;
 use ndarray::Axis;
 
 use super::{FollowError, Source};
-use crate::plan::{Plan, PlannedStage, StageKind};
+use crate::plan::{Plan, PlannedStage};
 use crate::stages::{Exec, KernelState, MapKernel, Writes};
 
 /// One per-timepoint step.
@@ -60,35 +60,25 @@ pub(super) type States = Vec<RwLock<Option<KernelState>>>;
 
 /// The map kernel of a planned stage, if it is a map.
 fn map_kernel(s: &PlannedStage) -> Option<&dyn MapKernel> {
-    match &s.kind {
-        StageKind::Unit(op) => match op.exec() {
-            Exec::Map(k) => Some(k),
-            _ => None,
-        },
+    match s.kind.exec() {
+        Exec::Map(k) => Some(k),
         _ => None,
     }
 }
 
 /// The Zarr array a stage writes: (its path, its options).
 fn zarr_sink(s: &PlannedStage) -> Option<(PathBuf, ZarrWriteOptions)> {
-    match &s.kind {
-        StageKind::WriteZarr { options, path } => Some((path.clone(), options.clone())),
-        StageKind::Unit(op) => match op.writes() {
-            Some(Writes::Zarr { path, options }) => Some((path.to_path_buf(), options.clone())),
-            _ => None,
-        },
+    match s.kind.writes() {
+        Some(Writes::Zarr { path, options }) => Some((path.to_path_buf(), options.clone())),
         _ => None,
     }
 }
 
-/// The JSON file a write-json stage writes.
+/// The file a JSON writer writes (a write-json of the stateful stage's
+/// vectors is the ingest's shifts file).
 fn json_sink(s: &PlannedStage) -> Option<PathBuf> {
-    match &s.kind {
-        StageKind::WriteJson { path, .. } => Some(path.clone()),
-        StageKind::Unit(op) if op.kind() == "write-json" => match op.writes() {
-            Some(Writes::Files([path])) => Some(path.clone()),
-            _ => None,
-        },
+    match s.kind.writes() {
+        Some(Writes::Json(path)) => Some(path.to_path_buf()),
         _ => None,
     }
 }
@@ -105,16 +95,8 @@ pub(super) fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError>
         ))
     };
     for (i, s) in plan.stages.iter().enumerate() {
-        let source = match &s.kind {
-            StageKind::ReadHdf5Stack { .. } => true,
-            StageKind::Unit(op) => matches!(op.exec(), Exec::Source(_)) && s.name == src.stage,
-            _ => false,
-        };
-        let overlap = match &s.kind {
-            StageKind::Overlap { .. } => true,
-            StageKind::Unit(op) => op.sends_halo().is_some(),
-            _ => false,
-        };
+        let source = matches!(s.kind.exec(), Exec::Source(_)) && s.name == src.stage;
+        let overlap = s.kind.sends_halo().is_some();
         let step = if source {
             let want: Vec<u64> = std::iter::once(1)
                 .chain(s.grid.shape()[1..].iter().copied())
@@ -150,10 +132,7 @@ pub(super) fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError>
             shifts_json = Some(path);
             Step::Sink
         } else if let Some(k) = map_kernel(s) {
-            let halo = match &s.kind {
-                StageKind::Unit(op) => op.halo(),
-                _ => None,
-            };
+            let halo = s.kind.halo();
             if halo.is_some_and(|h| h.first().is_some_and(|&(b, a)| b + a > 0)) {
                 return Err(unsupported(
                     &s.name,

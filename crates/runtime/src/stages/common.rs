@@ -7,7 +7,14 @@ use blockflow_kernels::filters::{Boundary, Geometry};
 use ndarray::{ArrayD, IxDyn, Slice};
 
 use super::PlanCx;
-use crate::plan::{MAX_RADIUS, MIN_RADIUS_BOUND};
+
+/// The largest kernel radius (taps on each side) a filter may have along an
+/// axis: the axis's length (a wider kernel sees mostly the boundary), but
+/// at least [`MIN_RADIUS_BOUND`], and never more than [`MAX_RADIUS`]
+/// (a kernel of 2^20 taps per side is 16 MiB of weights).
+pub const MAX_RADIUS: u64 = 1 << 20;
+/// Small arrays may still take the usual kernels (see [`MAX_RADIUS`]).
+pub const MIN_RADIUS_BOUND: u64 = 1024;
 
 /// scipy.ndimage's boundary modes of filters (and `none`), as every
 /// stencil kind (filter, structure-tensor, median) takes them.

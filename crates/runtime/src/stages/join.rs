@@ -247,9 +247,7 @@ mod tests {
     use super::*;
 
     fn join_of(s: &crate::plan::PlannedStage) -> &Join {
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         op.as_any().downcast_ref::<Join>().expect("a join")
     }
 

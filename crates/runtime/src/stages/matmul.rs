@@ -204,9 +204,7 @@ mod tests {
         // b (18 values) twice as float64, a band (12 values) twice, the
         // result band (6 float64) twice.
         assert_eq!(s.mem.working, 2 * 18 * 8 + 2 * 12 * 8 + 2 * 48);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "a @ b, a in 4 bands of [2, 6] (kept in scratch until b has arrived), b held whole"

@@ -40,6 +40,8 @@ pub mod read_zarr;
 pub mod rechunk;
 pub mod reduce;
 pub mod register;
+#[cfg(test)]
+mod registry_tests;
 pub mod rescale;
 pub mod shift;
 pub mod slice;
@@ -47,6 +49,8 @@ pub mod stored;
 pub mod structure_tensor;
 pub mod synthetic;
 pub mod take;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod transpose;
 pub mod write_blocks;
 pub mod write_csv;
@@ -55,10 +59,6 @@ pub mod write_json;
 pub mod write_png;
 pub mod write_zarr;
 pub mod zscore;
-#[cfg(test)]
-mod registry_tests;
-#[cfg(test)]
-pub(crate) mod testing;
 
 use std::any::Any;
 use std::fmt;
@@ -297,6 +297,8 @@ pub enum Writes<'a> {
         path: &'a Path,
         options: &'a blockflow_io::zarr::ZarrWriteOptions,
     },
+    /// A JSON document of small results, one key per input.
+    Json(&'a Path),
     Files(&'a [PathBuf]),
 }
 
@@ -407,6 +409,13 @@ impl<T: Stage + Clone + 'static> StageBase for T {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+impl dyn Stage {
+    /// The kind's name (as [`Stage::kind`]).
+    pub fn name(&self) -> &'static str {
+        self.kind()
     }
 }
 

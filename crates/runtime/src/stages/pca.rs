@@ -211,9 +211,7 @@ mod tests {
     use super::*;
 
     fn pca_of(s: &crate::plan::PlannedStage) -> &Pca {
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         op.as_any().downcast_ref::<Pca>().expect("a pca")
     }
 

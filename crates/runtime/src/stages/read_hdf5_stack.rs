@@ -125,9 +125,7 @@ mod tests {
         assert_eq!(s.grid.chunk_shape(), &[1, 12, 10, 8]);
         assert_eq!(s.parallel, 1);
         assert_eq!(s.mem.working, 2 * 12 * 10 * 8 * 2);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "5 timepoints of [12, 10, 8] (dataset \"data\", t_0000.h5 ... t_0004.h5)"

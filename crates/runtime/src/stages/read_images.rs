@@ -123,9 +123,7 @@ mod tests {
         assert_eq!(s.grid.chunk_shape(), &[3, 20, 30, 3]);
         assert_eq!(s.grid.num_chunks(), 3);
         assert_eq!(s.mem.working, 2 * 3 * (3 * 20 * 30 * 3));
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "7 images of [20, 30, 3] (img_0000.png ... img_0006.png)"

@@ -251,9 +251,7 @@ mod tests {
         )
         .expect("plans");
         assert_eq!(s.grid.chunk_shape(), &[10, 60]);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert!(op.describe().contains("decoded once"), "{}", op.describe());
         // The stored chunks held, twice more each of those being decoded
         // (at most `parallel`), and 2 stream chunks of 1200 bytes.

@@ -357,9 +357,7 @@ mod tests {
     use blockflow_core::DType;
 
     fn rechunk_of(s: &crate::plan::PlannedStage) -> &Rechunk {
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         op.as_any().downcast_ref::<Rechunk>().expect("a rechunk")
     }
 

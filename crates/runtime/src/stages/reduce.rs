@@ -271,9 +271,7 @@ mod tests {
     use super::*;
 
     fn reduce_of(s: &crate::plan::PlannedStage) -> &Reduce {
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         op.as_any().downcast_ref::<Reduce>().expect("a reduce")
     }
 

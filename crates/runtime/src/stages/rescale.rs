@@ -149,9 +149,7 @@ mod tests {
         assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::U8));
         // 2 × (72 uint16 + 72 float64 + 72 uint8).
         assert_eq!(s.mem.working, 2 * (144 + 576 + 72));
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "rescale_intensity from each image's min and max to the range of uint8, per image"

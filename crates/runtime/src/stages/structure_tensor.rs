@@ -174,9 +174,7 @@ mod tests {
         assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::F64));
         assert_eq!(s.grid.shape(), &[40, 50]);
         assert_eq!(s.grid.chunk_shape(), &[20, 25]);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         // radius 10 + window radius 10 on each side of both image axes.
         assert_eq!(op.halo(), Some(vec![(20, 20), (20, 20), (0, 0)]));
         // 2 × (block (60 × 65 × 3) float32 + 9 float64 copies + (20 × 25) float64).

@@ -125,9 +125,7 @@ mod tests {
         // 2 chunks at once, each 20 float64 values (24 bytes each with
         // the survey's buffer) and its 40 bytes of uint16.
         assert_eq!(s.mem.working, 2 * (20 * 24 + 40));
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(op.describe(), "uniform noise, generated from seed 0");
     }
 

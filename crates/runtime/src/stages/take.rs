@@ -156,9 +156,7 @@ mod tests {
         // Two chunks being kept (f32 4 x 5 and the int64 index) and the
         // block read back twice.
         assert_eq!(s.mem.working, 2 * (80 + 8) + 2 * 80);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert!(op
             .describe()
             .starts_with("a block of chunks [4, 5], chosen at run time"));

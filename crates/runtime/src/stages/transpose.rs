@@ -176,9 +176,7 @@ mod tests {
         assert_eq!(s.grid.chunk_shape(), &[2, 2, 3]);
         // A chunk being kept (12 float32), and three result chunks.
         assert_eq!(s.mem.working, 48 + 3 * 48);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         let t = op
             .as_any()
             .downcast_ref::<Transpose>()

@@ -142,9 +142,7 @@ mod tests {
         assert!(s.output.is_none());
         assert_eq!(s.grid.num_chunks(), 9);
         assert_eq!(s.mem.working, 2 * 160);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "blocks with values above 0.5 to /cfg/b.json and /cfg/b.csv"

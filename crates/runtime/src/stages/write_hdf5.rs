@@ -120,9 +120,7 @@ mod tests {
         assert!(s.output.is_none());
         assert_eq!(s.parallel, 1);
         assert_eq!(s.mem.working, 2 * 40);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "HDF5 /cfg/o.h5 dataset \"data\" in chunks of [4, 5]"

@@ -57,7 +57,7 @@ impl Stage for WriteJson {
         Exec::Sink(self)
     }
     fn writes(&self) -> Option<Writes<'_>> {
-        Some(Writes::Files(std::slice::from_ref(&self.path)))
+        Some(Writes::Json(&self.path))
     }
 }
 

@@ -181,9 +181,7 @@ mod tests {
         // 2 chunks of 400 bytes, and a 10 x 10 region down to 8 px (factor
         // 2): 5 x 5 pixels of 12 bytes.
         assert_eq!(s.mem.working, 2 * 400 + 5 * 5 * 12);
-        let crate::plan::StageKind::Unit(op) = &s.kind else {
-            panic!("a unit")
-        };
+        let op = &s.kind;
         assert_eq!(
             op.describe(),
             "PNG preview /cfg/p.png of rows 0..10, columns 2..12, averaged down to at most 8 px, gray between percentiles 1 and 99.5"

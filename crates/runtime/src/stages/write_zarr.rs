@@ -149,10 +149,7 @@ mod tests {
     use blockflow_core::DType;
 
     fn unit(s: &crate::plan::PlannedStage) -> &dyn Stage {
-        match &s.kind {
-            crate::plan::StageKind::Unit(op) => &**op,
-            _ => panic!("a unit"),
-        }
+        &*s.kind
     }
 
     #[test]
