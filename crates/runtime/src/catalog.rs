@@ -86,6 +86,9 @@ impl Catalog for FixedStack {
     }
 }
 
+/// An image stack's files, the first image's `(H, W, C)` and its dtype.
+type ImageList = (Vec<PathBuf>, Vec<usize>, DType);
+
 /// Metadata held in memory, for plan tests with no files: register what
 /// a test's config reads, by path (or glob).
 #[derive(Debug, Default)]
@@ -93,7 +96,7 @@ pub struct FakeCatalog {
     zarr: Mutex<HashMap<PathBuf, ZarrInfo>>,
     hdf5: Mutex<HashMap<(PathBuf, String), Hdf5Info>>,
     stacks: Mutex<HashMap<String, StackReader>>,
-    images: Mutex<HashMap<String, (Vec<PathBuf>, Vec<usize>, DType)>>,
+    images: Mutex<HashMap<String, ImageList>>,
 }
 
 fn missing(what: &str, path: &str) -> IoError {

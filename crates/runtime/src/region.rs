@@ -88,20 +88,21 @@ impl<'p> RegionRunner<'p> {
         let op = &st.kind;
         match op.exec() {
             Exec::Source(src) => {
-                if !self.sources.contains_key(&k) {
-                    let inputs = Vec::new();
-                    let cx = BuildCx {
-                        stage: st,
-                        inputs: &inputs,
-                    };
-                    let opened = src.open(&cx).map_err(|e| RunError::Build {
-                        stage: st.name.clone(),
-                        msg: e.to_string(),
-                    })?;
-                    self.sources.insert(k, opened);
-                }
-                let src = &self.sources[&k];
-                src.read(region, None).map_err(|m| self.err(k, region, m))
+                let src = match self.sources.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let cx = BuildCx {
+                            stage: st,
+                            inputs: &[],
+                        };
+                        e.insert(src.open(&cx).map_err(|e| RunError::Build {
+                            stage: st.name.clone(),
+                            msg: e.to_string(),
+                        })?)
+                    }
+                };
+                let read = src.read(region, None);
+                read.map_err(|m| self.err(k, region, m))
             }
             Exec::Window(w) => {
                 let r = &w.regrid;

@@ -85,6 +85,8 @@ struct In {
     rx: Receiver<Msg>,
     stats: Arc<EdgeStats>,
     from: String,
+    /// The chunks its producer sends.
+    expected: u64,
 }
 
 /// What a stage holds open through a run.
@@ -297,6 +299,12 @@ fn scratch_dirs(plan: &Plan) -> Vec<PathBuf> {
     dirs
 }
 
+/// What a stage thread returns: its position, its report, its output.
+type Finished = (usize, StageReport, Option<Output>);
+
+/// Every edge's statistics, by the position of the stage that sends on it.
+type Edges = Vec<(usize, Arc<EdgeStats>)>;
+
 fn run_inner(
     plan: &Plan,
     opts: &RunOptions,
@@ -314,7 +322,7 @@ fn run_inner(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut resources = build(plan)?;
+    let resources = build(plan)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.threads)
         .thread_name(|i| format!("blockflow-compute-{i}"))
@@ -323,31 +331,7 @@ fn run_inner(
             stage: "pipeline".into(),
             msg: format!("cannot start {} compute threads: {e}", plan.threads),
         })?;
-    // Channels: one per (producer, consumer) pair.
-    let n = plan.stages.len();
-    let mut outs: Vec<Vec<Out>> = (0..n).map(|_| Vec::new()).collect();
-    let mut ins: Vec<Vec<In>> = (0..n).map(|_| Vec::new()).collect();
-    let mut edges = Vec::new();
-    for (i, st) in plan.stages.iter().enumerate() {
-        for (pos, &j) in st.inputs.iter().enumerate() {
-            let slack = st.input_slack.get(pos).copied().unwrap_or(0);
-            let (tx, rx) = bounded(plan.stages[j].capacity + slack);
-            let stats = Arc::new(EdgeStats {
-                queued: AtomicU64::new(0),
-                peak: AtomicU64::new(0),
-            });
-            edges.push((j, Arc::clone(&stats)));
-            outs[j].push(Out {
-                tx,
-                stats: Arc::clone(&stats),
-            });
-            ins[i].push(In {
-                rx,
-                stats,
-                from: plan.stages[j].name.clone(),
-            });
-        }
-    }
+    let (outs, ins, edges) = channels(plan);
     let total: u64 = plan
         .stages
         .iter()
@@ -371,73 +355,14 @@ fn run_inner(
             *g = Some(e);
         }
     };
-    let mut finished: Vec<(usize, StageReport, Option<Output>)> = Vec::new();
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        for (i, ((stage, out), input)) in plan
-            .stages
-            .iter()
-            .zip(outs.drain(..))
-            .zip(ins.drain(..))
-            .enumerate()
-        {
-            let resource = std::mem::replace(&mut resources[i], Resource::None);
-            let pool = &pool;
-            let progress = opts.progress.as_deref();
-            let cancel = &*opts.cancel;
-            let record = &record;
-            let h = std::thread::Builder::new()
-                .name(format!("stage-{}", stage.name))
-                .spawn_scoped(scope, move || {
-                    let mut ctx = Ctx {
-                        stage,
-                        pool,
-                        meter,
-                        cancel,
-                        progress,
-                        report: StageReport::new(stage),
-                        held_peak: 0,
-                        fault: fault_for(&stage.name),
-                        expected_in: stage
-                            .inputs
-                            .first()
-                            .map_or(stage.chunks(), |&j| plan.stages[j].chunks()),
-                    };
-                    let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        run_stage(&mut ctx, resource, &input, &out)
-                    }));
-                    let res = match res {
-                        Ok(r) => r,
-                        Err(payload) => {
-                            Err(ctx.err(None, format!("panicked: {}", panic_message(&payload))))
-                        }
-                    };
-                    // Dropping the channel ends here wakes the neighbours.
-                    drop(input);
-                    drop(out);
-                    ctx.report.peak_buffered_bytes = ctx.held_peak;
-                    match res {
-                        Ok(w) => (i, ctx.report, w),
-                        Err(e) => {
-                            record(e);
-                            (i, ctx.report, None)
-                        }
-                    }
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => record(RunError::Build {
-                    stage: stage.name.clone(),
-                    msg: format!("cannot start a thread: {e}"),
-                }),
-            }
-        }
-        for h in handles {
-            if let Ok(r) = h.join() {
-                finished.push(r);
-            }
-        }
-    });
+    let threads = Threads {
+        plan,
+        opts,
+        meter,
+        pool: &pool,
+        record: &record,
+    };
+    let mut finished = threads.run(resources, outs, ins);
     finished.sort_by_key(|(i, _, _)| *i);
     // Each stage's peak adds what its output channels held at their peak.
     for (i, rep, _) in finished.iter_mut() {
@@ -457,6 +382,129 @@ fn run_inner(
     if let Some(e) = error {
         return Err(e);
     }
+    commit_all(plan, finished)
+}
+
+/// One bounded channel per (producer, consumer) pair: each stage's output
+/// ends and input ends, and every edge's statistics.
+fn channels(plan: &Plan) -> (Vec<Vec<Out>>, Vec<Vec<In>>, Edges) {
+    let n = plan.stages.len();
+    let mut outs: Vec<Vec<Out>> = (0..n).map(|_| Vec::new()).collect();
+    let mut ins: Vec<Vec<In>> = (0..n).map(|_| Vec::new()).collect();
+    let mut edges = Vec::new();
+    for (i, st) in plan.stages.iter().enumerate() {
+        for (pos, &j) in st.inputs.iter().enumerate() {
+            let slack = st.input_slack.get(pos).copied().unwrap_or(0);
+            let (tx, rx) = bounded(plan.stages[j].capacity + slack);
+            let stats = Arc::new(EdgeStats {
+                queued: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+            });
+            edges.push((j, Arc::clone(&stats)));
+            outs[j].push(Out {
+                tx,
+                stats: Arc::clone(&stats),
+            });
+            ins[i].push(In {
+                rx,
+                stats,
+                from: plan.stages[j].name.clone(),
+                expected: plan.stages[j].chunks(),
+            });
+        }
+    }
+    (outs, ins, edges)
+}
+
+/// What every stage thread shares.
+struct Threads<'a, R: Fn(RunError) + Sync> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    meter: &'a Arc<Meter>,
+    pool: &'a rayon::ThreadPool,
+    record: &'a R,
+}
+
+impl<R: Fn(RunError) + Sync> Threads<'_, R> {
+    /// One thread per stage; returns when all have ended.
+    fn run(
+        &self,
+        mut resources: Vec<Resource>,
+        mut outs: Vec<Vec<Out>>,
+        mut ins: Vec<Vec<In>>,
+    ) -> Vec<Finished> {
+        let mut finished = Vec::new();
+        std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for (i, ((stage, out), input)) in self
+                .plan
+                .stages
+                .iter()
+                .zip(outs.drain(..))
+                .zip(ins.drain(..))
+                .enumerate()
+            {
+                let resource = std::mem::replace(&mut resources[i], Resource::None);
+                let h = std::thread::Builder::new()
+                    .name(format!("stage-{}", stage.name))
+                    .spawn_scoped(scope, move || self.stage(i, resource, input, out));
+                match h {
+                    Ok(h) => handles.push(h),
+                    Err(e) => (self.record)(RunError::Build {
+                        stage: stage.name.clone(),
+                        msg: format!("cannot start a thread: {e}"),
+                    }),
+                }
+            }
+            for h in handles {
+                if let Ok(r) = h.join() {
+                    finished.push(r);
+                }
+            }
+        });
+        finished
+    }
+
+    /// Runs stage `i` on its thread; a panic becomes its error.
+    fn stage(&self, i: usize, resource: Resource, input: Vec<In>, out: Vec<Out>) -> Finished {
+        let stage = &self.plan.stages[i];
+        let mut ctx = Ctx {
+            stage,
+            pool: self.pool,
+            meter: self.meter,
+            cancel: &self.opts.cancel,
+            progress: self.opts.progress.as_deref(),
+            report: StageReport::new(stage),
+            held_peak: 0,
+            fault: fault_for(&stage.name),
+            expected_in: stage
+                .inputs
+                .first()
+                .map_or(stage.chunks(), |&j| self.plan.stages[j].chunks()),
+        };
+        let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_stage(&mut ctx, resource, &input, &out)
+        }));
+        let res = match res {
+            Ok(r) => r,
+            Err(payload) => Err(ctx.err(None, format!("panicked: {}", panic_message(&payload)))),
+        };
+        // Dropping the channel ends here wakes the neighbours.
+        drop(input);
+        drop(out);
+        ctx.report.peak_buffered_bytes = ctx.held_peak;
+        match res {
+            Ok(w) => (i, ctx.report, w),
+            Err(e) => {
+                (self.record)(e);
+                (i, ctx.report, None)
+            }
+        }
+    }
+}
+
+/// Every output put in place, in plan order.
+fn commit_all(plan: &Plan, finished: Vec<Finished>) -> Result<Vec<PathBuf>, RunError> {
     let mut paths = Vec::new();
     for (i, _, w) in finished {
         if let Some(w) = w {

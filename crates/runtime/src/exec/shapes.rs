@@ -245,6 +245,7 @@ fn drain_batch(
     ctx: &mut Ctx<'_>,
     inputs: &[In],
     open: &mut [bool],
+    received: &mut [u64],
     want: usize,
 ) -> Result<Option<Vec<(usize, Chunk)>>, RunError> {
     let want = want.max(1);
@@ -280,9 +281,30 @@ fn drain_batch(
                     .fetch_sub(b, std::sync::atomic::Ordering::AcqRel);
                 ctx.report.chunks_in += 1;
                 ctx.report.bytes_in += b;
+                received[i] += 1;
+                if received[i] > inputs[i].expected {
+                    return Err(ctx.err(
+                        Some(&c.index),
+                        format!(
+                            "input \"{}\" sent more than the {} chunks planned",
+                            inputs[i].from, inputs[i].expected
+                        ),
+                    ));
+                }
                 batch.push((i, c));
             }
-            Ok(blockflow_core::Msg::End) => open[i] = false,
+            Ok(blockflow_core::Msg::End) => {
+                open[i] = false;
+                if received[i] != inputs[i].expected {
+                    return Err(ctx.err(
+                        None,
+                        format!(
+                            "input \"{}\" ended after {} of {} chunks",
+                            inputs[i].from, received[i], inputs[i].expected
+                        ),
+                    ));
+                }
+            }
             Err(_) => return Err(RunError::Aborted),
         }
     }
@@ -306,8 +328,9 @@ pub(super) fn run_barrier(
         outs,
     })?;
     let mut open = vec![true; inputs.len()];
+    let mut received = vec![0u64; inputs.len()];
     let want = barrier.at_once(ctx.stage.parallel);
-    while let Some(batch) = drain_batch(ctx, inputs, &mut open, want)? {
+    while let Some(batch) = drain_batch(ctx, inputs, &mut open, &mut received, want)? {
         let t = Instant::now();
         let b: &dyn Barrier = &*barrier;
         #[allow(clippy::type_complexity)]
@@ -359,9 +382,10 @@ pub(super) fn run_sink(
     mut sink: Box<dyn ChunkSink>,
 ) -> Result<Option<Output>, RunError> {
     let mut open = vec![true; inputs.len()];
+    let mut received = vec![0u64; inputs.len()];
     let mut written = 0u64;
     let want = ctx.stage.parallel;
-    while let Some(batch) = drain_batch(ctx, inputs, &mut open, want)? {
+    while let Some(batch) = drain_batch(ctx, inputs, &mut open, &mut received, want)? {
         let held: u64 = batch.iter().map(|(_, c)| c.nbytes()).sum();
         ctx.note_held(held + sink.held_bytes());
         let t = Instant::now();

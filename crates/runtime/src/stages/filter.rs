@@ -2,7 +2,7 @@
 //! chunk with the halo their passes need; a chain of filters runs fused.
 
 use blockflow_core::{with_array, with_dtype, ArrayData, ArrayKind, Chunk, DType, Element, Region};
-use blockflow_kernels::filters::{self, Difference, Pass};
+use blockflow_kernels::filters::{self, Boundary, Difference, Pass};
 
 use super::common::{self, MODES};
 use super::{
@@ -63,161 +63,17 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let nd = spec.shape().len();
     let mode = common::boundary(cx)?;
     let which = cx.p.str("filter")?;
-    let need = |cx: &mut PlanCx<'_, '_>, key: &str| -> Option<Planned> {
-        cx.err_stage(format!("filter \"{which}\" needs `{key}`"))
-    };
-    // The axis of sobel, correlate1d, convolve1d and difference: the last
-    // unless given.
-    let axis = |cx: &mut PlanCx<'_, '_>| -> Option<usize> {
-        let a = cx.p.int("axis").unwrap_or(-1);
-        let ax = if a < 0 { a + nd as i64 } else { a };
-        if ax < 0 || ax >= nd as i64 {
-            cx.err(
-                "axis",
-                format!("axis {a} is out of range for an array of {nd} axes"),
-            )
-        } else {
-            Some(ax as usize)
-        }
-    };
-    let mut desc = Vec::new();
-    let passes: Vec<Pass> = match which.as_str() {
-        "gaussian" => {
-            let sigma = match cx.p.floats("sigma", nd) {
-                None => return need(cx, "sigma"),
-                Some(Err(m)) => return cx.err("sigma", m),
-                Some(Ok(s)) => s,
-            };
-            if sigma.iter().any(|&x| x < 0.0) {
-                return cx.err("sigma", "sigma must be >= 0");
-            }
-            let order: Vec<usize> = match cx.p.ints("order", nd)? {
-                Ok(o) if o.iter().all(|&x| (0..=3).contains(&x)) => {
-                    o.into_iter().map(|x| x as usize).collect()
-                }
-                Ok(_) => return cx.err("order", "orders are 0 to 3"),
-                Err(m) => return cx.err("order", m),
-            };
-            let radius: Option<Vec<usize>> = match cx.p.ints("radius", nd) {
-                None => None,
-                Some(Ok(r)) if r.iter().all(|&x| x >= 0) => {
-                    Some(r.into_iter().map(|x| x as usize).collect())
-                }
-                Some(Ok(_)) => return cx.err("radius", "radius must be >= 0"),
-                Some(Err(m)) => return cx.err("radius", m),
-            };
-            let truncate = cx.p.float("truncate")?;
-            if truncate < 0.0 {
-                return cx.err("truncate", "truncate must be >= 0");
-            }
-            // The radius of every pass is checked before a kernel is made.
-            for ax in (0..nd).filter(|&ax| sigma[ax] > 1e-15) {
-                let (r, key) = match &radius {
-                    Some(r) => (r[ax] as f64, "radius"),
-                    None => ((truncate * sigma[ax] + 0.5).floor(), "sigma"),
-                };
-                if !common::check_radius(cx, key, ax, r, spec.shape()[ax]) {
-                    return None;
-                }
-            }
-            desc.push(format!("gaussian sigma {sigma:?} order {order:?}"));
-            filters::gaussian_passes(&sigma, &order, truncate, radius.as_deref(), mode)
-        }
-        "uniform" => {
-            let size = match cx.p.ints("size", nd) {
-                None => return need(cx, "size"),
-                Some(Ok(s)) if s.iter().all(|&x| x >= 1) => s,
-                Some(Ok(_)) => return cx.err("size", "sizes must be >= 1"),
-                Some(Err(m)) => return cx.err("size", m),
-            };
-            for (ax, &n) in size.iter().enumerate() {
-                if !common::check_radius(cx, "size", ax, (n / 2) as f64, spec.shape()[ax]) {
-                    return None;
-                }
-            }
-            desc.push(format!("uniform size {size:?}"));
-            size.iter()
-                .enumerate()
-                .filter(|(_, &n)| n > 1)
-                .map(|(ax, &n)| Pass {
-                    axis: ax,
-                    weights: vec![1.0 / n as f64; n as usize],
-                    origin: 0,
-                    mode,
-                })
-                .collect()
-        }
-        "sobel" => {
-            let ax = axis(cx)?;
-            desc.push(format!("sobel axis {ax}"));
-            let mut v = vec![Pass {
-                axis: ax,
-                weights: vec![-1.0, 0.0, 1.0],
-                origin: 0,
-                mode,
-            }];
-            v.extend((0..nd).filter(|&o| o != ax).map(|o| Pass {
-                axis: o,
-                weights: vec![1.0, 2.0, 1.0],
-                origin: 0,
-                mode,
-            }));
-            v
-        }
+    let (passes, desc) = match which.as_str() {
+        "gaussian" => gaussian(cx, spec.shape(), mode)?,
+        "uniform" => uniform(cx, spec.shape(), mode)?,
+        "sobel" => sobel(filter_axis(cx, nd)?, nd, mode),
         "correlate1d" | "convolve1d" => {
-            let ax = axis(cx)?;
-            let w = match cx.p.floats("weights", 0) {
-                Some(Ok(w)) if !w.is_empty() => w,
-                _ => return need(cx, "weights"),
-            };
-            let origin = cx.p.int("origin")? as isize;
-            if !filters::origin_ok(w.len(), origin) {
-                return cx.err("origin", format!("origin {origin} is out of range for {} weights (scipy: -(len/2) <= origin <= (len-1)/2)", w.len()));
-            }
-            desc.push(format!("{which} axis {ax} weights {w:?} origin {origin}"));
-            if which == "correlate1d" {
-                vec![Pass {
-                    axis: ax,
-                    weights: w,
-                    origin,
-                    mode,
-                }]
-            } else {
-                let mut o = -origin;
-                if w.len().is_multiple_of(2) {
-                    o -= 1;
-                }
-                vec![Pass {
-                    axis: ax,
-                    weights: w.into_iter().rev().collect(),
-                    origin: o,
-                    mode,
-                }]
-            }
+            let ax = filter_axis(cx, nd)?;
+            correlate(cx, &which, ax, mode)?
         }
         "difference" => {
-            let ax = axis(cx)?;
-            let name = cx.p.str("difference")?;
-            let kind = if name == "central" {
-                Difference::Central
-            } else {
-                Difference::Forward
-            };
-            desc.push(format!("{name} difference axis {ax}"));
-            match kind {
-                Difference::Forward => vec![Pass {
-                    axis: ax,
-                    weights: vec![-1.0, 1.0],
-                    origin: -1,
-                    mode,
-                }],
-                Difference::Central => vec![Pass {
-                    axis: ax,
-                    weights: vec![-0.5, 0.0, 0.5],
-                    origin: 0,
-                    mode,
-                }],
-            }
+            let ax = filter_axis(cx, nd)?;
+            difference(cx, ax, mode)?
         }
         _ => return None,
     };
@@ -233,10 +89,177 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let array = spec.shape().iter().map(|&n| n as usize).collect();
     let grid = spec.grid.clone();
     Some(Planned::sends(
-        Filter::new(passes, desc, Vec::new(), array),
+        Filter::new(passes, vec![desc], Vec::new(), array),
         spec.dtype,
         grid,
     ))
+}
+
+/// The passes of one filter, and its description.
+type Passes = (Vec<Pass>, String);
+
+/// The refusal of a filter that lacks a parameter it needs.
+fn need<T>(cx: &mut PlanCx<'_, '_>, key: &str) -> Option<T> {
+    let which = cx.p.str("filter").unwrap_or_default();
+    cx.err_stage(format!("filter \"{which}\" needs `{key}`"))
+}
+
+/// The axis of sobel, correlate1d, convolve1d and difference: the last
+/// unless given.
+fn filter_axis(cx: &mut PlanCx<'_, '_>, nd: usize) -> Option<usize> {
+    let a = cx.p.int("axis").unwrap_or(-1);
+    let ax = if a < 0 { a + nd as i64 } else { a };
+    if ax < 0 || ax >= nd as i64 {
+        cx.err(
+            "axis",
+            format!("axis {a} is out of range for an array of {nd} axes"),
+        )
+    } else {
+        Some(ax as usize)
+    }
+}
+
+fn gaussian(cx: &mut PlanCx<'_, '_>, shape: &[u64], mode: Boundary) -> Option<Passes> {
+    let nd = shape.len();
+    let sigma = match cx.p.floats("sigma", nd) {
+        None => return need(cx, "sigma"),
+        Some(Err(m)) => return cx.err("sigma", m),
+        Some(Ok(s)) => s,
+    };
+    if sigma.iter().any(|&x| x < 0.0) {
+        return cx.err("sigma", "sigma must be >= 0");
+    }
+    let order: Vec<usize> = match cx.p.ints("order", nd)? {
+        Ok(o) if o.iter().all(|&x| (0..=3).contains(&x)) => {
+            o.into_iter().map(|x| x as usize).collect()
+        }
+        Ok(_) => return cx.err("order", "orders are 0 to 3"),
+        Err(m) => return cx.err("order", m),
+    };
+    let radius: Option<Vec<usize>> = match cx.p.ints("radius", nd) {
+        None => None,
+        Some(Ok(r)) if r.iter().all(|&x| x >= 0) => {
+            Some(r.into_iter().map(|x| x as usize).collect())
+        }
+        Some(Ok(_)) => return cx.err("radius", "radius must be >= 0"),
+        Some(Err(m)) => return cx.err("radius", m),
+    };
+    let truncate = cx.p.float("truncate")?;
+    if truncate < 0.0 {
+        return cx.err("truncate", "truncate must be >= 0");
+    }
+    // The radius of every pass is checked before a kernel is made.
+    for ax in (0..nd).filter(|&ax| sigma[ax] > 1e-15) {
+        let (r, key) = match &radius {
+            Some(r) => (r[ax] as f64, "radius"),
+            None => ((truncate * sigma[ax] + 0.5).floor(), "sigma"),
+        };
+        if !common::check_radius(cx, key, ax, r, shape[ax]) {
+            return None;
+        }
+    }
+    Some((
+        filters::gaussian_passes(&sigma, &order, truncate, radius.as_deref(), mode),
+        format!("gaussian sigma {sigma:?} order {order:?}"),
+    ))
+}
+
+fn uniform(cx: &mut PlanCx<'_, '_>, shape: &[u64], mode: Boundary) -> Option<Passes> {
+    let size = match cx.p.ints("size", shape.len()) {
+        None => return need(cx, "size"),
+        Some(Ok(s)) if s.iter().all(|&x| x >= 1) => s,
+        Some(Ok(_)) => return cx.err("size", "sizes must be >= 1"),
+        Some(Err(m)) => return cx.err("size", m),
+    };
+    for (ax, &n) in size.iter().enumerate() {
+        if !common::check_radius(cx, "size", ax, (n / 2) as f64, shape[ax]) {
+            return None;
+        }
+    }
+    let passes = size
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 1)
+        .map(|(ax, &n)| Pass {
+            axis: ax,
+            weights: vec![1.0 / n as f64; n as usize],
+            origin: 0,
+            mode,
+        })
+        .collect();
+    Some((passes, format!("uniform size {size:?}")))
+}
+
+fn sobel(ax: usize, nd: usize, mode: Boundary) -> Passes {
+    let mut v = vec![Pass {
+        axis: ax,
+        weights: vec![-1.0, 0.0, 1.0],
+        origin: 0,
+        mode,
+    }];
+    v.extend((0..nd).filter(|&o| o != ax).map(|o| Pass {
+        axis: o,
+        weights: vec![1.0, 2.0, 1.0],
+        origin: 0,
+        mode,
+    }));
+    (v, format!("sobel axis {ax}"))
+}
+
+fn correlate(cx: &mut PlanCx<'_, '_>, which: &str, ax: usize, mode: Boundary) -> Option<Passes> {
+    let w = match cx.p.floats("weights", 0) {
+        Some(Ok(w)) if !w.is_empty() => w,
+        _ => return need(cx, "weights"),
+    };
+    let origin = cx.p.int("origin")? as isize;
+    if !filters::origin_ok(w.len(), origin) {
+        return cx.err("origin", format!("origin {origin} is out of range for {} weights (scipy: -(len/2) <= origin <= (len-1)/2)", w.len()));
+    }
+    let desc = format!("{which} axis {ax} weights {w:?} origin {origin}");
+    let pass = if which == "correlate1d" {
+        Pass {
+            axis: ax,
+            weights: w,
+            origin,
+            mode,
+        }
+    } else {
+        let mut o = -origin;
+        if w.len().is_multiple_of(2) {
+            o -= 1;
+        }
+        Pass {
+            axis: ax,
+            weights: w.into_iter().rev().collect(),
+            origin: o,
+            mode,
+        }
+    };
+    Some((vec![pass], desc))
+}
+
+fn difference(cx: &mut PlanCx<'_, '_>, ax: usize, mode: Boundary) -> Option<Passes> {
+    let name = cx.p.str("difference")?;
+    let kind = if name == "central" {
+        Difference::Central
+    } else {
+        Difference::Forward
+    };
+    let pass = match kind {
+        Difference::Forward => Pass {
+            axis: ax,
+            weights: vec![-1.0, 1.0],
+            origin: -1,
+            mode,
+        },
+        Difference::Central => Pass {
+            axis: ax,
+            weights: vec![-0.5, 0.0, 0.5],
+            origin: 0,
+            mode,
+        },
+    };
+    Some((vec![pass], format!("{name} difference axis {ax}")))
 }
 
 impl Stage for Filter {
