@@ -65,114 +65,23 @@ impl Manifest {
     ) -> Result<Manifest, FollowError> {
         std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e.to_string()))?;
         let path = dir.join("manifest.jsonl");
-        let mut done = HashSet::new();
-        let (mut ingested, mut quarantined) = (0u64, 0u64);
-        let mut shifts = keep_shifts.then(Vec::new);
-        let mut quarantined_files = Vec::new();
+        let mut rec = Recorded {
+            shifts: keep_shifts.then(Vec::new),
+            ..Recorded::default()
+        };
         if path.exists() {
-            let f = std::fs::File::open(&path).map_err(|e| state_err(&path, e.to_string()))?;
-            let mut good_len = 0u64;
-            let mut lines = std::io::BufReader::new(f).split(b'\n').peekable();
-            let mut first = true;
-            let mut lineno = 0;
-            while let Some(line) = lines.next() {
-                lineno += 1;
-                let line = line.map_err(|e| state_err(&path, e.to_string()))?;
-                let last = lines.peek().is_none();
-                let parsed: Result<Value, _> = serde_json::from_slice(&line);
-                let v = match parsed {
-                    Ok(v) => v,
-                    // A line cut short by a kill: the record was never made.
-                    Err(_) if last => break,
-                    Err(e) => {
-                        return Err(state_err(
-                            &path,
-                            format!("line {lineno} is not JSON ({e}); the manifest is damaged"),
-                        ))
-                    }
-                };
-                if first {
-                    first = false;
-                    for key in ["dataset", "frame", "dtype"] {
-                        if v.get(key) != header.get(key) {
-                            return Err(state_err(
-                                &path,
-                                format!(
-                                    "this state was made for {key} {}, but the pipeline now reads {key} {}; point [follow] state at a new folder",
-                                    v.get(key).unwrap_or(&Value::Null),
-                                    header.get(key).unwrap_or(&Value::Null)
-                                ),
-                            ));
-                        }
-                    }
-                } else {
-                    let e: Entry = serde_json::from_value(v)
-                        .map_err(|e| state_err(&path, format!("line {lineno}: {e}")))?;
-                    if e.status == "ingested" {
-                        if e.t != Some(ingested) {
-                            return Err(state_err(
-                                &path,
-                                format!(
-                                    "line {lineno} records timepoint {:?} where {ingested} comes next; the manifest is damaged",
-                                    e.t
-                                ),
-                            ));
-                        }
-                        ingested += 1;
-                        if let Some(s) = shifts.as_mut() {
-                            s.push(e.shift.clone().unwrap_or_default());
-                        }
-                    } else {
-                        quarantined += 1;
-                        if let Some(to) = &e.moved_to {
-                            quarantined_files.push((e.file.clone(), to.clone()));
-                        }
-                    }
-                    if !done.insert(e.file.clone()) {
-                        return Err(state_err(
-                            &path,
-                            format!("line {lineno}: {} is recorded twice", e.file),
-                        ));
-                    }
-                }
-                good_len += line.len() as u64 + 1;
-            }
-            // Cut a torn last line so the next record starts on its own line.
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| state_err(&path, e.to_string()))?;
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if good_len < len {
-                f.set_len(good_len)
-                    .map_err(|e| state_err(&path, e.to_string()))?;
-            }
-            if first {
-                // Empty file: write the header below.
-                drop(f);
-                std::fs::remove_file(&path).map_err(|e| state_err(&path, e.to_string()))?;
-            }
+            let (good_len, has_header) = rec.read(&path, header)?;
+            cut_torn(&path, good_len, has_header)?;
         }
-        let fresh = !path.exists();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| state_err(&path, e.to_string()))?;
-        if fresh {
-            let line = serde_json::to_string(header).unwrap_or_default() + "\n";
-            file.write_all(line.as_bytes())
-                .and_then(|_| file.sync_data())
-                .map_err(|e| state_err(&path, e.to_string()))?;
-        }
+        let file = open_for_append(&path, header)?;
         Ok(Manifest {
             path,
             file,
-            done,
-            ingested,
-            quarantined,
-            shifts,
-            quarantined_files,
+            done: rec.done,
+            ingested: rec.ingested,
+            quarantined: rec.quarantined,
+            shifts: rec.shifts,
+            quarantined_files: rec.quarantined_files,
         })
     }
 
@@ -194,6 +103,143 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// What an existing manifest records (the fields of [`Manifest`] but its
+/// file).
+#[derive(Default)]
+struct Recorded {
+    done: HashSet<String>,
+    ingested: u64,
+    quarantined: u64,
+    shifts: Option<Vec<Vec<f64>>>,
+    quarantined_files: Vec<(String, String)>,
+}
+
+impl Recorded {
+    /// Reads the manifest at `path`, checking its header against `header`
+    /// and its records' sequence. Returns the bytes of its whole lines (a
+    /// torn last line, cut short by a kill, is left out) and whether it has
+    /// a header line.
+    fn read(&mut self, path: &Path, header: &Value) -> Result<(u64, bool), FollowError> {
+        let f = std::fs::File::open(path).map_err(|e| state_err(path, e.to_string()))?;
+        let mut good_len = 0u64;
+        let mut lines = std::io::BufReader::new(f).split(b'\n').peekable();
+        let mut first = true;
+        let mut lineno = 0;
+        while let Some(line) = lines.next() {
+            lineno += 1;
+            let line = line.map_err(|e| state_err(path, e.to_string()))?;
+            let last = lines.peek().is_none();
+            let parsed: Result<Value, _> = serde_json::from_slice(&line);
+            let v = match parsed {
+                Ok(v) => v,
+                // A line cut short by a kill: the record was never made.
+                Err(_) if last => break,
+                Err(e) => {
+                    return Err(state_err(
+                        path,
+                        format!("line {lineno} is not JSON ({e}); the manifest is damaged"),
+                    ))
+                }
+            };
+            if first {
+                first = false;
+                check_header(path, &v, header)?;
+            } else {
+                self.record(path, lineno, v)?;
+            }
+            good_len += line.len() as u64 + 1;
+        }
+        Ok((good_len, !first))
+    }
+
+    /// Takes in the record on line `lineno`.
+    fn record(&mut self, path: &Path, lineno: usize, v: Value) -> Result<(), FollowError> {
+        let e: Entry = serde_json::from_value(v)
+            .map_err(|e| state_err(path, format!("line {lineno}: {e}")))?;
+        if e.status == "ingested" {
+            if e.t != Some(self.ingested) {
+                return Err(state_err(
+                    path,
+                    format!(
+                        "line {lineno} records timepoint {:?} where {} comes next; the manifest is damaged",
+                        e.t, self.ingested
+                    ),
+                ));
+            }
+            self.ingested += 1;
+            if let Some(s) = self.shifts.as_mut() {
+                s.push(e.shift.clone().unwrap_or_default());
+            }
+        } else {
+            self.quarantined += 1;
+            if let Some(to) = &e.moved_to {
+                self.quarantined_files.push((e.file.clone(), to.clone()));
+            }
+        }
+        if !self.done.insert(e.file.clone()) {
+            return Err(state_err(
+                path,
+                format!("line {lineno}: {} is recorded twice", e.file),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a manifest made for another stream than `header`'s.
+fn check_header(path: &Path, found: &Value, header: &Value) -> Result<(), FollowError> {
+    for key in ["dataset", "frame", "dtype"] {
+        if found.get(key) != header.get(key) {
+            return Err(state_err(
+                path,
+                format!(
+                    "this state was made for {key} {}, but the pipeline now reads {key} {}; point [follow] state at a new folder",
+                    found.get(key).unwrap_or(&Value::Null),
+                    header.get(key).unwrap_or(&Value::Null)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a torn last line so the next record starts on its own line; removes
+/// a manifest without a header, to be started again.
+fn cut_torn(path: &Path, good_len: u64, has_header: bool) -> Result<(), FollowError> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| state_err(path, e.to_string()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if good_len < len {
+        f.set_len(good_len)
+            .map_err(|e| state_err(path, e.to_string()))?;
+    }
+    if !has_header {
+        // Empty file: the header is written when it is opened again.
+        drop(f);
+        std::fs::remove_file(path).map_err(|e| state_err(path, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Opens the manifest to append to, starting it with `header` if it is new.
+fn open_for_append(path: &Path, header: &Value) -> Result<std::fs::File, FollowError> {
+    let fresh = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| state_err(path, e.to_string()))?;
+    if fresh {
+        let line = serde_json::to_string(header).unwrap_or_default() + "\n";
+        file.write_all(line.as_bytes())
+            .and_then(|_| file.sync_data())
+            .map_err(|e| state_err(path, e.to_string()))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

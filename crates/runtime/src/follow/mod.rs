@@ -48,15 +48,17 @@ use blockflow_core::{human_bytes, DType};
 use blockflow_io::hdf5::StackReader;
 use blockflow_io::zarr::ZarrAppender;
 use blockflow_io::IoError;
-use crossbeam_channel::{bounded, unbounded};
+use blockflow_kernels::zscore::Welford;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, RawConfig, Val};
-use crate::plan;
+use crate::plan::{self, Plan};
 use crate::report::peak_rss_bytes;
+use crate::stages::KernelState;
 use committer::{load_reference, move_file, resume_stats, Committer, Latencies, Shared};
 use manifest::Manifest;
-use program::{compute, program, Job, Outcome};
+use program::{compute, program, Job, Outcome, Program, States};
 use scanning::{scan, wait_for_first};
 
 /// Errors of a follow run. Each names the file, stage or path at fault.
@@ -262,40 +264,8 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
         .map(|p| blockflow_io::output::Lock::acquire(&blockflow_io::output::lock_path(&p), &p))
         .transpose()?;
 
-    // The stream's shape and dtype: from an existing state's header, else
-    // from the first complete file that opens.
-    let state_guess = set
-        .state
-        .clone()
-        .or_else(|| output_path(&raw).map(|p| blockflow_io::zarr::with_suffix(&p, ".state")));
-    let recorded = state_guess
-        .as_ref()
-        .map(|d| d.join("manifest.jsonl"))
-        .and_then(|m| std::fs::read_to_string(m).ok())
-        .and_then(|t| {
-            t.lines()
-                .next()
-                .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        });
     let mut pre_quarantined: Vec<(Job, String)> = Vec::new();
-    let (frame, dtype) = match recorded.as_ref().and_then(|h| {
-        Some((
-            h.get("frame")?.as_array()?.clone(),
-            h.get("dtype")?.as_str()?.to_string(),
-        ))
-    }) {
-        Some((f, d)) => (
-            f.iter().filter_map(Value::as_u64).collect::<Vec<u64>>(),
-            DType::parse(&d).ok_or_else(|| {
-                state_err(
-                    state_guess.as_deref().unwrap_or(Path::new(".")),
-                    "bad dtype in the manifest",
-                )
-            })?,
-        ),
-        None => wait_for_first(&src, &set, opts, &mut pre_quarantined)?
-            .ok_or_else(|| FollowError::Pipeline("stopped before any file arrived".into()))?,
-    };
+    let (frame, dtype) = stream_shape(&raw, &src, &set, opts, &mut pre_quarantined)?;
     raw.fixed_stack = Some(StackReader {
         files: vec![PathBuf::from(&src.glob)],
         dataset: src.dataset.clone(),
@@ -312,13 +282,140 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
         .stats
         .clone()
         .unwrap_or_else(|| blockflow_io::zarr::with_suffix(&prog.out_path, ".stats"));
-    let frame_us: Vec<usize> = frame.iter().map(|&n| n as usize).collect();
+    let (workers, projected) = memory_bound(&plan, &prog, &frame)?;
+
+    let mut resumed = resume(&plan, &prog, &src, &frame, dtype, &state, &stats_path)?;
+    let len = resumed.len;
+    let states = prog.states();
+    if let Some((i, s)) = resumed.kernel_state.take() {
+        *states[i].write().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+    tracing::info!(
+        output = %prog.out_path.display(),
+        resumed_from = len,
+        workers,
+        projected = %human_bytes(projected),
+        "following {}",
+        src.glob
+    );
+
+    let shared = Arc::new(Shared {
+        in_flight: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        reference_ready: AtomicBool::new(prog.stateful.is_none() || len > 0),
+        status: std::sync::Mutex::new(IngestStatus {
+            total: len,
+            quarantined: resumed.manifest.quarantined,
+            ..Default::default()
+        }),
+    });
+    let mut taken: HashSet<String> = resumed.manifest.done.clone();
+    let mut committer = committer(&prog, resumed, &set, &stats_path, &shared);
+    // Files found bad while waiting for the first one.
+    for (job, why) in pre_quarantined.drain(..) {
+        if taken.insert(job.name.clone()) {
+            committer.quarantine(job, why)?;
+        }
+    }
+
+    let summary = IngestSummary {
+        pipeline: plan.name.clone(),
+        output: prog.out_path.clone(),
+        state,
+        stats: stats_path,
+        resumed_from: len,
+        threads: workers,
+        memory_budget_bytes: plan.memory,
+        projected_bytes: projected,
+        ..Default::default()
+    };
+    let work = Work {
+        prog: &prog,
+        src: &src,
+        frame: &frame,
+        dtype,
+        states: &states,
+        shared: &shared,
+    };
+    let result = ingest(work, workers, &set, opts, &mut committer, &mut taken);
+    if let Some(p) = &opts.progress {
+        p.finish();
+    }
+    let summary = summary.finish(&committer, started);
+    if let Err(e) = write_report(&plan.report, &summary) {
+        tracing::warn!("cannot write the report {}: {e}", plan.report.display());
+    }
+    result.map(|_| summary)
+}
+
+impl IngestSummary {
+    /// The summary of a run that has ended: what its committer did.
+    fn finish(self, committer: &Committer, started: Instant) -> IngestSummary {
+        IngestSummary {
+            ingested: committer.ingested,
+            total: committer.appender.len(),
+            quarantined: committer.manifest.quarantined,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            timepoints_per_second: committer.rate(),
+            latency_p50_seconds: committer.latencies.quantile(0.5),
+            latency_p99_seconds: committer.latencies.quantile(0.99),
+            latency_max_seconds: committer.latencies.max,
+            peak_rss_bytes: peak_rss_bytes(),
+            ..self
+        }
+    }
+}
+
+/// The stream's shape and dtype: from an existing state's header, else
+/// from the first complete file that opens (files found bad on the way
+/// are added to `pre_quarantined`).
+fn stream_shape(
+    raw: &RawConfig,
+    src: &Source,
+    set: &Settings,
+    opts: &FollowOptions,
+    pre_quarantined: &mut Vec<(Job, String)>,
+) -> Result<(Vec<u64>, DType), FollowError> {
+    let state_guess = set
+        .state
+        .clone()
+        .or_else(|| output_path(raw).map(|p| blockflow_io::zarr::with_suffix(&p, ".state")));
+    let recorded = state_guess
+        .as_ref()
+        .map(|d| d.join("manifest.jsonl"))
+        .and_then(|m| std::fs::read_to_string(m).ok())
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        });
+    match recorded.as_ref().and_then(|h| {
+        Some((
+            h.get("frame")?.as_array()?.clone(),
+            h.get("dtype")?.as_str()?.to_string(),
+        ))
+    }) {
+        Some((f, d)) => Ok((
+            f.iter().filter_map(Value::as_u64).collect::<Vec<u64>>(),
+            DType::parse(&d).ok_or_else(|| {
+                state_err(
+                    state_guess.as_deref().unwrap_or(Path::new(".")),
+                    "bad dtype in the manifest",
+                )
+            })?,
+        )),
+        None => wait_for_first(src, set, opts, pre_quarantined)?
+            .ok_or_else(|| FollowError::Pipeline("stopped before any file arrived".into())),
+    }
+}
+
+/// The memory bound: workers each hold one timepoint's working set, the
+/// committer a reorder window of finished timepoints, the statistics and
+/// the reference. Returns (workers, the projected bytes), or refuses a
+/// projection over the budget.
+fn memory_bound(plan: &Plan, prog: &Program, frame: &[u64]) -> Result<(usize, u64), FollowError> {
     let frame_elems: u64 = frame.iter().product();
     let out_bytes = frame_elems * prog.options.dtype.size() as u64;
-
-    // The memory bound: workers each hold one timepoint's working set, the
-    // committer a reorder window of finished timepoints, the statistics and
-    // the reference.
     let workers = plan.threads.max(1);
     let window = workers as u64 + 1;
     let projected =
@@ -333,7 +430,34 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
             human_bytes(plan.memory)
         )));
     }
+    Ok((workers, projected))
+}
 
+/// Where an earlier run left the ingest, made whole again.
+struct Resumed {
+    header: Value,
+    manifest: Manifest,
+    appender: ZarrAppender,
+    reference_path: PathBuf,
+    /// The stateful kernel's state (the registration reference), made
+    /// again from the timepoint it was made from: (its step, the state).
+    kernel_state: Option<(usize, KernelState)>,
+    welford: Welford,
+    /// Timepoints in the output.
+    len: u64,
+}
+
+/// Opens (or starts) the state in `state`, finishes what a killed run
+/// left half done and cuts the output back to the manifest's length.
+fn resume(
+    plan: &Plan,
+    prog: &Program,
+    src: &Source,
+    frame: &[u64],
+    dtype: DType,
+    state: &Path,
+    stats_path: &Path,
+) -> Result<Resumed, FollowError> {
     let header = json!({
         "blockflow_ingest": 1,
         "pipeline": plan.name,
@@ -353,7 +477,7 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
             ),
         ));
     }
-    let manifest = Manifest::open(&state, &header, prog.shifts_json.is_some())?;
+    let manifest = Manifest::open(state, &header, prog.shifts_json.is_some())?;
     let len = manifest.ingested;
     // Quarantines a killed run recorded but did not finish moving.
     let folder = Path::new(&src.glob).parent().unwrap_or(Path::new("."));
@@ -379,134 +503,109 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
         ));
     };
     let reference_path = state.join("reference.zarr");
-    // The kernels' states; a stateful one's (the registration reference)
-    // made again from the timepoint it was made from, when resuming.
-    let states = prog.states();
-    if let (Some(i), true) = (prog.stateful, len > 0) {
-        let r = load_reference(&reference_path, &frame, prog.reference_dtype)?;
-        let s = prog
-            .resume_state(i, r)
-            .map_err(|e| state_err(&reference_path, e))?;
-        *states[i].write().unwrap_or_else(|p| p.into_inner()) = Some(s);
-    }
-    let welford = resume_stats(&stats_path, &prog.out_path, &frame_us, len)?;
-    tracing::info!(
-        output = %prog.out_path.display(),
-        resumed_from = len,
-        workers,
-        projected = %human_bytes(projected),
-        "following {}",
-        src.glob
-    );
-
-    let shared = Arc::new(Shared {
-        in_flight: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        reference_ready: AtomicBool::new(prog.stateful.is_none() || len > 0),
-        status: std::sync::Mutex::new(IngestStatus {
-            total: len,
-            quarantined: manifest.quarantined,
-            ..Default::default()
-        }),
-    });
-    let mut taken: HashSet<String> = manifest.done.clone();
-    let mut committer = Committer {
-        prog: prog.clone(),
-        appender,
+    let kernel_state = match (prog.stateful, len > 0) {
+        (Some(i), true) => {
+            let r = load_reference(&reference_path, frame, prog.reference_dtype)?;
+            let s = prog
+                .resume_state(i, r)
+                .map_err(|e| state_err(&reference_path, e))?;
+            Some((i, s))
+        }
+        _ => None,
+    };
+    let frame_us: Vec<usize> = frame.iter().map(|&n| n as usize).collect();
+    let welford = resume_stats(stats_path, &prog.out_path, &frame_us, len)?;
+    Ok(Resumed {
+        header,
         manifest,
-        welford,
-        stats: stats_path.clone(),
+        appender,
         reference_path,
+        kernel_state,
+        welford,
+        len,
+    })
+}
+
+/// The committer of a resumed ingest.
+fn committer(
+    prog: &Program,
+    resumed: Resumed,
+    set: &Settings,
+    stats_path: &Path,
+    shared: &Arc<Shared>,
+) -> Committer {
+    Committer {
+        prog: prog.clone(),
+        appender: resumed.appender,
+        manifest: resumed.manifest,
+        welford: resumed.welford,
+        stats: stats_path.to_path_buf(),
+        reference_path: resumed.reference_path,
         quarantine: set.quarantine.clone(),
         checkpoint: set.checkpoint,
         last_checkpoint: Instant::now(),
         // What a killed run committed after its last checkpoint is in the
-        // statistics now (caught up above) but not yet on disk.
-        dirty: len > 0,
+        // statistics now (caught up by `resume`) but not yet on disk.
+        dirty: resumed.len > 0,
         latencies: Latencies::new(),
         first_taken: None,
         last_written: None,
         ingested: 0,
-        shared: Arc::clone(&shared),
-        header: header.clone(),
-    };
-    // Files found bad while waiting for the first one.
-    for (job, why) in pre_quarantined.drain(..) {
-        if taken.insert(job.name.clone()) {
-            committer.quarantine(job, why)?;
-        }
+        shared: Arc::clone(shared),
+        header: resumed.header,
     }
+}
 
+/// What the workers compute with, shared read-only.
+#[derive(Clone, Copy)]
+struct Work<'a> {
+    prog: &'a Program,
+    src: &'a Source,
+    frame: &'a [u64],
+    dtype: DType,
+    states: &'a States,
+    shared: &'a Shared,
+}
+
+/// The ingest proper: `workers` worker threads, one committer thread, and
+/// the scan loop on this thread, until the scan stops and what was in
+/// flight is committed.
+fn ingest(
+    work: Work<'_>,
+    workers: usize,
+    set: &Settings,
+    opts: &FollowOptions,
+    committer: &mut Committer,
+    taken: &mut HashSet<String>,
+) -> Result<(), FollowError> {
     let (job_tx, job_rx) = bounded::<Job>(workers);
     let (res_tx, res_rx) = unbounded::<(Job, Outcome)>();
     let (wake_tx, wake_rx) = unbounded::<()>();
     let (retry_tx, retry_rx) = unbounded::<String>();
-    let result = std::thread::scope(|scope| -> Result<(), FollowError> {
+    std::thread::scope(|scope| -> Result<(), FollowError> {
         for k in 0..workers {
             let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
-            let (prog, src, frame, states, shared) = (&prog, &src, &frame, &states, &shared);
             std::thread::Builder::new()
                 .name(format!("ingest-{k}"))
-                .spawn_scoped(scope, move || {
-                    for job in job_rx {
-                        let outcome = compute(prog, &job, src, frame, dtype, states);
-                        if matches!(
-                            outcome,
-                            Outcome::Done {
-                                reference: Some(_),
-                                ..
-                            }
-                        ) {
-                            shared.reference_ready.store(true, Ordering::SeqCst);
-                        }
-                        if res_tx.send((job, outcome)).is_err() {
-                            break;
-                        }
-                    }
-                })
+                .spawn_scoped(scope, move || work_loop(work, job_rx, res_tx))
                 .map_err(|e| FollowError::Pipeline(format!("cannot start a worker: {e}")))?;
         }
         drop(res_tx);
         drop(job_rx);
-        let committer = &mut committer;
-        let shared_c = Arc::clone(&shared);
+        let shared = work.shared;
         let commit_thread = std::thread::Builder::new()
             .name("ingest-commit".into())
-            .spawn_scoped(scope, move || -> Result<(), FollowError> {
-                let mut pending: BTreeMap<u64, (Job, Outcome)> = BTreeMap::new();
-                let mut told: HashSet<String> = HashSet::new();
-                let mut next = 0u64;
-                let mut result = Ok(());
-                for (job, outcome) in res_rx {
-                    pending.insert(job.seq, (job, outcome));
-                    while let Some((job, outcome)) = pending.remove(&next) {
-                        next += 1;
-                        if let Outcome::NotReady(why) = &outcome {
-                            if told.insert(job.name.clone()) {
-                                tracing::info!(file = %job.path.display(), "not ready yet, taken again once it settles: {why}");
-                            }
-                            let _ = retry_tx.send(job.name.clone());
-                        } else if result.is_ok() {
-                            result = committer.commit(job, outcome);
-                            if result.is_err() {
-                                shared_c.failed.store(true, Ordering::SeqCst);
-                            }
-                        }
-                        shared_c.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        let _ = wake_tx.send(());
-                    }
-                }
-                let saved = committer.save_checkpoint();
-                result.and(saved)
+            .spawn_scoped(scope, move || {
+                commit_loop(committer, shared, res_rx, retry_tx, wake_tx)
             })
             .map_err(|e| FollowError::Pipeline(format!("cannot start the committer: {e}")))?;
 
         let scanned = scan(
-            &src,
-            &set,
+            work.src,
+            set,
             opts,
-            &shared,
-            &mut taken,
+            shared,
+            taken,
             job_tx,
             (&wake_rx, &retry_rx),
         );
@@ -514,33 +613,65 @@ pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, Fo
             .join()
             .unwrap_or_else(|_| Err(FollowError::Pipeline("the committer panicked".into())));
         committed.and(scanned)
-    });
-    if let Some(p) = &opts.progress {
-        p.finish();
+    })
+}
+
+/// A worker: computes each timepoint it is handed, until the scan stops
+/// handing them out.
+fn work_loop(w: Work<'_>, jobs: Receiver<Job>, results: Sender<(Job, Outcome)>) {
+    for job in jobs {
+        let outcome = compute(w.prog, &job, w.src, w.frame, w.dtype, w.states);
+        if matches!(
+            outcome,
+            Outcome::Done {
+                reference: Some(_),
+                ..
+            }
+        ) {
+            w.shared.reference_ready.store(true, Ordering::SeqCst);
+        }
+        if results.send((job, outcome)).is_err() {
+            break;
+        }
     }
-    let summary = IngestSummary {
-        pipeline: plan.name.clone(),
-        output: prog.out_path.clone(),
-        state,
-        stats: stats_path,
-        resumed_from: len,
-        ingested: committer.ingested,
-        total: committer.appender.len(),
-        quarantined: committer.manifest.quarantined,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        timepoints_per_second: committer.rate(),
-        latency_p50_seconds: committer.latencies.quantile(0.5),
-        latency_p99_seconds: committer.latencies.quantile(0.99),
-        latency_max_seconds: committer.latencies.max,
-        threads: workers,
-        memory_budget_bytes: plan.memory,
-        projected_bytes: projected,
-        peak_rss_bytes: peak_rss_bytes(),
-    };
-    if let Err(e) = write_report(&plan.report, &summary) {
-        tracing::warn!("cannot write the report {}: {e}", plan.report.display());
+}
+
+/// The committer: takes the workers' results in the order the files were
+/// taken, hands back those not ready yet to be taken again, commits the
+/// rest, and saves a checkpoint once the workers are done. The first
+/// failure stops committing (the rest still count down `in_flight`).
+fn commit_loop(
+    committer: &mut Committer,
+    shared: &Shared,
+    results: Receiver<(Job, Outcome)>,
+    retry: Sender<String>,
+    wake: Sender<()>,
+) -> Result<(), FollowError> {
+    let mut pending: BTreeMap<u64, (Job, Outcome)> = BTreeMap::new();
+    let mut told: HashSet<String> = HashSet::new();
+    let mut next = 0u64;
+    let mut result = Ok(());
+    for (job, outcome) in results {
+        pending.insert(job.seq, (job, outcome));
+        while let Some((job, outcome)) = pending.remove(&next) {
+            next += 1;
+            if let Outcome::NotReady(why) = &outcome {
+                if told.insert(job.name.clone()) {
+                    tracing::info!(file = %job.path.display(), "not ready yet, taken again once it settles: {why}");
+                }
+                let _ = retry.send(job.name.clone());
+            } else if result.is_ok() {
+                result = committer.commit(job, outcome);
+                if result.is_err() {
+                    shared.failed.store(true, Ordering::SeqCst);
+                }
+            }
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = wake.send(());
+        }
     }
-    result.map(|_| summary)
+    let saved = committer.save_checkpoint();
+    result.and(saved)
 }
 
 fn write_report(path: &Path, s: &IngestSummary) -> std::io::Result<()> {

@@ -83,94 +83,138 @@ fn json_sink(s: &PlannedStage) -> Option<PathBuf> {
     }
 }
 
-pub(super) fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
-    let mut steps = Vec::new();
-    let mut out = None;
-    let mut stateful: Option<usize> = None;
-    let mut reference_dtype = DType::F64;
-    let mut shifts_json = None;
-    let unsupported = |name: &str, kind: &str, why: &str| {
-        FollowError::Unfit(format!(
-            "stage \"{name}\" ({kind}) cannot run on one timepoint at a time{why}; an ingest runs read-hdf5-stack → stages that map each timepoint on its own (median, register, shift, expr, filter, ...) → write-zarr (and write-json of the shifts); run the rest as a batch pipeline over the ingest's output"
-        ))
-    };
-    for (i, s) in plan.stages.iter().enumerate() {
+/// Refuses a stage an ingest cannot run on one timepoint at a time.
+fn unsupported(name: &str, kind: &str, why: &str) -> FollowError {
+    FollowError::Unfit(format!(
+        "stage \"{name}\" ({kind}) cannot run on one timepoint at a time{why}; an ingest runs read-hdf5-stack → stages that map each timepoint on its own (median, register, shift, expr, filter, ...) → write-zarr (and write-json of the shifts); run the rest as a batch pipeline over the ingest's output"
+    ))
+}
+
+/// What the stages classified so far hold beside their steps.
+struct Found {
+    /// The appended stage's input, the array's path and its options.
+    out: Option<(usize, PathBuf, ZarrWriteOptions)>,
+    stateful: Option<usize>,
+    reference_dtype: DType,
+    shifts_json: Option<PathBuf>,
+}
+
+impl Found {
+    /// The step of stage `i`, or why an ingest cannot run it.
+    fn step(&mut self, plan: &Plan, i: usize, src: &Source) -> Result<Step, FollowError> {
+        let s = &plan.stages[i];
         let source = matches!(s.kind.exec(), Exec::Source(_)) && s.name == src.stage;
         let overlap = s.kind.sends_halo().is_some();
-        let step = if source {
-            let want: Vec<u64> = std::iter::once(1)
-                .chain(s.grid.shape()[1..].iter().copied())
-                .collect();
-            if s.grid.chunk_shape() != want.as_slice() {
-                return Err(FollowError::Unfit(format!(
-                    "stage \"{}\" must stream one whole timepoint per chunk (remove its `chunks`)",
-                    src.stage
-                )));
-            }
-            Step::Source
+        if source {
+            source_step(s, src)
         } else if overlap {
-            Step::Pass
+            Ok(Step::Pass)
         } else if let Some((path, options)) = zarr_sink(s) {
-            if out.is_some() {
-                return Err(FollowError::Unfit(format!(
-                    "stage \"{}\": an ingest appends to one Zarr array; this pipeline has two write-zarr stages",
-                    s.name
-                )));
-            }
-            if options.chunks.first() != Some(&1) {
-                return Err(FollowError::Unfit(format!(
-                    "stage \"{}\": the appended array needs chunks of 1 along time, not {:?} (set `chunks`)",
-                    s.name, options.chunks
-                )));
-            }
-            out = Some((s.inputs[0], path, options));
-            Step::Sink
+            self.zarr_step(s, path, options)
         } else if let (Some(path), [input]) = (json_sink(s), s.inputs.as_slice()) {
-            if stateful != Some(*input) {
+            if self.stateful != Some(*input) {
                 return Err(unsupported(&s.name, s.kind.name(), ""));
             }
-            shifts_json = Some(path);
-            Step::Sink
+            self.shifts_json = Some(path);
+            Ok(Step::Sink)
         } else if let Some(k) = map_kernel(s) {
-            let halo = s.kind.halo();
-            if halo.is_some_and(|h| h.first().is_some_and(|&(b, a)| b + a > 0)) {
-                return Err(unsupported(
-                    &s.name,
-                    s.kind.name(),
-                    ": its window spans several timepoints (give size 1 along time)",
-                ));
-            }
-            let (shape, chunk) = (s.grid.shape(), s.grid.chunk_shape());
-            if chunk.first() != Some(&1) || chunk[1..] != shape[1..] {
-                return Err(unsupported(
-                    &s.name,
-                    s.kind.name(),
-                    &format!(": it works in chunks of {chunk:?}, not whole timepoints"),
-                ));
-            }
-            if k.keeps_state() {
-                if let Some(j) = stateful {
-                    return Err(FollowError::Unfit(format!(
-                        "stages \"{}\" and \"{}\" both keep a state across timepoints; an ingest keeps one (the registration's reference)",
-                        plan.stages[j].name, s.name
-                    )));
-                }
-                stateful = Some(i);
-                if let Some(o) = s
-                    .inputs
-                    .first()
-                    .and_then(|&j| plan.stages[j].output.as_ref())
-                {
-                    reference_dtype = o.dtype;
-                }
-            }
-            Step::Map
+            self.map_step(plan, i, k)
         } else {
-            return Err(unsupported(&s.name, s.kind.name(), ""));
-        };
+            Err(unsupported(&s.name, s.kind.name(), ""))
+        }
+    }
+
+    /// The appended array: one, chunked by single timepoints.
+    fn zarr_step(
+        &mut self,
+        s: &PlannedStage,
+        path: PathBuf,
+        options: ZarrWriteOptions,
+    ) -> Result<Step, FollowError> {
+        if self.out.is_some() {
+            return Err(FollowError::Unfit(format!(
+                "stage \"{}\": an ingest appends to one Zarr array; this pipeline has two write-zarr stages",
+                s.name
+            )));
+        }
+        if options.chunks.first() != Some(&1) {
+            return Err(FollowError::Unfit(format!(
+                "stage \"{}\": the appended array needs chunks of 1 along time, not {:?} (set `chunks`)",
+                s.name, options.chunks
+            )));
+        }
+        self.out = Some((s.inputs[0], path, options));
+        Ok(Step::Sink)
+    }
+
+    /// A map stage `i` run by its kernel `k` on whole timepoints, one at a
+    /// time; at most one keeps a state.
+    fn map_step(&mut self, plan: &Plan, i: usize, k: &dyn MapKernel) -> Result<Step, FollowError> {
+        let s = &plan.stages[i];
+        let halo = s.kind.halo();
+        if halo.is_some_and(|h| h.first().is_some_and(|&(b, a)| b + a > 0)) {
+            return Err(unsupported(
+                &s.name,
+                s.kind.name(),
+                ": its window spans several timepoints (give size 1 along time)",
+            ));
+        }
+        let (shape, chunk) = (s.grid.shape(), s.grid.chunk_shape());
+        if chunk.first() != Some(&1) || chunk[1..] != shape[1..] {
+            return Err(unsupported(
+                &s.name,
+                s.kind.name(),
+                &format!(": it works in chunks of {chunk:?}, not whole timepoints"),
+            ));
+        }
+        if k.keeps_state() {
+            if let Some(j) = self.stateful {
+                return Err(FollowError::Unfit(format!(
+                    "stages \"{}\" and \"{}\" both keep a state across timepoints; an ingest keeps one (the registration's reference)",
+                    plan.stages[j].name, s.name
+                )));
+            }
+            self.stateful = Some(i);
+            if let Some(o) = s
+                .inputs
+                .first()
+                .and_then(|&j| plan.stages[j].output.as_ref())
+            {
+                self.reference_dtype = o.dtype;
+            }
+        }
+        Ok(Step::Map)
+    }
+}
+
+/// The watched source: one whole timepoint per chunk.
+fn source_step(s: &PlannedStage, src: &Source) -> Result<Step, FollowError> {
+    let want: Vec<u64> = std::iter::once(1)
+        .chain(s.grid.shape()[1..].iter().copied())
+        .collect();
+    if s.grid.chunk_shape() != want.as_slice() {
+        return Err(FollowError::Unfit(format!(
+            "stage \"{}\" must stream one whole timepoint per chunk (remove its `chunks`)",
+            src.stage
+        )));
+    }
+    Ok(Step::Source)
+}
+
+/// The pipeline as per-timepoint steps, or why it cannot run as an ingest.
+pub(super) fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError> {
+    let mut steps = Vec::new();
+    let mut found = Found {
+        out: None,
+        stateful: None,
+        reference_dtype: DType::F64,
+        shifts_json: None,
+    };
+    for (i, s) in plan.stages.iter().enumerate() {
+        let step = found.step(plan, i, src)?;
         steps.push((step, s.inputs.clone()));
     }
-    let Some((out, out_path, options)) = out else {
+    let Some((out, out_path, options)) = found.out else {
         return Err(FollowError::Unfit(
             "an ingest appends to a Zarr array: the pipeline needs a write-zarr stage".into(),
         ));
@@ -187,9 +231,9 @@ pub(super) fn program(plan: &Plan, src: &Source) -> Result<Program, FollowError>
         out,
         out_path,
         options,
-        stateful,
-        reference_dtype,
-        shifts_json,
+        stateful: found.stateful,
+        reference_dtype: found.reference_dtype,
+        shifts_json: found.shifts_json,
         worker_bytes,
         meter: Meter::new(),
     })
