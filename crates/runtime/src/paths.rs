@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Diags, RawConfig, Sp, Span, Val};
 use crate::plan::{normalize, resolve};
+use crate::stages::params::{PType, PathRole};
 
 /// What a path is to the run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -107,23 +108,24 @@ fn collect(d: &mut Diags<'_>, raw: &RawConfig) -> Vec<Named> {
         let Some(Val::Str(kind)) = st.get("kind").map(|v| &v.v) else {
             continue;
         };
-        let name = st.name.v.as_str();
-        let role = match kind.as_str() {
-            "write-zarr" | "write-hdf5" | "write-png" | "write-json" | "write-csv"
-            | "write-blocks" => Role::Output,
-            "read-zarr" | "read-hdf5" => Role::Input,
-            "read-hdf5-stack" | "read-images" => Role::InputGlob,
-            _ => continue,
+        let Some(def) = crate::stages::kind(kind) else {
+            continue;
         };
-        if let Some(v) = st.get("path") {
-            add(d, role, name, v);
-        }
-        if kind == "write-blocks" {
-            if let Some(v) = st
-                .get("csv")
-                .filter(|v| !matches!(&v.v, Val::Str(s) if s.is_empty()))
-            {
-                add(d, Role::Output, name, v);
+        let name = st.name.v.as_str();
+        // Every path parameter the kind declares, by what it names.
+        for spec in def.params {
+            let role = match spec.ty {
+                PType::Path(PathRole::Output) => Role::Output,
+                PType::Path(PathRole::Input) => Role::Input,
+                PType::Path(PathRole::InputGlob) => Role::InputGlob,
+                _ => continue,
+            };
+            let given = st.get(spec.name).filter(|v| {
+                // An optional output left empty is not written.
+                !(spec.default.is_some() && matches!(&v.v, Val::Str(s) if s.is_empty()))
+            });
+            if let Some(v) = given {
+                add(d, role, name, v);
             }
         }
     }

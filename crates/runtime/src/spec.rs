@@ -3,7 +3,7 @@
 //! same declarations the parser checks configs against (see
 //! [`crate::stages`]), so the two cannot drift.
 
-pub use crate::stages::params::{p, Arity, PType, ParamSpec};
+pub use crate::stages::params::{p, Arity, PType, ParamSpec, PathRole};
 
 /// Parameters every stage has.
 pub const COMMON: &[ParamSpec] = &[
@@ -61,13 +61,13 @@ pub const PIPELINE: &[ParamSpec] = &[
     ),
     p(
         "report",
-        PType::Path,
+        PType::Path(PathRole::Other),
         Some(""),
         "where the JSON run report goes (default: <name>.report.json in the working directory)",
     ),
     p(
         "scratch",
-        PType::Path,
+        PType::Path(PathRole::Other),
         Some(""),
         "the folder for intermediate stores (a rechunk through disk); default: the folder of the first Zarr output, else the system's temporary folder",
     ),
@@ -89,19 +89,19 @@ pub const FOLLOW: &[ParamSpec] = &[
     ),
     p(
         "quarantine",
-        PType::Path,
+        PType::Path(PathRole::Other),
         Some(""),
         "where a file that cannot be read is moved, with a .reason.txt beside it (default: `quarantine/` in the watched folder)",
     ),
     p(
         "state",
-        PType::Path,
+        PType::Path(PathRole::Other),
         Some(""),
         "the ingest's folder: manifest.jsonl (every timepoint done, once) and the registration reference (default: <output>.state beside the Zarr output)",
     ),
     p(
         "stats",
-        PType::Path,
+        PType::Path(PathRole::Other),
         Some(""),
         "the running per-voxel statistics along time (Welford), a Zarr group with `mean`, `std` (ddof 0) and `m2` (default: <output>.stats beside the Zarr output)",
     ),

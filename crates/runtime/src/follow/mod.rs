@@ -201,7 +201,7 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
     let found: Vec<_> = raw
         .stages
         .iter()
-        .filter(|st| kind(st) == "read-hdf5-stack")
+        .filter(|st| kind(st) == crate::stages::read_hdf5_stack::KIND.kind)
         .collect();
     let [st] = found.as_slice() else {
         return Err(FollowError::Unfit(format!(
@@ -241,7 +241,7 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
 /// The path of the pipeline's one write-zarr stage, as the planner resolves it.
 fn output_path(raw: &RawConfig) -> Option<PathBuf> {
     let mut outs = raw.stages.iter().filter(
-        |st| matches!(st.get("kind").map(|v| &v.v), Some(Val::Str(k)) if k == "write-zarr"),
+        |st| matches!(st.get("kind").map(|v| &v.v), Some(Val::Str(k)) if k == crate::stages::write_zarr::KIND.kind),
     );
     let st = outs.next()?;
     if outs.next().is_some() {

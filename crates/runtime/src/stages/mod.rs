@@ -71,7 +71,7 @@ use crate::catalog::Catalog;
 use crate::config::{Diags, RawStage, Span};
 use crate::exec::{RunError, StageIo};
 use crate::plan::{PlannedStage, Regrid};
-pub use params::{p, Arity, PType, ParamSpec, Params};
+pub use params::{p, Arity, PType, ParamSpec, Params, PathRole};
 
 /// A stage kind: everything the parser, the docs and the planner need.
 #[derive(Debug)]

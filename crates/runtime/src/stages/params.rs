@@ -9,11 +9,26 @@ use blockflow_kernels::did_you_mean;
 
 use crate::config::{Diags, RawStage, Sp, Span, Val};
 
+/// What a path parameter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRole {
+    /// A file or store the run reads.
+    Input,
+    /// A glob of files the run reads.
+    InputGlob,
+    /// A file or store the run writes.
+    Output,
+    /// Anything else (a report, a scratch or state folder).
+    Other,
+}
+
 /// The type of a parameter's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PType {
     Str,
-    Path,
+    /// A file or folder, and what the run does with it (the checks that
+    /// no output lands on an input or another output read this).
+    Path(PathRole),
     /// An integer in `[min, max]`.
     Int(i64, i64),
     Bool,
@@ -43,7 +58,8 @@ impl PType {
     pub fn describe(self) -> String {
         match self {
             PType::Str => "string".into(),
-            PType::Path => "path".into(),
+            PType::Path(PathRole::InputGlob) => "glob".into(),
+            PType::Path(_) => "path".into(),
             PType::Int(lo, hi) if hi == i64::MAX => format!("integer >= {lo}"),
             PType::Int(lo, hi) => format!("integer {lo}..={hi}"),
             PType::Bool => "bool".into(),
@@ -70,7 +86,7 @@ impl PType {
         matches!(
             self,
             PType::Str
-                | PType::Path
+                | PType::Path(_)
                 | PType::Choice(_)
                 | PType::DType
                 | PType::Expr
@@ -334,8 +350,8 @@ pub fn check_entries(
 pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
     let want = |w: &str| Err(format!("expected {w}, found {} {v}", v.type_name()));
     match (ty, v) {
-        (PType::Str | PType::Path | PType::Expr, Val::Str(_)) => Ok(()),
-        (PType::Str | PType::Path | PType::Expr, _) => want("a string"),
+        (PType::Str | PType::Path(_) | PType::Expr, Val::Str(_)) => Ok(()),
+        (PType::Str | PType::Path(_) | PType::Expr, _) => want("a string"),
         (PType::Int(lo, hi), Val::Int(i)) => {
             if *i < lo || *i > hi {
                 Err(format!("{i} is out of range ({})", ty.describe()))

@@ -7,8 +7,8 @@ use blockflow_io::IoError;
 
 use super::stored::StoreSource;
 use super::{
-    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SourceOp,
-    Stage,
+    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SourceOp, Stage,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -17,7 +17,7 @@ pub static KIND: KindDef = KindDef {
     summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); HDF5 I/O runs one chunk at a time (the library's global lock)",
     inputs: Arity::None,
     params: &[
-        p("path", PType::Path, None, "the HDF5 file"),
+        p("path", PType::Path(PathRole::Input), None, "the HDF5 file"),
         p("dataset", PType::Str, None, "the dataset's path in the file, e.g. `data` or `/group/volume`"),
         p("chunks", PType::Shape, Some(""), "the chunks to stream (default: the dataset's own chunks, or the whole dataset)"),
     ],

@@ -8,8 +8,8 @@ use blockflow_io::IoError;
 
 use super::stored::StoreSource;
 use super::{
-    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SourceOp,
-    Stage,
+    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SourceOp, Stage,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -18,7 +18,7 @@ pub static KIND: KindDef = KindDef {
     summary: "a glob of per-timepoint HDF5 files (natural order of their names: t2 before t10), each holding `dataset` of one shape and dtype, stacked on a new leading axis; a file whose dataset is missing or differs is an error naming the file and the dataset",
     inputs: Arity::None,
     params: &[
-        p("path", PType::Path, None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
+        p("path", PType::Path(PathRole::InputGlob), None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
         p("dataset", PType::Str, None, "the dataset in every file"),
         p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
         p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),

@@ -9,8 +9,8 @@ use blockflow_io::IoError;
 
 use super::stored::StoreSource;
 use super::{
-    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SourceOp,
-    Stage,
+    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SourceOp, Stage,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -19,7 +19,7 @@ pub static KIND: KindDef = KindDef {
     summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
     inputs: Arity::None,
     params: &[
-        p("path", PType::Path, None, "a glob whose wildcards (*, ?, [abc]) are in the file name: `cells/*.png`; sorted as Python's sorted(glob(...))"),
+        p("path", PType::Path(PathRole::InputGlob), None, "a glob whose wildcards (*, ?, [abc]) are in the file name: `cells/*.png`; sorted as Python's sorted(glob(...))"),
         p("batch", PType::Int(1, 1_000_000), Some("1"), "images per chunk"),
     ],
     example: "path = \"img_*.png\"\nbatch = 2",

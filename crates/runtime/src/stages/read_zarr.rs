@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::stored::check_planned;
 use super::{
-    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SourceOp,
-    Stage,
+    p, Arity, BuildCx, ChunkSource, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SourceOp, Stage,
 };
 use crate::exec::{RunError, StageIo};
 
@@ -27,7 +27,7 @@ pub static KIND: KindDef = KindDef {
     params: &[
         p(
             "path",
-            PType::Path,
+            PType::Path(PathRole::Input),
             None,
             "the array's directory (relative paths are from the config's folder)",
         ),

@@ -9,8 +9,8 @@ use blockflow_io::blocks::{BlockStat, BlocksWriter};
 use blockflow_io::IoError;
 
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -19,8 +19,8 @@ pub static KIND: KindDef = KindDef {
     summary: "per chunk (block), how many values exceed a threshold; the blocks with any, as JSON (and every block's count as CSV)",
     inputs: Arity::Exactly(1),
     params: &[
-        p("path", PType::Path, None, "the JSON file"),
-        p("csv", PType::Path, Some(""), "a CSV file with every block's count and maximum"),
+        p("path", PType::Path(PathRole::Output), None, "the JSON file"),
+        p("csv", PType::Path(PathRole::Output), Some(""), "a CSV file with every block's count and maximum"),
         p("threshold", PType::Float, None, "values above it count (NaN never does)"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when a file exists"),
     ],

@@ -8,8 +8,8 @@ use blockflow_io::IoError;
 
 use super::stored::Gathered;
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -18,7 +18,7 @@ pub static KIND: KindDef = KindDef {
     summary: "small arrays of the same length N (1-D, or 2-D (N, C)) as one CSV table: a row per index, a column per input (name) or per input and column (name_0, name_1, ...)",
     inputs: Arity::AtLeast(1),
     params: &[
-        p("path", PType::Path, None, "the CSV file"),
+        p("path", PType::Path(PathRole::Output), None, "the CSV file"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
     ],
     example: "inputs = [\"vec4\"]\npath = \"out.csv\"",

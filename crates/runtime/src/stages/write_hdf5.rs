@@ -9,8 +9,8 @@ use blockflow_io::IoError;
 
 use super::stored::StoreSink;
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -19,7 +19,7 @@ pub static KIND: KindDef = KindDef {
     summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
     inputs: Arity::Exactly(1),
     params: &[
-        p("path", PType::Path, None, "the HDF5 file"),
+        p("path", PType::Path(PathRole::Output), None, "the HDF5 file"),
         p("dataset", PType::Str, Some("data"), "the dataset's name"),
         p("chunks", PType::Shape, Some(""), "the dataset's chunks (default: the stream's)"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),

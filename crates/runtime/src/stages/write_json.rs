@@ -8,8 +8,8 @@ use blockflow_io::IoError;
 
 use super::stored::Gathered;
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -18,7 +18,7 @@ pub static KIND: KindDef = KindDef {
     summary: "small results (a reduction's scalar, a per-block table) as one JSON document, one key per input stage",
     inputs: Arity::AtLeast(1),
     params: &[
-        p("path", PType::Path, None, "the JSON file"),
+        p("path", PType::Path(PathRole::Output), None, "the JSON file"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
     ],
     example: "inputs = [\"best\"]\npath = \"out.json\"",

@@ -8,8 +8,8 @@ use blockflow_io::preview::{Colormap, PreviewOptions, PreviewWriter};
 use blockflow_io::IoError;
 
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -18,7 +18,7 @@ pub static KIND: KindDef = KindDef {
     summary: "a PNG preview of an (H, W) or RGB (H, W, 3) array: a region, or the whole array averaged down, stretched between percentiles",
     inputs: Arity::Exactly(1),
     params: &[
-        p("path", PType::Path, None, "the PNG file"),
+        p("path", PType::Path(PathRole::Output), None, "the PNG file"),
         p("max_size", PType::Int(8, 16384), Some("1024"), "the picture's longer side in pixels (the array is block-averaged down to it)"),
         p("region", PType::Ints, Some(""), "[y0, y1, x0, x1]: preview only this part of the array"),
         p("colormap", PType::Choice(&["gray", "viridis", "pink_r"]), Some("gray"), "for single-channel arrays"),

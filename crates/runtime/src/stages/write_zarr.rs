@@ -8,8 +8,8 @@ use blockflow_io::IoError;
 
 use super::stored::StoreSink;
 use super::{
-    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, SinkOp, Stage,
-    Writes,
+    p, Arity, BuildCx, ChunkSink, Exec, KindDef, MemoryCx, PType, PathRole, PlanCx, Planned,
+    SinkOp, Stage, Writes,
 };
 
 pub static KIND: KindDef = KindDef {
@@ -18,7 +18,7 @@ pub static KIND: KindDef = KindDef {
     summary: "writes its input as a Zarr array; chunk files are atomic and the array appears at `path` only when the run succeeds",
     inputs: Arity::Exactly(1),
     params: &[
-        p("path", PType::Path, None, "the array's directory (relative paths are from the config's folder)"),
+        p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder)"),
         p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
         p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks"),
         p("codec", PType::Choice(&["zstd", "blosc", "gzip", "none"]), Some("zstd"), "compression"),
