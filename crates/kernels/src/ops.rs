@@ -36,6 +36,47 @@ pub fn diff(data: &ArrayData, axis: usize) -> ArrayData {
     }
 }
 
+/// numpy's `clip(x, lo, hi)` with either bound optional, keeping the
+/// array's dtype: floats compare in their own precision (NaN stays NaN);
+/// integers are clipped to the integers within `[lo, hi]` (`ceil(lo)`,
+/// `floor(hi)`, saturated to the type), where numpy would instead promote
+/// an integer array clipped by a fractional bound to float64. `lo <= hi`
+/// is the caller's to check; bool arrays are returned unchanged.
+pub fn clip(data: &ArrayData, lo: Option<f64>, hi: Option<f64>) -> ArrayData {
+    fn float<T: Copy + PartialOrd>(a: &ArrayD<T>, lo: Option<T>, hi: Option<T>) -> ArrayD<T> {
+        a.mapv(|x| match (lo, hi) {
+            (Some(l), _) if x < l => l,
+            (_, Some(h)) if x > h => h,
+            _ => x,
+        })
+    }
+    fn int<T: blockflow_core::Element + Ord>(
+        a: &ArrayD<T>,
+        lo: Option<f64>,
+        hi: Option<f64>,
+    ) -> ArrayD<T> {
+        // from_f64 saturates to the type's range.
+        let lo = lo.map(|l| T::from_f64(l.ceil()));
+        let hi = hi.map(|h| T::from_f64(h.floor()));
+        a.mapv(|x| match (lo, hi) {
+            (Some(l), _) if x < l => l,
+            (_, Some(h)) if x > h => h,
+            _ => x,
+        })
+    }
+    match data {
+        ArrayData::Bool(_) => data.clone(),
+        ArrayData::U8(a) => ArrayData::U8(int(a, lo, hi)),
+        ArrayData::U16(a) => ArrayData::U16(int(a, lo, hi)),
+        ArrayData::U32(a) => ArrayData::U32(int(a, lo, hi)),
+        ArrayData::I16(a) => ArrayData::I16(int(a, lo, hi)),
+        ArrayData::I32(a) => ArrayData::I32(int(a, lo, hi)),
+        ArrayData::I64(a) => ArrayData::I64(int(a, lo, hi)),
+        ArrayData::F32(a) => ArrayData::F32(float(a, lo.map(|l| l as f32), hi.map(|h| h as f32))),
+        ArrayData::F64(a) => ArrayData::F64(float(a, lo, hi)),
+    }
+}
+
 /// An array as a matrix: 2-D as it is, 1-D as a row (`row`) or a column.
 fn as_matrix<T: Clone + Default>(a: &ArrayD<T>, row: bool) -> Array2<T> {
     let s = a.shape();
@@ -103,4 +144,49 @@ pub fn matmul(
         why: e.to_string(),
     })?;
     shaped(c, shape).map(ArrayData::I64)
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+
+    fn arr<T: Clone>(v: Vec<T>) -> ArrayD<T> {
+        ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D")
+    }
+
+    #[test]
+    fn clip_is_numpys_for_floats_with_either_bound() {
+        let a = ArrayData::F64(arr(vec![-2.0, 0.5, 3.0, f64::NAN, 9.0]));
+        let both = clip(&a, Some(0.0), Some(3.0)).to_f64();
+        assert_eq!(&both.as_slice().expect("std")[..3], &[0.0, 0.5, 3.0]);
+        assert!(both[[3]].is_nan(), "NaN stays NaN, as numpy");
+        assert_eq!(both[[4]], 3.0);
+        let lo = clip(&a, Some(1.0), None).to_f64();
+        assert_eq!(lo[[0]], 1.0);
+        assert_eq!(lo[[4]], 9.0);
+        let hi = clip(&a, None, Some(-1.0)).to_f64();
+        assert_eq!(hi[[1]], -1.0);
+        assert_eq!(hi[[0]], -2.0);
+    }
+
+    #[test]
+    fn clip_keeps_integer_dtypes_within_the_bounds() {
+        let a = ArrayData::U8(arr(vec![0u8, 1, 10, 11, 255]));
+        let c = clip(&a, Some(0.5), Some(10.5));
+        assert_eq!(c.dtype(), DType::U8);
+        assert_eq!(
+            c.to_f64().as_slice().expect("std"),
+            &[1.0, 1.0, 10.0, 10.0, 10.0]
+        );
+        // Bounds beyond the type saturate: nothing changes.
+        let same = clip(&a, Some(-300.0), Some(1e9));
+        assert_eq!(
+            same.to_f64().as_slice().expect("std"),
+            &[0.0, 1.0, 10.0, 11.0, 255.0]
+        );
+        let f = ArrayData::F32(arr(vec![0.1f32, 0.7]));
+        let c = clip(&f, Some(0.25), None);
+        assert_eq!(c.dtype(), DType::F32);
+        assert_eq!(c.to_f64()[[0]], 0.25);
+    }
 }

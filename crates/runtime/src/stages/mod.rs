@@ -22,6 +22,7 @@
 //! The same kernels run in a batch (`exec`), in the ingest (`follow`) and
 //! for a given set of output regions (`region`).
 
+pub mod clip;
 pub mod common;
 pub mod diff;
 pub mod expr;
@@ -100,6 +101,7 @@ pub static KINDS: &[&KindDef] = &[
     &read_hdf5_stack::KIND,
     &read_images::KIND,
     &expr::KIND,
+    &clip::KIND,
     &filter::KIND,
     &structure_tensor::KIND,
     &median::KIND,
