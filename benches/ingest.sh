@@ -18,7 +18,7 @@ DTYPE=${3:-float64}
 # The config's 512 MiB fits the seed's 100^3; 256^3 needs MEMORY="6 GiB".
 MEMORY=${MEMORY:-512 MiB}
 cargo build --release -q -p blockflow
-BIN=$PWD/target/release/blockflow
+BIN=${BIN:-$PWD/target/release/blockflow}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/blockflow-ingest.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 "$BIN" generate timeseries "$WORK/gen" --count "$COUNT" --size "$SIZE" --dtype "$DTYPE" >/dev/null
