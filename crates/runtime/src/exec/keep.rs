@@ -124,3 +124,57 @@ impl Kept {
         self.chunks.get(i).map_or(&[], Vec::as_slice)
     }
 }
+
+/// What a barrier that keeps all its inputs (see [`Keeper`]) does once
+/// every input has arrived; [`KeepThen`] is the barrier.
+pub trait AfterKeep: Clone + Send + Sync + 'static {
+    /// Per input, the grid of a scratch store to keep it in (None: kept
+    /// in memory, for small inputs).
+    fn kept_grids(&self) -> Vec<Option<ChunkGrid>>;
+    /// The scratch folder.
+    fn kept_dir(&self) -> &Path;
+    /// Chunks kept at once; the stage's memory projection counts this many.
+    fn kept_at_once(&self, _parallel: usize) -> usize {
+        1
+    }
+    /// Computes and sends the result from what was kept.
+    fn after(&self, io: &mut StageIo<'_, '_>, kept: &Kept) -> Result<(), RunError>;
+}
+
+/// The barrier that keeps every chunk of its inputs, then runs `T::after`.
+pub struct KeepThen<T> {
+    op: T,
+    keeper: Keeper,
+}
+
+impl<T: AfterKeep> KeepThen<T> {
+    /// The barrier for a run of `op` (for `BarrierOp::start`).
+    pub fn start(op: &T, io: &StageIo<'_, '_>) -> Box<dyn crate::stages::Barrier> {
+        Box::new(KeepThen {
+            keeper: Keeper::new(io, op.kept_dir(), op.kept_grids()),
+            op: op.clone(),
+        })
+    }
+}
+
+impl<T: AfterKeep> crate::stages::Barrier for KeepThen<T> {
+    fn at_once(&self, parallel: usize) -> usize {
+        self.op.kept_at_once(parallel)
+    }
+
+    fn add(
+        &mut self,
+        io: &mut StageIo<'_, '_>,
+        input: usize,
+        chunk: Chunk,
+        _part: Option<Box<dyn std::any::Any + Send>>,
+    ) -> Result<(), RunError> {
+        self.keeper.add(io, input, chunk)
+    }
+
+    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
+        let KeepThen { op, keeper } = *self;
+        let kept = keeper.finish(io)?;
+        op.after(io, &kept)
+    }
+}

@@ -2,13 +2,12 @@
 //! wait in scratch stores until all have arrived; then every result chunk
 //! is read from the stores it spans, in row-major order.
 
-use std::any::Any;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use blockflow_core::{with_array, with_dtype, ArrayKind, Chunk, ChunkGrid, DType};
+use blockflow_core::{with_array, with_dtype, ArrayKind, ChunkGrid, DType};
 
 use super::{p, Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, Stage};
-use crate::exec::keep::Keeper;
+use crate::exec::keep::{AfterKeep, KeepThen, Kept};
 use crate::exec::{RunError, StageIo};
 
 pub static CONCATENATE: KindDef = KindDef {
@@ -149,38 +148,20 @@ impl Stage for Join {
 
 impl BarrierOp for Join {
     fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError> {
-        let grids = self.grids.iter().cloned().map(Some).collect();
-        Ok(Box::new(Joining {
-            op: self.clone(),
-            keeper: Keeper::new(io, &self.dir, grids),
-        }))
+        Ok(KeepThen::start(self, io))
     }
 }
 
-struct Joining {
-    op: Join,
-    keeper: Keeper,
-}
-
-impl Barrier for Joining {
-    /// One chunk at a time: the plan counts one.
-    fn at_once(&self, _parallel: usize) -> usize {
-        1
+impl AfterKeep for Join {
+    fn kept_grids(&self) -> Vec<Option<ChunkGrid>> {
+        self.grids.iter().cloned().map(Some).collect()
+    }
+    fn kept_dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn add(
-        &mut self,
-        io: &mut StageIo<'_, '_>,
-        input: usize,
-        chunk: Chunk,
-        _part: Option<Box<dyn Any + Send>>,
-    ) -> Result<(), RunError> {
-        self.keeper.add(io, input, chunk)
-    }
-
-    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
-        let Joining { op, keeper } = *self;
-        let kept = keeper.finish(io)?;
+    fn after(&self, io: &mut StageIo<'_, '_>, kept: &Kept) -> Result<(), RunError> {
+        let op = self;
         let readers = (0..op.grids.len())
             .map(|i| kept.reader(io, i))
             .collect::<Result<Vec<_>, _>>()?;

@@ -2,13 +2,12 @@
 //! 2-D `a` streams in bands of whole rows, kept in a scratch store until
 //! `b` (held whole) has arrived; then each band gives a band of the result.
 
-use std::any::Any;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use blockflow_core::{Chunk, ChunkGrid, DType};
+use blockflow_core::{ChunkGrid, DType};
 
 use super::{Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PlanCx, Planned, Stage};
-use crate::exec::keep::Keeper;
+use crate::exec::keep::{AfterKeep, KeepThen, Kept};
 use crate::exec::{RunError, StageIo};
 
 pub static KIND: KindDef = KindDef {
@@ -117,43 +116,25 @@ impl Stage for Matmul {
 
 impl BarrierOp for Matmul {
     fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError> {
-        let keeper = Keeper::new(io, &self.dir, vec![Some(self.a.clone()), None]);
-        Ok(Box::new(Bands {
-            a: self.a.clone(),
-            keeper,
-        }))
+        Ok(KeepThen::start(self, io))
     }
 }
 
-struct Bands {
-    a: ChunkGrid,
-    keeper: Keeper,
-}
-
-impl Barrier for Bands {
-    /// One chunk at a time, as it arrives: the plan counts none held.
-    fn at_once(&self, _parallel: usize) -> usize {
-        1
+impl AfterKeep for Matmul {
+    fn kept_grids(&self) -> Vec<Option<ChunkGrid>> {
+        vec![Some(self.a.clone()), None]
+    }
+    fn kept_dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn add(
-        &mut self,
-        io: &mut StageIo<'_, '_>,
-        input: usize,
-        chunk: Chunk,
-        _part: Option<Box<dyn Any + Send>>,
-    ) -> Result<(), RunError> {
-        self.keeper.add(io, input, chunk)
-    }
-
-    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
-        let Bands { a, keeper } = *self;
+    fn after(&self, io: &mut StageIo<'_, '_>, kept: &Kept) -> Result<(), RunError> {
+        let a = &self.a;
         let spec = io
             .stage()
             .output
             .clone()
             .ok_or_else(|| io.err(None, "internal: a matmul without an output"))?;
-        let kept = keeper.finish(io)?;
         let from = io.input_names().get(1).cloned().unwrap_or_default();
         let b = crate::exec::gather(kept.chunks(1))
             .map_err(|m| io.err(None, format!("input \"{from}\": {m}")))?;

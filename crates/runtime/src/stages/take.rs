@@ -2,13 +2,12 @@
 //! from another stage. The array's chunks wait in a scratch store until
 //! the index has arrived; then the chosen block is read back.
 
-use std::any::Any;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use blockflow_core::{Chunk, ChunkGrid, DType};
+use blockflow_core::{ChunkGrid, DType};
 
 use super::{Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PlanCx, Planned, Stage};
-use crate::exec::keep::Keeper;
+use crate::exec::keep::{AfterKeep, KeepThen, Kept};
 use crate::exec::{RunError, StageIo};
 
 pub static KIND: KindDef = KindDef {
@@ -68,33 +67,24 @@ impl Stage for Take {
 
 impl BarrierOp for Take {
     fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError> {
-        let keeper = Keeper::new(io, &self.dir, vec![Some(self.src.clone()), None]);
-        Ok(Box::new(Taking {
-            src: self.src.clone(),
-            keeper,
-        }))
+        Ok(KeepThen::start(self, io))
     }
 }
 
-struct Taking {
-    src: ChunkGrid,
-    keeper: Keeper,
-}
-
-impl Barrier for Taking {
-    fn add(
-        &mut self,
-        io: &mut StageIo<'_, '_>,
-        input: usize,
-        chunk: Chunk,
-        _part: Option<Box<dyn Any + Send>>,
-    ) -> Result<(), RunError> {
-        self.keeper.add(io, input, chunk)
+impl AfterKeep for Take {
+    fn kept_grids(&self) -> Vec<Option<ChunkGrid>> {
+        vec![Some(self.src.clone()), None]
+    }
+    fn kept_dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Chunks kept at once: as many as it works on.
+    fn kept_at_once(&self, parallel: usize) -> usize {
+        parallel
     }
 
-    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
-        let Taking { src, keeper } = *self;
-        let kept = keeper.finish(io)?;
+    fn after(&self, io: &mut StageIo<'_, '_>, kept: &Kept) -> Result<(), RunError> {
+        let src = &self.src;
         let from = io.input_names().get(1).cloned().unwrap_or_default();
         let index = kept
             .chunks(1)

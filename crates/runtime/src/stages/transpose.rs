@@ -1,14 +1,13 @@
 //! `transpose`: numpy's transpose. The input waits in a scratch store; each
 //! result chunk is the permuted source region read back.
 
-use std::any::Any;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use blockflow_core::{with_array, ArrayKind, Chunk, ChunkGrid, Region};
+use blockflow_core::{with_array, ArrayKind, ChunkGrid, Region};
 
 use super::{p, Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, Stage};
 use crate::config::Val;
-use crate::exec::keep::Keeper;
+use crate::exec::keep::{AfterKeep, KeepThen, Kept};
 use crate::exec::{RunError, StageIo};
 
 pub static KIND: KindDef = KindDef {
@@ -102,37 +101,20 @@ impl Stage for Transpose {
 
 impl BarrierOp for Transpose {
     fn start(&self, io: &mut StageIo<'_, '_>) -> Result<Box<dyn Barrier>, RunError> {
-        Ok(Box::new(Transposing {
-            perm: self.perm.clone(),
-            keeper: Keeper::new(io, &self.dir, vec![Some(self.src.clone())]),
-        }))
+        Ok(KeepThen::start(self, io))
     }
 }
 
-struct Transposing {
-    perm: Vec<usize>,
-    keeper: Keeper,
-}
-
-impl Barrier for Transposing {
-    /// One chunk at a time: the plan counts one.
-    fn at_once(&self, _parallel: usize) -> usize {
-        1
+impl AfterKeep for Transpose {
+    fn kept_grids(&self) -> Vec<Option<ChunkGrid>> {
+        vec![Some(self.src.clone())]
+    }
+    fn kept_dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn add(
-        &mut self,
-        io: &mut StageIo<'_, '_>,
-        input: usize,
-        chunk: Chunk,
-        _part: Option<Box<dyn Any + Send>>,
-    ) -> Result<(), RunError> {
-        self.keeper.add(io, input, chunk)
-    }
-
-    fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
-        let Transposing { perm, keeper } = *self;
-        let kept = keeper.finish(io)?;
+    fn after(&self, io: &mut StageIo<'_, '_>, kept: &Kept) -> Result<(), RunError> {
+        let perm = &self.perm;
         let reader = kept.reader(io, 0)?;
         let grid = io.stage().grid.clone();
         for idx in grid.indices() {
@@ -148,7 +130,7 @@ impl Barrier for Transposing {
                 .map_err(|e| io.err(Some(&idx), e.to_string()))?;
             let data = io.busy(|| {
                 with_array!(part, a => ArrayKind::wrap(
-                    a.permuted_axes(ndarray::IxDyn(&perm)).as_standard_layout().into_owned()
+                    a.permuted_axes(ndarray::IxDyn(perm)).as_standard_layout().into_owned()
                 ))
             });
             io.note_held(2 * data.nbytes());
