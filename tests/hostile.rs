@@ -199,3 +199,36 @@ fn a_closed_stdout_ends_quietly() {
         );
     }
 }
+
+/// A run whose stderr is a pipe closed by its reader (a log collector that
+/// went away, `2>&1 | head -0`) still runs to the end, commits its output
+/// and exits 0: its messages are lost, never a panic (was exit 101, a panic
+/// in `eprintln!`). So does a refused one, with its exit code 2.
+#[test]
+fn a_closed_stderr_does_not_panic_a_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let cfg = write_config(
+        d,
+        "h.toml",
+        &pipeline(d, SMALL, "kind = \"expr\"\nexpr = \"x * 2\""),
+    );
+    let bad = write_config(d, "bad.toml", &pipeline(d, SMALL, "kind = \"exp\""));
+    for (cfg, want) in [(&cfg, 0), (&bad, 2)] {
+        let mut child = bin()
+            .args(["run", &cfg.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        // The reader goes away before the run writes anything.
+        drop(child.stderr.take());
+        let status = child.wait().expect("waits");
+        assert_eq!(status.code(), Some(want), "{}: {status:?}", cfg.display());
+    }
+    assert!(
+        d.join("out.zarr").join("zarr.json").exists(),
+        "the output is committed"
+    );
+}

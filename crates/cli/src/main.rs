@@ -15,6 +15,16 @@ use blockflow_runtime::{ConfigError, Progress, RunError, RunOptions};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `eprintln!` that never panics: stderr may be a pipe its reader closed
+/// (a log collector gone, `2>&1 | head`); the message is then lost, the
+/// run goes on.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Kernels allocate and free multi-megabyte buffers per chunk; glibc
 /// serves those with fresh mmaps, so every chunk paid its page faults
 /// again (system time equal to user time on the structure tensor).
@@ -279,7 +289,7 @@ fn run(
                 // A second interrupt: stop now.
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: stopping (press Ctrl-C again to exit at once)");
+            say!("\ninterrupted: stopping (press Ctrl-C again to exit at once)");
         })
         .context("cannot install the Ctrl-C handler")?;
     }
@@ -303,7 +313,7 @@ fn run(
     let (rep, result) = blockflow_runtime::run(&plan, &opts);
     let report_path = plan.report.clone();
     if let Err(e) = rep.write(&report_path) {
-        eprintln!(
+        say!(
             "warning: cannot write the run report {}: {e}",
             report_path.display()
         );
@@ -312,9 +322,9 @@ fn run(
         Ok(paths) => {
             if !quiet {
                 for p in &paths {
-                    eprintln!("wrote {}", p.display());
+                    say!("wrote {}", p.display());
                 }
-                eprintln!(
+                say!(
                     "done in {:.2} s; peak buffered {} of {} projected, peak RSS {}; report {}",
                     rep.wall_seconds,
                     human_bytes(rep.peak_buffered_bytes),
@@ -326,15 +336,15 @@ fn run(
             Ok(ExitCode::SUCCESS)
         }
         Err(RunError::Cancelled) => {
-            eprintln!(
+            say!(
                 "interrupted: no output was committed; report {}",
                 report_path.display()
             );
             Ok(ExitCode::from(130))
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("no output was committed; report {}", report_path.display());
+            say!("error: {e}");
+            say!("no output was committed; report {}", report_path.display());
             Ok(ExitCode::from(1))
         }
     }
@@ -381,7 +391,7 @@ fn follow_run(
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\nstopping: finishing the timepoints in flight (again to exit at once; the next run resumes)");
+            say!("\nstopping: finishing the timepoints in flight (again to exit at once; the next run resumes)");
         })
         .context("cannot install the signal handler")?;
     }
@@ -405,7 +415,7 @@ fn follow_run(
         other => anyhow::Error::new(other),
     })?;
     if !quiet {
-        eprintln!(
+        say!(
             "ingested {} timepoints this run ({} in {}; resumed from {}), {} quarantined; {:.2} timepoints/s, latency p50 {:.3} s, p99 {:.3} s; peak RSS {}",
             s.ingested,
             s.total,
@@ -417,7 +427,7 @@ fn follow_run(
             s.latency_p99_seconds,
             human_bytes(s.peak_rss_bytes)
         );
-        eprintln!(
+        say!(
             "manifest {}, statistics {}",
             s.state.join("manifest.jsonl").display(),
             s.stats.display()
