@@ -24,6 +24,10 @@ macro_rules! say {
         let _ = writeln!(std::io::stderr(), $($t)*);
     }};
 }
+#[allow(unused_imports)]
+pub(crate) use say;
+
+mod cluster;
 
 /// Kernels allocate and free multi-megabyte buffers per chunk; glibc
 /// serves those with fresh mmaps, so every chunk paid its page faults
@@ -77,7 +81,44 @@ enum Cmd {
         /// Print the plan as JSON (exact projected bytes, for scripts).
         #[arg(long)]
         json: bool,
+        /// Show the pipeline cut into segments and tasks for a cluster
+        /// (`submit`): each task's memory, input and output, and the
+        /// intermediate storage of the run.
+        #[arg(long, conflicts_with = "dot")]
+        tasks: bool,
+        #[command(flatten)]
+        split: cluster::SplitArgs,
     },
+    /// Run one task of a submitted run (what each Slurm array element runs).
+    Task {
+        run_dir: PathBuf,
+        #[arg(long)]
+        segment: usize,
+        /// The task's index in its segment.
+        #[arg(long, conflicts_with = "element")]
+        index: Option<u64>,
+        /// An array element: the tasks it holds (`--tasks-per-job` of them).
+        #[arg(long)]
+        element: Option<u64>,
+    },
+    /// Cut a pipeline into tasks and run them on Slurm or a local process pool.
+    Submit(cluster::SubmitArgs),
+    /// A submitted run's tasks per segment: done, running, pending, failed (with logs).
+    Status { run_dir: PathBuf },
+    /// Run again exactly the tasks of a run that are not done.
+    Resume {
+        run_dir: PathBuf,
+        /// Local executor: processes at once.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Slurm: return once submitted.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Cancel a run's Slurm jobs.
+    Cancel { run_dir: PathBuf },
     /// Show a Zarr array's shape, dtype, chunks, size and codecs.
     Inspect { path: PathBuf },
     /// List every stage kind with its parameters.
@@ -214,7 +255,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             sets,
             dot,
             json,
+            tasks,
+            split,
         } => {
+            if tasks {
+                return cluster::plan_cmd(&config, &sets, &split, json);
+            }
             let plan = blockflow_runtime::load_plan(&config, &sets)?;
             if dot {
                 emit(&plan.to_dot())
@@ -225,6 +271,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Inspect { path } => inspect(&path),
+        Cmd::Task {
+            run_dir,
+            segment,
+            index,
+            element,
+        } => cluster::task_cmd(&run_dir, segment, index, element),
+        Cmd::Submit(a) => cluster::submit_cmd(&a),
+        Cmd::Status { run_dir } => cluster::status_cmd(&run_dir),
+        Cmd::Resume {
+            run_dir,
+            workers,
+            no_wait,
+            quiet,
+        } => cluster::resume_cmd(&run_dir, workers, no_wait, quiet),
+        Cmd::Cancel { run_dir } => cluster::cancel_cmd(&run_dir),
         Cmd::Run {
             config,
             sets,
@@ -439,7 +500,7 @@ fn follow_run(
 /// Writes `text` to stdout through its lock. A closed stdout
 /// (`blockflow plan ... | head -1`) ends the command quietly with exit 0, as
 /// ripgrep does: the reader has what it wanted.
-fn emit(text: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn emit(text: &str) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),

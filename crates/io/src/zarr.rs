@@ -462,6 +462,17 @@ impl ZarrWriter {
         Self::open_in(dir, dir.to_path_buf(), o, owner)
     }
 
+    /// An array written in place at `dir` by several processes at once
+    /// (the tasks of a distributed run): created if missing, never removed;
+    /// each chunk file is written whole and renamed into place.
+    pub fn open_existing(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        let owner = Owner::InPlace {
+            dir: dir.to_path_buf(),
+            keep: true,
+        };
+        Self::open_in(dir, dir.to_path_buf(), o, owner)
+    }
+
     fn open_in(
         path: &Path,
         dir: PathBuf,

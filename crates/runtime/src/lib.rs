@@ -6,6 +6,7 @@
 //! [`exec::run`] (build stores and channels, run, report).
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod exec;
 pub mod follow;
