@@ -74,28 +74,18 @@ pub struct SubmitArgs {
     pub quiet: bool,
 }
 
-fn default_run_dir(config: &Path, sets: &[String]) -> anyhow::Result<PathBuf> {
-    let plan = blockflow_runtime::load_plan(config, sets)?;
-    let parent = plan
-        .report
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    Ok(parent.join(format!("{}.run", plan.name)))
-}
-
 /// The task plan of a config with its overrides.
 pub fn task_plan(
     config: &Path,
     sets: &[String],
     split: &SplitArgs,
 ) -> anyhow::Result<(TaskPlan, PathBuf)> {
-    let run_dir = match &split.run_dir {
-        Some(d) => d.clone(),
-        None => default_run_dir(config, sets)?,
-    };
     let mut raw = blockflow_runtime::config::load(config)?;
     raw.apply_overrides(sets)?;
+    let run_dir = match &split.run_dir {
+        Some(d) => d.clone(),
+        None => blockflow_runtime::cluster::default_run_dir(&raw)?,
+    };
     let plan = plan_tasks(
         &raw,
         &TaskOptions {

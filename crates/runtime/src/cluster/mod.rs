@@ -309,6 +309,24 @@ fn place_of(plan: &Plan, node: &Node<'_>) -> Place {
     }
 }
 
+/// The default run folder: `<name>.run` beside the pipeline's report.
+pub fn default_run_dir(raw: &RawConfig) -> Result<PathBuf, ClusterError> {
+    let plan = crate::plan::plan(&unbounded(raw))?;
+    let parent = plan
+        .report
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok(parent.join(format!("{}.run", plan.name)))
+}
+
+/// `raw` with a budget no plan exceeds.
+fn unbounded(raw: &RawConfig) -> RawConfig {
+    let mut r = raw.clone();
+    set_entry(&mut r.pipeline, "memory", Val::Str("1024 TiB".into()));
+    r
+}
+
 /// Whether every input of `st` has the output's shape as its leading axes.
 fn positional(plan: &Plan, st: &PlannedStage) -> bool {
     let Some(out) = st.output.as_ref() else {
@@ -508,7 +526,12 @@ pub fn plan_tasks_with(
 ) -> Result<TaskPlan, ClusterError> {
     let mut raw = raw.clone();
     set_entry(&mut raw.pipeline, "threads", Val::Int(opts.cpus.max(1) as i64));
-    let full = crate::plan::plan_with(&raw, catalog)?;
+    // The whole pipeline is planned for its shapes, grids and kinds only:
+    // no task runs it, so its batch memory (an overlap's row of chunks on
+    // a 400,000-pixel-wide image) is not held to the budget; each segment
+    // is, below.
+    let budget = crate::plan::plan_budget(&raw);
+    let full = crate::plan::plan_with(&unbounded(&raw), catalog)?;
     let run_dir = absolute(&opts.run_dir);
     let cut = Cut::new(&raw, &full)?;
     let n = cut.nodes.len();
@@ -554,30 +577,6 @@ pub fn plan_tasks_with(
             inter_chunks.insert(i, c);
         }
     }
-    let inter_path = |i: usize| run_dir.join("inter").join(format!("{}.zarr", cut.name(i)));
-    let mut inter_info: HashMap<PathBuf, ZarrInfo> = HashMap::new();
-    let mut intermediate_bytes = 0u64;
-    for (&i, chunks) in &inter_chunks {
-        let out = planned(&full, cut.name(i)).and_then(|s| s.output.as_ref());
-        let Some(out) = out else { continue };
-        intermediate_bytes += out.total_bytes();
-        inter_info.insert(
-            inter_path(i),
-            ZarrInfo {
-                path: inter_path(i),
-                zarr_format: 3,
-                dtype: out.dtype,
-                shape: out.shape().to_vec(),
-                chunks: chunks.clone(),
-                codecs: "zstd".into(),
-                fill_value: "0".into(),
-            },
-        );
-    }
-    let run_catalog = RunCatalog {
-        inner: catalog,
-        inter: inter_info,
-    };
 
     // The outputs, staged in the run folder and moved into place at the end.
     let mut finals = Vec::new();
@@ -616,6 +615,54 @@ pub fn plan_tasks_with(
         }
     }
 
+    // Where each intermediate is: a stage also written by a `write-zarr`
+    // of the same segment, in the same chunks, is read back from that
+    // output (staged in the run folder until the commit), not stored twice.
+    let mut inter_at: HashMap<usize, PathBuf> = HashMap::new();
+    let mut shared: HashSet<usize> = HashSet::new();
+    for (&i, chunks) in &inter_chunks {
+        let sink = cut.consumers(i).into_iter().find(|&c| {
+            cut.nodes[c].kind == "write-zarr"
+                && cut.time[c] == cut.time[i]
+                && planned(&full, cut.name(c)).is_some_and(|st| {
+                    matches!(st.kind.writes(), Some(Writes::Zarr { options, .. }) if options.chunks == *chunks)
+                })
+        });
+        match sink.and_then(|c| staged_paths.get(&(c, "path"))) {
+            Some(p) => {
+                inter_at.insert(i, p.clone());
+                shared.insert(i);
+            }
+            None => {
+                inter_at.insert(i, run_dir.join("inter").join(format!("{}.zarr", cut.name(i))));
+            }
+        }
+    }
+    let mut inter_info: HashMap<PathBuf, ZarrInfo> = HashMap::new();
+    let mut intermediate_bytes = 0u64;
+    for (&i, chunks) in &inter_chunks {
+        let out = planned(&full, cut.name(i)).and_then(|s| s.output.as_ref());
+        let Some(out) = out else { continue };
+        if !shared.contains(&i) {
+            intermediate_bytes += out.total_bytes();
+        }
+        inter_info.insert(
+            inter_at[&i].clone(),
+            ZarrInfo {
+                path: inter_at[&i].clone(),
+                zarr_format: 3,
+                dtype: out.dtype,
+                shape: out.shape().to_vec(),
+                chunks: chunks.clone(),
+                codecs: "zstd".into(),
+                fill_value: "0".into(),
+            },
+        );
+    }
+    let run_catalog = RunCatalog {
+        inner: catalog,
+        inter: inter_info,
+    };
     // Each stage's stream chunks in the full plan: an intermediate is read
     // back in them, so its consumers see the chunks a batch run sends.
     let stream: HashMap<usize, Vec<u64>> = (0..n)
@@ -643,13 +690,24 @@ pub fn plan_tasks_with(
             &raw,
             &cut,
             &members,
-            &inter_chunks,
+            &Stored {
+                chunks: &inter_chunks,
+                at: &inter_at,
+                shared: &shared,
+            },
             &staged_paths,
             &stream,
             &run_dir,
             t,
         );
-        let sub_plan = crate::plan::plan_with(&sub.raw, &run_catalog).map_err(|e| {
+        // A chunk segment's tasks compute regions, holding no window: its
+        // stages' per-chunk memory is checked below instead.
+        let sub_raw = if kind == SegmentKind::Chunks {
+            unbounded(&sub.raw)
+        } else {
+            sub.raw.clone()
+        };
+        let sub_plan = crate::plan::plan_with(&sub_raw, &run_catalog).map_err(|e| {
             ClusterError::Refused(format!(
                 "segment {index} (stages {}) cannot be planned on its own: {e}",
                 members
@@ -685,14 +743,19 @@ pub fn plan_tasks_with(
             plan: None,
         };
         for &i in &members {
-            if inter_chunks.contains_key(&i) {
+            if inter_chunks.contains_key(&i) && !shared.contains(&i) {
                 if let Some(o) = planned(&full, cut.name(i)).and_then(|s| s.output.as_ref()) {
                     seg.intermediate_bytes += o.total_bytes();
                 }
             }
         }
         if kind == SegmentKind::Chunks {
-            chunk_groups(&mut seg, &cut, &members, &sub_plan, &inter_chunks, &staged_paths, inter_path)?;
+            let stored = Stored {
+                chunks: &inter_chunks,
+                at: &inter_at,
+                shared: &shared,
+            };
+            chunk_groups(&mut seg, &cut, &members, &sub_plan, &stored, &staged_paths)?;
             seg.units = seg.groups.iter().map(|g| g.units).sum();
             let out_bytes: u64 = seg
                 .groups
@@ -712,10 +775,19 @@ pub fn plan_tasks_with(
             let per_unit: u64 = sub_plan
                 .stages
                 .iter()
+                .filter(|s| !matches!(s.kind.exec(), Exec::Window(_)))
                 .map(|s| s.mem.working / s.parallel.max(1) as u64)
                 .sum();
+            if per_unit > budget {
+                return Err(ClusterError::Refused(format!(
+                    "segment {index} (stages {}): one chunk needs {} to compute by region, over the pipeline's `memory` of {}; use smaller chunks, or raise `memory`",
+                    seg.stages.join(", "),
+                    hb(per_unit),
+                    hb(budget)
+                )));
+            }
             // As many threads as the CPUs, and as the budget holds.
-            let fit = (full.memory / per_unit.max(1)).max(1);
+            let fit = (budget / per_unit.max(1)).max(1);
             seg.workers = (opts.cpus.max(1) as u64).min(fit) as usize;
             seg.task_memory = per_unit.saturating_mul(seg.workers as u64);
             seg.task_output_bytes = out_bytes.div_ceil(seg.tasks);
@@ -762,7 +834,7 @@ pub fn plan_tasks_with(
         config: absolute(&raw.path),
         run_dir,
         cpus: opts.cpus.max(1),
-        memory_budget: full.memory,
+        memory_budget: budget,
         places,
         segments,
         finals,
@@ -836,6 +908,14 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// The stages stored for other segments: in which chunks, where, and
+/// which of them are read back from an output of the same chunks.
+struct Stored<'a> {
+    chunks: &'a HashMap<usize, Vec<u64>>,
+    at: &'a HashMap<usize, PathBuf>,
+    shared: &'a HashSet<usize>,
+}
+
 /// A segment as a pipeline of its own.
 struct Sub {
     raw: RawConfig,
@@ -853,7 +933,7 @@ fn sub_config(
     raw: &RawConfig,
     cut: &Cut<'_>,
     members: &[usize],
-    inter_chunks: &HashMap<usize, Vec<u64>>,
+    stored: &Stored<'_>,
     staged: &HashMap<(usize, &'static str), PathBuf>,
     stream: &HashMap<usize, Vec<u64>>,
     run_dir: &Path,
@@ -863,7 +943,7 @@ fn sub_config(
     let mut have: HashSet<usize> = HashSet::new();
     let mut reads = Vec::new();
     let member: HashSet<usize> = members.iter().copied().collect();
-    let inter = |i: usize| run_dir.join("inter").join(format!("{}.zarr", cut.name(i)));
+    let inter = |i: usize| stored.at[&i].clone();
     let add_read = |stages: &mut Vec<RawStage>, j: usize, chunks: Option<Vec<u64>>, name: &str| {
         let mut entries = vec![
             (sp("kind".to_string()), sp(Val::Str("read-zarr".into()))),
@@ -932,7 +1012,10 @@ fn sub_config(
     }
     // Stores of members read elsewhere.
     for &i in members {
-        if let Some(chunks) = inter_chunks.get(&i) {
+        if stored.shared.contains(&i) {
+            continue;
+        }
+        if let Some(chunks) = stored.chunks.get(&i) {
             stages.push(RawStage {
                 name: sp(format!("__store_{}", cut.name(i))),
                 entries: vec![
@@ -980,9 +1063,8 @@ fn chunk_groups(
     cut: &Cut<'_>,
     members: &[usize],
     sub_plan: &Plan,
-    inter_chunks: &HashMap<usize, Vec<u64>>,
+    stored: &Stored<'_>,
     staged: &HashMap<(usize, &'static str), PathBuf>,
-    inter_path: impl Fn(usize) -> PathBuf,
 ) -> Result<(), ClusterError> {
     let mut groups: Vec<Group> = Vec::new();
     let mut push = |stage: &str, store: Store| -> Result<(), ClusterError> {
@@ -1026,7 +1108,10 @@ fn chunk_groups(
                 },
             )?;
         }
-        if let Some(chunks) = inter_chunks.get(&i) {
+        if stored.shared.contains(&i) {
+            continue;
+        }
+        if let Some(chunks) = stored.chunks.get(&i) {
             let st = planned(sub_plan, cut.name(i));
             let Some(out) = st.and_then(|s| s.output.as_ref()) else {
                 continue;
@@ -1036,7 +1121,7 @@ fn chunk_groups(
                 Store {
                     stage: cut.name(i).to_string(),
                     role: "intermediate".into(),
-                    path: inter_path(i),
+                    path: stored.at[&i].clone(),
                     chunks: chunks.clone(),
                     options: inter_options(out.dtype, out.shape().to_vec(), chunks.clone()),
                 },

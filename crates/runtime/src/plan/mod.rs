@@ -102,6 +102,21 @@ impl Plan {
     }
 }
 
+/// The budget `[pipeline] memory` sets (its default where unset).
+pub fn plan_budget(raw: &RawConfig) -> u64 {
+    let default_memory = spec::PIPELINE
+        .iter()
+        .find(|p| p.name == "memory")
+        .and_then(|p| p.default)
+        .and_then(|m| parse_bytes(m).ok())
+        .unwrap_or(1 << 30);
+    match raw.pipeline.iter().find(|(k, _)| k.v == "memory").map(|(_, v)| &v.v) {
+        Some(Val::Str(s)) => parse_bytes(s).unwrap_or(0),
+        Some(Val::Int(i)) => *i as u64,
+        _ => default_memory,
+    }
+}
+
 /// The `[pipeline]` table's settings.
 struct Settings {
     name: String,
