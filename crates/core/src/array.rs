@@ -164,6 +164,23 @@ impl ArrayData {
         })
     }
 
+    /// The part `start[ax]..start[ax] + len[ax]` along every axis (a copy).
+    pub fn crop(&self, start: &[usize], len: &[usize]) -> ArrayData {
+        with_array!(self, a => {
+            let info: Vec<ndarray::SliceInfoElem> = start
+                .iter()
+                .zip(len)
+                .map(|(&s, &n)| ndarray::SliceInfoElem::Slice {
+                    start: s as isize,
+                    end: Some((s + n) as isize),
+                    step: 1,
+                })
+                .collect();
+            let view = a.slice(info.as_slice());
+            ArrayKind::wrap(view.to_owned())
+        })
+    }
+
     /// Values as float64 (a copy).
     pub fn to_f64(&self) -> ArrayD<f64> {
         with_array!(self, a => a.mapv(|v| v.to_f64()))

@@ -291,7 +291,7 @@ fn place_of(plan: &Plan, node: &Node<'_>) -> Place {
         // An input that is not the output's positions (plus trailing axes
         // the kernel reduces) is broadcast or indexed along a leading axis:
         // no region of it follows from a region of the output.
-        Exec::Map(_) if !positional(plan, st) => Place::Whole,
+        Exec::Map(_) if !st.kind.regional() && !positional(plan, st) => Place::Whole,
         Exec::Map(_) => Place::Region,
         Exec::Window(w) => {
             let r = &w.regrid;

@@ -55,6 +55,9 @@ impl Stage for Diff {
         Exec::Map(self)
     }
     /// One more element along the axis than the output region.
+    fn regional(&self) -> bool {
+        true
+    }
     fn input_region(&self, _k: usize, region: &Region, shape: &[u64]) -> (Region, Vec<(u64, u64)>) {
         let mut r = region.clone();
         if let Some(n) = shape.get(self.axis) {

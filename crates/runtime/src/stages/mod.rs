@@ -364,6 +364,13 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     fn writes(&self) -> Option<Writes<'_>> {
         None
     }
+    /// Whether its `input_region` gives the right input regions where an
+    /// input's shape is not the output's (a vector per frame, a difference
+    /// along an axis); a distributed run otherwise computes such a stage in
+    /// one task.
+    fn regional(&self) -> bool {
+        false
+    }
     /// Merges this stage with `first`, its only input, whose only consumer
     /// it is (separable filters run as one pass), or None.
     fn fuse_after(&self, _first: &dyn Stage, _first_name: &str) -> Option<Box<dyn Stage>> {

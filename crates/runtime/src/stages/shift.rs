@@ -74,6 +74,28 @@ impl Stage for Shift {
     fn exec(&self) -> Exec<'_> {
         Exec::Map(self)
     }
+    /// A region's frames whole (a shift moves values across the region's
+    /// borders; what lies outside it counts as halo and is cropped), and
+    /// their vectors.
+    fn input_region(&self, k: usize, region: &Region, shape: &[u64]) -> (Region, Vec<(u64, u64)>) {
+        let mut origin = vec![region.origin[0]];
+        let mut extent = vec![region.shape[0]];
+        let mut got = vec![(0, 0)];
+        for (ax, &n) in shape.iter().enumerate().skip(1) {
+            origin.push(0);
+            extent.push(n);
+            got.push(if k == 0 && ax < region.ndim() {
+                let end = region.origin[ax] + region.shape[ax];
+                (region.origin[ax], n.saturating_sub(end))
+            } else {
+                (0, 0)
+            });
+        }
+        (Region::new(origin, extent), got)
+    }
+    fn regional(&self) -> bool {
+        true
+    }
 }
 
 impl MapKernel for Shift {
@@ -88,7 +110,7 @@ impl MapKernel for Shift {
             return Err("shift takes a frame and its vector".into());
         };
         let v: Vec<f64> = vector.array().to_f64().iter().copied().collect();
-        blockflow_kernels::shift::shift_timepoint(
+        let whole = blockflow_kernels::shift::shift_timepoint(
             frame.array(),
             &v,
             self.order,
@@ -97,7 +119,19 @@ impl MapKernel for Shift {
             self.prefilter,
             &self.buffers,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        if frame.halo.iter().all(|&(b, a)| b == 0 && a == 0) {
+            return Ok(whole);
+        }
+        // Asked for part of the frame (by region): the core of the whole.
+        let start: Vec<usize> = frame.halo.iter().map(|&(b, _)| b as usize).collect();
+        let len: Vec<usize> = whole
+            .shape()
+            .iter()
+            .zip(&frame.halo)
+            .map(|(&n, &(b, a))| n - b as usize - a as usize)
+            .collect();
+        Ok(whole.crop(&start, &len))
     }
 }
 
