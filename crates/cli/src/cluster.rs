@@ -74,6 +74,26 @@ pub struct SubmitArgs {
     pub quiet: bool,
 }
 
+/// A size as sbatch's `--mem` reads it (`300M`, `4G`, `2T`, `512K`, or a
+/// number of MiB), or with a unit as blockflow writes sizes (`300 MiB`),
+/// in MiB.
+fn slurm_mib(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let scale = match unit {
+        "" | "M" | "m" => Some(1),
+        "G" | "g" => Some(1 << 10),
+        "T" | "t" => Some(1 << 20),
+        "K" | "k" => Some(0),
+        _ => None,
+    };
+    match (num.parse::<u64>(), scale) {
+        (Ok(n), Some(0)) => Ok(n.div_ceil(1024)),
+        (Ok(n), Some(s)) => Ok(n * s),
+        _ => parse_bytes(t).map(|b| b.div_ceil(1 << 20)),
+    }
+}
+
 /// The task plan of a config with its overrides.
 pub fn task_plan(
     config: &Path,
@@ -177,7 +197,7 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let mem_forced_mib = a
         .mem
         .as_deref()
-        .map(|m| parse_bytes(m).map(|b| b.div_ceil(1 << 20)))
+        .map(slurm_mib)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
     let mem_reserve = parse_bytes(&a.mem_reserve).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))?;

@@ -20,7 +20,7 @@ pub static KIND: KindDef = KindDef {
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder)"),
         p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
-        p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks"),
+        p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks, unless the stream's chunk holds that axis whole"),
         p("codec", PType::Choice(&["zstd", "blosc", "gzip", "none"]), Some("zstd"), "compression"),
         p("level", PType::Int(0, 22), Some("3"), "compression level"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when `path` exists"),
@@ -55,7 +55,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     }
     for ax in 0..chunks.len() {
         let (c, sc, n) = (chunks[ax], stream_chunks[ax], stream.shape()[ax]);
-        if sc % c != 0 && !(sc >= n && c >= n) {
+        if sc % c != 0 && sc < n {
             return cx.err(
                 "chunks",
                 format!(
@@ -204,5 +204,18 @@ mod tests {
             &[5],
         );
         assert!(e.contains("gzip levels are 0..=9"), "{e}");
+    }
+
+    #[test]
+    fn any_stored_chunks_along_an_axis_the_stream_holds_whole() {
+        // Each stream chunk spans axis 1 whole, so it ends at the edge and
+        // is written as whole stored chunks of 10 (the last one partial).
+        let p = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nchunks = [1, 10]",
+            &[DType::F32],
+            &[3, 24],
+            &[1, 24],
+        );
+        assert!(p.kind.describe().contains("stored chunks [1, 10]"), "{}", p.kind.describe());
     }
 }
