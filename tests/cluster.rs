@@ -349,3 +349,37 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
     assert!(script.contains("--mem=300M") && script.contains("--cpus-per-task=2"), "{script}");
 }
+
+#[test]
+fn paths_written_any_way_give_the_same_run() {
+    // `./configs/x.toml`, a relative `--set` path and a relative run
+    // folder, then status from another folder: every task plans as submit
+    // did (tasks failed with "plans differently" before).
+    let seeds = Seeds::new();
+    let (name, sets) = SEEDS[0];
+    let mut args = vec![
+        "submit".to_string(),
+        format!("./configs/{name}.toml"),
+        "--task-count".into(),
+        "2".into(),
+        "-q".into(),
+        "--run-dir".into(),
+        "./runs/../runs/a.run".into(),
+        "--set".into(),
+        "features.path=elsewhere/features.zarr".into(),
+    ];
+    for s in sets {
+        args.push("--set".into());
+        args.push((*s).to_string());
+    }
+    let out = bin().args(&args).current_dir(seeds.path()).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(seeds.path().join("elsewhere/features.zarr/zarr.json").exists());
+    let out = bin()
+        .args(["status", "../runs/a.run"])
+        .current_dir(seeds.path().join("configs"))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("complete"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}

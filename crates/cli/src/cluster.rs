@@ -51,7 +51,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub max_parallel: Option<u64>,
     /// Memory added to each task's projection for `--mem` (the binary,
-    /// libraries, allocator slack).
+    /// libraries, allocator slack); read as `--mem` is (`512M`, `1G`, or
+    /// with blockflow's units, `256 MiB`).
     #[arg(long, default_value = "256 MiB")]
     pub mem_reserve: String,
     /// Force `--mem` (e.g. "4G"), instead of the projection plus reserve.
@@ -99,6 +100,7 @@ pub fn task_plan(
     config: &Path,
     sets: &[String],
     split: &SplitArgs,
+    create: bool,
 ) -> anyhow::Result<(TaskPlan, PathBuf)> {
     let mut raw = blockflow_runtime::config::load(config)?;
     raw.apply_overrides(sets)?;
@@ -106,6 +108,12 @@ pub fn task_plan(
         Some(d) => d.clone(),
         None => blockflow_runtime::cluster::default_run_dir(&raw)?,
     };
+    if create {
+        // Made first, so the plan names it as the tasks will.
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
+    }
+    let run_dir = RunDir::new(&run_dir).path;
     let plan = plan_tasks(
         &raw,
         &TaskOptions {
@@ -124,7 +132,7 @@ pub fn plan_cmd(
     split: &SplitArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (plan, _) = task_plan(config, sets, split)?;
+    let (plan, _) = task_plan(config, sets, split, false)?;
     if json {
         emit(&format!("{:#}\n", plan.to_json()))
     } else {
@@ -188,10 +196,11 @@ fn said(quiet: bool) -> impl Fn(&str) {
 
 /// `blockflow submit`.
 pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let (plan, run_dir) = task_plan(&a.config, &a.sets, &a.split)?;
-    let dir = RunDir::new(&run_dir);
+    // Planned as the tasks will plan it: from the file's own path.
     let config = std::fs::canonicalize(&a.config)
         .with_context(|| format!("{}", a.config.display()))?;
+    let (plan, run_dir) = task_plan(&config, &a.sets, &a.split, true)?;
+    let dir = RunDir::new(&run_dir);
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("cannot read {}", config.display()))?;
     let mem_forced_mib = a
@@ -200,7 +209,7 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
         .map(slurm_mib)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
-    let mem_reserve = parse_bytes(&a.mem_reserve).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))?;
+    let mem_reserve = slurm_mib(&a.mem_reserve).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
     let mut info = RunInfo {
         config,
         text,
@@ -211,6 +220,7 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
         executor: a.executor.clone(),
         fingerprint: plan.fingerprint(),
         binary: std::env::current_exe().context("cannot find this binary's path")?,
+        cwd: std::env::current_dir().context("cannot read the working directory")?,
         slurm: SlurmSettings {
             mem_forced_mib,
             mem_reserve,
@@ -307,13 +317,20 @@ pub fn status_cmd(run_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `blockflow resume RUN_DIR`: the tasks not done, again.
-pub fn resume_cmd(
-    run_dir: &Path,
-    workers_arg: Option<usize>,
-    no_wait: bool,
-    quiet: bool,
-) -> anyhow::Result<ExitCode> {
-    let (dir, mut info, plan) = open(run_dir)?;
+pub fn resume_cmd(r: &ResumeArgs) -> anyhow::Result<ExitCode> {
+    let (dir, mut info, plan) = open(&r.run_dir)?;
+    let (workers_arg, no_wait, quiet) = (r.workers, r.no_wait, r.quiet);
+    // New memory for what runs again (a task Slurm killed for memory).
+    if let Some(m) = &r.mem {
+        info.slurm.mem_forced_mib = Some(slurm_mib(m).map_err(|e| anyhow::anyhow!("--mem: {e}"))?);
+    }
+    if let Some(m) = &r.mem_reserve {
+        info.slurm.mem_forced_mib = None;
+        info.slurm.mem_reserve = slurm_mib(m).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
+    }
+    if r.mem.is_some() || r.mem_reserve.is_some() {
+        dir.save_info(&info)?;
+    }
     let say = said(quiet);
     if info.executor == "local" {
         return finish_local(&dir, &info, &plan, workers(workers_arg, plan.cpus), &say);
@@ -341,6 +358,26 @@ pub fn resume_cmd(
         return Ok(ExitCode::SUCCESS);
     }
     wait_slurm(&dir, &info, &plan, &say)
+}
+
+/// `resume`'s options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResumeArgs {
+    pub run_dir: PathBuf,
+    /// Local executor: processes at once.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Slurm: force `--mem` for what is submitted again (e.g. "8G").
+    #[arg(long, conflicts_with = "mem_reserve")]
+    pub mem: Option<String>,
+    /// Slurm: the reserve over each task's projection for `--mem`.
+    #[arg(long)]
+    pub mem_reserve: Option<String>,
+    /// Slurm: return once submitted.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `blockflow cancel RUN_DIR`.

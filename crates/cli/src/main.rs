@@ -106,17 +106,7 @@ enum Cmd {
     /// A submitted run's tasks per segment: done, running, pending, failed (with logs).
     Status { run_dir: PathBuf },
     /// Run again exactly the tasks of a run that are not done.
-    Resume {
-        run_dir: PathBuf,
-        /// Local executor: processes at once.
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Slurm: return once submitted.
-        #[arg(long)]
-        no_wait: bool,
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Resume(cluster::ResumeArgs),
     /// Cancel a run's Slurm jobs.
     Cancel { run_dir: PathBuf },
     /// Show a Zarr array's shape, dtype, chunks, size and codecs.
@@ -279,12 +269,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cluster::task_cmd(&run_dir, segment, index, element),
         Cmd::Submit(a) => cluster::submit_cmd(&a),
         Cmd::Status { run_dir } => cluster::status_cmd(&run_dir),
-        Cmd::Resume {
-            run_dir,
-            workers,
-            no_wait,
-            quiet,
-        } => cluster::resume_cmd(&run_dir, workers, no_wait, quiet),
+        Cmd::Resume(r) => cluster::resume_cmd(&r),
         Cmd::Cancel { run_dir } => cluster::cancel_cmd(&run_dir),
         Cmd::Run {
             config,

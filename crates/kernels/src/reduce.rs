@@ -123,6 +123,52 @@ impl Default for Partial {
 }
 
 impl Partial {
+    /// Bytes in [`Partial::to_bytes`].
+    pub const BYTES: usize = 11 * 8;
+
+    /// Its fields as little-endian bytes, floats bit for bit, so a partial
+    /// stored by one process merges in another exactly as in memory.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let words: [u64; 11] = [
+            self.n.to_bits(),
+            self.mean.to_bits(),
+            self.m2.to_bits(),
+            self.sum.to_bits(),
+            self.min.to_bits(),
+            self.min_at,
+            self.max.to_bits(),
+            self.max_at,
+            u64::from(self.any) | (u64::from(self.all) << 1),
+            u64::from(self.nan_at.is_some()),
+            self.nan_at.unwrap_or(0),
+        ];
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// [`Partial::to_bytes`] read back; None if `b` is not one.
+    pub fn from_bytes(b: &[u8]) -> Option<Partial> {
+        if b.len() != Self::BYTES {
+            return None;
+        }
+        let w: Vec<u64> = b
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        Some(Partial {
+            n: f64::from_bits(w[0]),
+            mean: f64::from_bits(w[1]),
+            m2: f64::from_bits(w[2]),
+            sum: f64::from_bits(w[3]),
+            min: f64::from_bits(w[4]),
+            min_at: w[5],
+            max: f64::from_bits(w[6]),
+            max_at: w[7],
+            any: w[8] & 1 != 0,
+            all: w[8] & 2 != 0,
+            nan_at: (w[9] != 0).then_some(w[10]),
+        })
+    }
+
     /// The partial of `values`, each with its global flat index.
     pub fn of(values: impl IntoIterator<Item = (u64, f64)>, skip_nan: bool) -> Partial {
         let mut p = Partial::default();
@@ -622,4 +668,22 @@ pub fn partial_of_chunk_op(
         p.nan_at = Some(flat);
     }
     p
+}
+
+#[cfg(test)]
+mod partial_bytes {
+    use super::*;
+
+    #[test]
+    fn a_partial_survives_its_bytes_bit_for_bit() {
+        let p = Partial::of([(3, 0.1), (4, f64::NAN), (9, -2.5e-300), (12, 7.0)], false);
+        let q = Partial::from_bytes(&p.to_bytes()).expect("round trip");
+        assert_eq!(p.to_bytes(), q.to_bytes());
+        assert_eq!(q.nan_at, Some(4));
+        assert_eq!((q.min_at, q.max_at), (9, 12));
+        assert!(q.any && q.all);
+        let e = Partial::default();
+        assert_eq!(Partial::from_bytes(&e.to_bytes()).map(|x| x.to_bytes()), Some(e.to_bytes()));
+        assert!(Partial::from_bytes(&[0; 7]).is_none());
+    }
 }

@@ -95,6 +95,9 @@ pub enum Place {
     Whole,
     /// A Zarr writer of a region-computable stream: written chunk by chunk.
     ZarrSink,
+    /// A reduction of a region-computable stream to per-chunk partials:
+    /// the tasks computing its input store them, one task merges them.
+    Partial,
 }
 
 /// What a segment is.
@@ -138,6 +141,21 @@ pub struct Group {
     pub chunks: Vec<u64>,
     pub units: u64,
     pub stores: Vec<Store>,
+    /// Reductions of the stage whose per-chunk partials are stored.
+    pub partials: Vec<String>,
+}
+
+/// A reduction merged from the partials a chunk segment stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Merge {
+    pub stage: String,
+    /// The segment whose tasks stored the partials.
+    pub from_segment: usize,
+    /// Where the result is stored.
+    pub path: PathBuf,
+    #[serde(skip)]
+    pub options: ZarrWriteOptions,
+    pub chunks: Vec<u64>,
 }
 
 /// An output moved into place by the commit task.
@@ -157,6 +175,8 @@ pub struct Segment {
     pub kind: SegmentKind,
     /// The user's stages it runs.
     pub stages: Vec<String>,
+    /// Reductions it merges from partials before it runs its stages.
+    pub merges: Vec<Merge>,
     /// Stored arrays it reads (intermediates of earlier segments).
     pub reads: Vec<String>,
     pub groups: Vec<Group>,
@@ -193,6 +213,9 @@ pub struct TaskPlan {
     pub finals: Vec<FinalOutput>,
     /// Bytes of every intermediate array of the run.
     pub intermediate_bytes: u64,
+    /// The whole pipeline as planned (its stages' kinds).
+    #[serde(skip)]
+    pub full: Option<Plan>,
 }
 
 impl TaskPlan {
@@ -301,6 +324,7 @@ fn place_of(plan: &Plan, node: &Node<'_>) -> Place {
                 Place::Whole
             }
         }
+        Exec::Barrier(_) if st.kind.partials().is_some() => Place::Partial,
         Exec::Barrier(_) => Place::Whole,
         Exec::Sink(_) => match st.kind.writes() {
             Some(Writes::Zarr { .. }) => Place::ZarrSink,
@@ -421,10 +445,18 @@ impl<'a> Cut<'a> {
         let order = cut.order()?;
         cut.place = std::mem::take(&mut place);
         for &i in &order {
+            // Partials come from the tasks that compute the input by region;
+            // of an input one task makes, the reduction runs in that task.
+            if cut.place[i] == Place::Partial {
+                let j = cut.by_name[&cut.nodes[i].inputs[0]];
+                if !matches!(cut.place[j], Place::Source | Place::Region | Place::Rechunk) {
+                    cut.place[i] = Place::Whole;
+                }
+            }
             cut.time[i] = cut.time_of(i);
             if cut.place[i] == Place::ZarrSink {
                 let j = cut.by_name[&cut.nodes[i].inputs[0]];
-                if cut.place[j] == Place::Whole {
+                if matches!(cut.place[j], Place::Whole | Place::Partial) {
                     cut.place[i] = Place::Whole;
                     cut.time[i] = cut.time[j];
                 }
@@ -472,7 +504,7 @@ impl<'a> Cut<'a> {
                 ins.iter()
                     .map(|&(p, tj)| match p {
                         Place::Source => 0,
-                        Place::Whole => t(p, tj) + 1,
+                        Place::Whole | Place::Partial => t(p, tj) + 1,
                         _ => t(p, tj),
                     })
                     .max()
@@ -482,17 +514,27 @@ impl<'a> Cut<'a> {
                 ins.iter()
                     .map(|&(p, tj)| match p {
                         Place::Source => 0,
-                        Place::Whole => t(p, tj) + 1,
+                        Place::Whole | Place::Partial => t(p, tj) + 1,
                         _ => t(p, tj) + 2,
                     })
                     .max()
                     .unwrap_or(0),
             ),
+            // Merged by the whole task after the input's chunk task.
+            Place::Partial => Some(
+                ins.iter()
+                    .map(|&(p, tj)| match p {
+                        Place::Source => 1,
+                        _ => t(p, tj) + 1,
+                    })
+                    .max()
+                    .unwrap_or(1),
+            ),
             Place::Whole => Some(
                 ins.iter()
                     .map(|&(p, tj)| match p {
                         Place::Source => 1,
-                        Place::Whole => t(p, tj),
+                        Place::Whole | Place::Partial => t(p, tj),
                         _ => t(p, tj) + 1,
                     })
                     .max()
@@ -550,7 +592,10 @@ pub fn plan_tasks_with(
         };
         let mut chunks: Option<Vec<u64>> = None;
         for c in cut.consumers(i) {
-            if cut.time[c] == cut.time[i] && cut.place[c] != Place::Rechunk {
+            // A merged reduction is stored by its merge, even for consumers
+            // of the same task; its partials are made where its input is.
+            let same = cut.time[c] == cut.time[i] && cut.place[i] != Place::Partial;
+            if (same && cut.place[c] != Place::Rechunk) || cut.place[c] == Place::Partial {
                 continue;
             }
             let mine = out.grid.chunk_shape().to_vec();
@@ -622,7 +667,8 @@ pub fn plan_tasks_with(
     let mut shared: HashSet<usize> = HashSet::new();
     for (&i, chunks) in &inter_chunks {
         let sink = cut.consumers(i).into_iter().find(|&c| {
-            cut.nodes[c].kind == "write-zarr"
+            cut.place[i] != Place::Partial
+                && cut.nodes[c].kind == "write-zarr"
                 && cut.time[c] == cut.time[i]
                 && planned(&full, cut.name(c)).is_some_and(|st| {
                     matches!(st.kind.writes(), Some(Writes::Zarr { options, .. }) if options.chunks == *chunks)
@@ -673,13 +719,29 @@ pub fn plan_tasks_with(
         })
         .collect();
     // Segments in time order.
+    let is_partial = |i: usize| cut.place[i] == Place::Partial;
     let mut times: Vec<usize> = cut.time.iter().flatten().copied().collect();
+    // A merged reduction's partials are made in the segment before its merge.
+    times.extend((0..n).filter(|&i| is_partial(i)).filter_map(|i| cut.time[i]).map(|t| t - 1));
     times.sort_unstable();
     times.dedup();
     let mut segments: Vec<Segment> = Vec::new();
     let mut seg_of_time: HashMap<usize, usize> = HashMap::new();
     for &t in &times {
-        let members: Vec<usize> = (0..n).filter(|&i| cut.time[i] == Some(t)).collect();
+        let members: Vec<usize> = (0..n)
+            .filter(|&i| cut.time[i] == Some(t) && !is_partial(i))
+            .collect();
+        // Reductions whose partials this segment makes, and those it merges.
+        let partials_here: Vec<usize> = (0..n)
+            .filter(|&i| is_partial(i) && cut.time[i] == Some(t + 1))
+            .collect();
+        let merges_here: Vec<usize> = (0..n)
+            .filter(|&i| is_partial(i) && cut.time[i] == Some(t))
+            .collect();
+        let also: Vec<usize> = partials_here
+            .iter()
+            .map(|&x| cut.by_name[&cut.nodes[x].inputs[0]])
+            .collect();
         let index = segments.len();
         let kind = if t % 2 == 0 {
             SegmentKind::Chunks
@@ -690,6 +752,7 @@ pub fn plan_tasks_with(
             &raw,
             &cut,
             &members,
+            &also,
             &Stored {
                 chunks: &inter_chunks,
                 at: &inter_at,
@@ -707,35 +770,69 @@ pub fn plan_tasks_with(
         } else {
             sub.raw.clone()
         };
-        let sub_plan = crate::plan::plan_with(&sub_raw, &run_catalog).map_err(|e| {
-            ClusterError::Refused(format!(
-                "segment {index} (stages {}) cannot be planned on its own: {e}",
-                members
-                    .iter()
-                    .map(|&i| cut.name(i))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let sub_plan = if sub_raw.stages.is_empty() {
+            None
+        } else {
+            Some(crate::plan::plan_with(&sub_raw, &run_catalog).map_err(|e| {
+                ClusterError::Refused(format!(
+                    "segment {index} (stages {}) cannot be planned on its own: {e}",
+                    members
+                        .iter()
+                        .map(|&i| cut.name(i))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?)
+        };
+        let merged_from = t.checked_sub(1).and_then(|p| seg_of_time.get(&p).copied());
         let mut after: Vec<(usize, Dependency)> = sub
             .reads
             .iter()
             .filter_map(|&j| cut.time[j].and_then(|tj| seg_of_time.get(&tj).copied()))
+            .chain(merges_here.iter().filter_map(|_| merged_from))
             .map(|s| (s, Dependency::AllToAll))
             .collect();
         after.sort_unstable_by_key(|a| a.0);
         after.dedup_by_key(|a| a.0);
+        let mut stage_names: Vec<String> = merges_here
+            .iter()
+            .map(|&x| format!("{} (merge)", cut.name(x)))
+            .collect();
+        stage_names.extend(members.iter().map(|&i| cut.name(i).to_string()));
+        stage_names.extend(partials_here.iter().map(|&x| format!("{} (partials)", cut.name(x))));
+        let mut merges = Vec::new();
+        for &x in &merges_here {
+            let out = planned(&full, cut.name(x)).and_then(|s| s.output.as_ref());
+            let (Some(out), Some(from)) = (out, merged_from) else {
+                return Err(ClusterError::Refused(format!(
+                    "stage \"{}\": no segment makes its partials",
+                    cut.name(x)
+                )));
+            };
+            let chunks = out.grid.chunk_shape().to_vec();
+            merges.push(Merge {
+                stage: cut.name(x).to_string(),
+                from_segment: from,
+                path: inter_at
+                    .get(&x)
+                    .cloned()
+                    .unwrap_or_else(|| run_dir.join("inter").join(format!("{}.zarr", cut.name(x)))),
+                options: inter_options(out.dtype, out.shape().to_vec(), chunks.clone()),
+                chunks,
+            });
+        }
         let mut seg = Segment {
             index,
             kind,
-            stages: members.iter().map(|&i| cut.name(i).to_string()).collect(),
+            stages: stage_names,
+            merges,
             reads: sub.reads.iter().map(|&j| cut.name(j).to_string()).collect(),
             groups: Vec::new(),
             tasks: 1,
             units: 1,
             workers: opts.cpus.max(1),
             after,
-            task_memory: sub_plan.projected_bytes(),
+            task_memory: sub_plan.as_ref().map_or(16 << 20, Plan::projected_bytes),
             task_input_bytes: 0,
             task_output_bytes: 0,
             intermediate_bytes: 0,
@@ -749,19 +846,24 @@ pub fn plan_tasks_with(
                 }
             }
         }
-        if kind == SegmentKind::Chunks {
+        if let (SegmentKind::Chunks, Some(sub_plan)) = (kind, sub_plan.as_ref()) {
             let stored = Stored {
                 chunks: &inter_chunks,
                 at: &inter_at,
                 shared: &shared,
             };
-            chunk_groups(&mut seg, &cut, &members, &sub_plan, &stored, &staged_paths)?;
+            let partials: Vec<(String, String)> = partials_here
+                .iter()
+                .zip(&also)
+                .map(|(&x, &j)| (cut.name(x).to_string(), cut.name(j).to_string()))
+                .collect();
+            chunk_groups(&mut seg, &cut, &members, &partials, sub_plan, &stored, &staged_paths)?;
             seg.units = seg.groups.iter().map(|g| g.units).sum();
             let out_bytes: u64 = seg
                 .groups
                 .iter()
                 .map(|g| {
-                    let item = planned(&sub_plan, &g.stage)
+                    let item = planned(sub_plan, &g.stage)
                         .and_then(|s| s.output.as_ref())
                         .map_or(1, |o| o.dtype.size() as u64);
                     g.shape.iter().product::<u64>() * item * g.stores.len() as u64
@@ -791,8 +893,8 @@ pub fn plan_tasks_with(
             seg.workers = (opts.cpus.max(1) as u64).min(fit) as usize;
             seg.task_memory = per_unit.saturating_mul(seg.workers as u64);
             seg.task_output_bytes = out_bytes.div_ceil(seg.tasks);
-            seg.task_input_bytes = input_bytes(&sub_plan, &seg).div_ceil(seg.tasks);
-        } else {
+            seg.task_input_bytes = input_bytes(sub_plan, &seg).div_ceil(seg.tasks);
+        } else if let Some(sub_plan) = sub_plan.as_ref() {
             seg.task_input_bytes = sub_plan
                 .stages
                 .iter()
@@ -802,7 +904,7 @@ pub fn plan_tasks_with(
             seg.task_output_bytes = seg.intermediate_bytes;
         }
         seg.raw = Some(sub.raw);
-        seg.plan = Some(sub_plan);
+        seg.plan = sub_plan;
         seg_of_time.insert(t, index);
         segments.push(seg);
     }
@@ -812,6 +914,7 @@ pub fn plan_tasks_with(
             index,
             kind: SegmentKind::Commit,
             stages: Vec::new(),
+            merges: Vec::new(),
             reads: Vec::new(),
             groups: Vec::new(),
             tasks: 1,
@@ -839,6 +942,7 @@ pub fn plan_tasks_with(
         segments,
         finals,
         intermediate_bytes,
+        full: Some(full),
     })
 }
 
@@ -898,14 +1002,20 @@ fn made_name(kind: &str, param: &str) -> &'static str {
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
+/// `p` from the root, without `.` and `dir/..` (the same path written two
+/// ways gives one plan).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
-    }
+    };
+    crate::plan::normalize(&abs)
 }
 
 /// The stages stored for other segments: in which chunks, where, and
@@ -933,6 +1043,7 @@ fn sub_config(
     raw: &RawConfig,
     cut: &Cut<'_>,
     members: &[usize],
+    also: &[usize],
     stored: &Stored<'_>,
     staged: &HashMap<(usize, &'static str), PathBuf>,
     stream: &HashMap<usize, Vec<u64>>,
@@ -971,6 +1082,12 @@ fn sub_config(
                 reads.push(j);
                 add_read(&mut stages, j, stream.get(&j).cloned(), input);
             }
+        }
+    }
+    // The readers of the streams whose partials it makes.
+    for &j in also {
+        if !member.contains(&j) && have.insert(j) && cut.place[j] == Place::Source {
+            stages.push(cut.nodes[j].raw.clone());
         }
     }
     for &i in members {
@@ -1038,11 +1155,19 @@ fn sub_config(
         "report",
         path_val(&run_dir.join("reports").join(format!("t{t}.report.json"))),
     );
-    set_entry(
-        &mut pipeline,
-        "scratch",
-        path_val(&run_dir.join("scratch")),
-    );
+    // A rechunk through disk inside a task: the pipeline's scratch if it
+    // names one, else the node's ($TMPDIR, which Slurm sites point at local
+    // disk), else the run folder.
+    let has_scratch = pipeline
+        .iter()
+        .any(|(k, v)| k.v == "scratch" && matches!(&v.v, Val::Str(s) if !s.is_empty()));
+    if !has_scratch {
+        let scratch = std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_absolute())
+            .map_or_else(|| run_dir.join("scratch"), |d| d.join("blockflow-scratch"));
+        set_entry(&mut pipeline, "scratch", path_val(&scratch));
+    }
     Sub {
         raw: RawConfig {
             path: raw.path.clone(),
@@ -1062,29 +1187,35 @@ fn chunk_groups(
     seg: &mut Segment,
     cut: &Cut<'_>,
     members: &[usize],
+    partials: &[(String, String)],
     sub_plan: &Plan,
     stored: &Stored<'_>,
     staged: &HashMap<(usize, &'static str), PathBuf>,
 ) -> Result<(), ClusterError> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut push = |stage: &str, store: Store| -> Result<(), ClusterError> {
-        if let Some(g) = groups.iter_mut().find(|g| g.stage == stage) {
-            g.stores.push(store);
-            return Ok(());
-        }
-        let st = planned(sub_plan, stage).ok_or_else(|| {
-            ClusterError::Refused(format!("stage \"{stage}\" is not in its segment's plan"))
-        })?;
-        let out = st.output.as_ref().ok_or_else(|| {
-            ClusterError::Refused(format!("stage \"{stage}\" has no output to store"))
-        })?;
-        groups.push(Group {
-            stage: stage.to_string(),
-            shape: out.shape().to_vec(),
-            chunks: out.grid.chunk_shape().to_vec(),
-            units: out.grid.num_chunks(),
-            stores: vec![store],
-        });
+    let mut push = |stage: &str, store: Option<Store>, partial: Option<&str>| -> Result<(), ClusterError> {
+        let k = match groups.iter().position(|g| g.stage == stage) {
+            Some(k) => k,
+            None => {
+                let st = planned(sub_plan, stage).ok_or_else(|| {
+                    ClusterError::Refused(format!("stage \"{stage}\" is not in its segment's plan"))
+                })?;
+                let out = st.output.as_ref().ok_or_else(|| {
+                    ClusterError::Refused(format!("stage \"{stage}\" has no output to store"))
+                })?;
+                groups.push(Group {
+                    stage: stage.to_string(),
+                    shape: out.shape().to_vec(),
+                    chunks: out.grid.chunk_shape().to_vec(),
+                    units: out.grid.num_chunks(),
+                    stores: Vec::new(),
+                    partials: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        groups[k].stores.extend(store);
+        groups[k].partials.extend(partial.map(str::to_string));
         Ok(())
     };
     for &i in members {
@@ -1099,13 +1230,14 @@ fn chunk_groups(
             let path = staged.get(&(i, "path")).cloned().unwrap_or_default();
             push(
                 input,
-                Store {
+                Some(Store {
                     stage: input.clone(),
                     role: cut.name(i).to_string(),
                     path,
                     chunks: options.chunks.clone(),
                     options: options.clone(),
-                },
+                }),
+                None,
             )?;
         }
         if stored.shared.contains(&i) {
@@ -1118,15 +1250,19 @@ fn chunk_groups(
             };
             push(
                 cut.name(i),
-                Store {
+                Some(Store {
                     stage: cut.name(i).to_string(),
                     role: "intermediate".into(),
                     path: stored.at[&i].clone(),
                     chunks: chunks.clone(),
                     options: inter_options(out.dtype, out.shape().to_vec(), chunks.clone()),
-                },
+                }),
+                None,
             )?;
         }
+    }
+    for (x, input) in partials {
+        push(input, None, Some(x))?;
     }
     seg.groups = groups;
     Ok(())

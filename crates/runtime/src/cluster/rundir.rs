@@ -57,6 +57,9 @@ pub struct RunInfo {
     pub fingerprint: String,
     /// The binary the tasks run.
     pub binary: PathBuf,
+    /// The folder it was submitted from (relative paths of `--set` start there).
+    #[serde(default)]
+    pub cwd: PathBuf,
     #[serde(default)]
     pub slurm: SlurmSettings,
     #[serde(default)]
@@ -118,6 +121,17 @@ impl RunDir {
     /// The task plan the run was submitted with, made again from its saved
     /// configuration and checked against the fingerprint saved then.
     pub fn task_plan(&self, info: &RunInfo) -> Result<TaskPlan, ClusterError> {
+        // Paths given relative (on the command line) are from where the
+        // run was submitted.
+        if !info.cwd.as_os_str().is_empty() {
+            std::env::set_current_dir(&info.cwd).map_err(|e| ClusterError::RunDir {
+                path: self.path.clone(),
+                why: format!(
+                    "cannot work from {}, the folder the run was submitted from: {e}",
+                    info.cwd.display()
+                ),
+            })?;
+        }
         let mut raw = config::parse(&info.config, &info.text)?;
         raw.apply_overrides(&info.sets)?;
         let plan = plan_tasks(
@@ -133,7 +147,7 @@ impl RunDir {
             return Err(ClusterError::RunDir {
                 path: self.path.clone(),
                 why: format!(
-                    "the pipeline now plans differently from when it was submitted (plan {now}, submitted {}): an input changed (its shape, chunks or files); start a new run",
+                    "the pipeline now plans differently from when it was submitted (plan {now}, submitted {}): an input it reads changed (its shape, chunks or files), or blockflow was upgraded; start a new run",
                     info.fingerprint
                 ),
             });

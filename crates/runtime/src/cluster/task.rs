@@ -16,6 +16,7 @@ use blockflow_io::zarr::ZarrWriter;
 use super::rundir::{write_atomic, RunDir};
 use super::{ClusterError, Segment, SegmentKind, TaskPlan};
 use crate::region::RegionRunner;
+use crate::stages::PartialReduce;
 use crate::RunOptions;
 
 /// What running a task came to.
@@ -66,8 +67,8 @@ pub fn run_planned(
     let result = check_memory(seg)
         .and_then(|()| inject_fault(dir, segment, index, seg))
         .and_then(|()| match seg.kind {
-            SegmentKind::Chunks => run_chunks(plan, seg, index),
-            SegmentKind::Whole => run_whole(seg),
+            SegmentKind::Chunks => run_chunks(dir, plan, seg, index),
+            SegmentKind::Whole => merge_partials(dir, plan, seg).and_then(|()| run_whole(seg)),
             SegmentKind::Commit => commit(dir, plan),
         });
     match result {
@@ -153,9 +154,27 @@ fn inject_fault(dir: &RunDir, s: usize, i: u64, seg: &Segment) -> Result<(), Str
 
 /// A chunk task: its units, each computed by region and written to every
 /// store of its group, over the task's threads.
-fn run_chunks(plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> {
+fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> {
     let sub = seg.plan.as_ref().ok_or("the segment has no plan")?;
+    let full = plan.full.as_ref().ok_or("the task plan has no pipeline")?;
     let (lo, hi) = plan.task_units(seg.index, index);
+    // The reductions whose partials each group stores.
+    let mut reducers: Vec<Vec<&dyn PartialReduce>> = Vec::new();
+    for g in &seg.groups {
+        let mut rs = Vec::new();
+        for x in &g.partials {
+            let st = full
+                .stages
+                .iter()
+                .find(|s| &s.name == x)
+                .and_then(|s| s.kind.partials())
+                .ok_or_else(|| format!("stage \"{x}\" has no partials"))?;
+            rs.push(st);
+        }
+        reducers.push(rs);
+    }
+    // (unit, partial position in its group, bytes)
+    let parts: Mutex<Vec<(u64, usize, Vec<u8>)>> = Mutex::new(Vec::new());
     let mut writers: Vec<Vec<ZarrWriter>> = Vec::new();
     let mut stage_of: Vec<usize> = Vec::new();
     let mut grids = Vec::new();
@@ -211,6 +230,10 @@ fn run_chunks(plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> 
                             for w in &writers[g] {
                                 w.write(&region, &data, &idx).map_err(|e| e.to_string())?;
                             }
+                            for (k, r) in reducers[g].iter().enumerate() {
+                                let b = r.chunk_partial(&data, &region.origin);
+                                parts.lock().unwrap_or_else(|p| p.into_inner()).push((u, k, b));
+                            }
                             Ok(())
                         });
                     if let Err(e) = r {
@@ -223,15 +246,97 @@ fn run_chunks(plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> 
             });
         }
     });
-    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
     }
+    // Each reduction's partials of this task's units, in unit order, in
+    // one file written whole.
+    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
+    parts.sort_by_key(|(u, k, _)| (*k, *u));
+    for (g, group) in seg.groups.iter().enumerate() {
+        for (k, x) in group.partials.iter().enumerate() {
+            let (gs, ge) = (starts[g], starts[g] + group.units);
+            let mut bytes = Vec::new();
+            for (_, _, b) in parts.iter().filter(|(u, kk, _)| *kk == k && (gs..ge).contains(u)) {
+                bytes.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(b);
+            }
+            if lo.max(gs) < hi.min(ge) {
+                write_atomic(&partials_file(dir, x, index), &bytes).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where task `i` stores the partials of reduction `x`.
+fn partials_file(dir: &RunDir, x: &str, i: u64) -> std::path::PathBuf {
+    dir.path.join("partials").join(x).join(format!("t{i}.bin"))
+}
+
+/// Merges each reduction of a whole segment from the partials its chunk
+/// segment's tasks stored, in chunk order, and stores the result.
+fn merge_partials(dir: &RunDir, plan: &TaskPlan, seg: &Segment) -> Result<(), String> {
+    let full = plan.full.as_ref().ok_or("the task plan has no pipeline")?;
+    for m in &seg.merges {
+        let st = full
+            .stages
+            .iter()
+            .find(|s| s.name == m.stage)
+            .ok_or_else(|| format!("no stage \"{}\"", m.stage))?;
+        let reducer = st.kind.partials().ok_or("not a merged reduction")?;
+        let out = st.output.as_ref().ok_or("a reduction without an output")?;
+        let from = &plan.segments[m.from_segment];
+        let mut gs = 0;
+        let mut group = None;
+        for g in &from.groups {
+            if g.partials.contains(&m.stage) {
+                group = Some(g);
+                break;
+            }
+            gs += g.units;
+        }
+        let g = group.ok_or_else(|| format!("segment {} makes no partials of \"{}\"", from.index, m.stage))?;
+        let ge = gs + g.units;
+        let mut all: Vec<Vec<u8>> = Vec::with_capacity(g.units as usize);
+        for i in 0..from.tasks {
+            let (lo, hi) = plan.task_units(from.index, i);
+            let (a, b) = (lo.max(gs), hi.min(ge));
+            if a >= b {
+                continue;
+            }
+            let f = partials_file(dir, &m.stage, i);
+            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e} (task {i} of segment {} has not stored its partials)", f.display(), from.index))?;
+            let mut rest = &bytes[..];
+            let mut n = 0;
+            while rest.len() >= 4 {
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let body = rest.get(4..4 + len).ok_or_else(|| format!("{}: cut short", f.display()))?;
+                all.push(body.to_vec());
+                rest = &rest[4 + len..];
+                n += 1;
+            }
+            if n != b - a {
+                return Err(format!("{}: {n} partials for the {} chunks of task {i}", f.display(), b - a));
+            }
+        }
+        let data = reducer
+            .merge(&mut all.into_iter(), out)
+            .map_err(|e| format!("stage \"{}\": {e}", m.stage))?;
+        let w = ZarrWriter::in_place(&m.path, &m.options).map_err(|e| e.to_string())?;
+        let shape = out.shape().to_vec();
+        let region = blockflow_core::Region::new(vec![0; shape.len()], shape.clone());
+        w.write(&region, &data, &vec![0; shape.len()]).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A whole task: its segment's pipeline through the batch engine.
 fn run_whole(seg: &Segment) -> Result<(), String> {
-    let sub = seg.plan.as_ref().ok_or("the segment has no plan")?;
+    let Some(sub) = seg.plan.as_ref() else {
+        return Ok(()); // only merges
+    };
     let (rep, result) = crate::exec::run(sub, &RunOptions::default());
     if let Err(e) = rep.write(&sub.report) {
         tracing::warn!("cannot write the report {}: {e}", sub.report.display());

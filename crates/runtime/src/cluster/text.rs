@@ -95,6 +95,10 @@ impl TaskPlan {
                         }
                     })
                     .collect();
+                let mut to: Vec<String> = stores;
+                if !g.partials.is_empty() {
+                    to.push(format!("partials of {}", g.partials.join(", ")));
+                }
                 let _ = writeln!(
                     s,
                     "segment {} computes \"{}\" {:?} in {} chunks of {:?} (about {per} per task), to the {}",
@@ -103,7 +107,14 @@ impl TaskPlan {
                     g.shape,
                     g.units,
                     g.chunks,
-                    stores.join(" and the ")
+                    to.join(" and the ")
+                );
+            }
+            for m in &seg.merges {
+                let _ = writeln!(
+                    s,
+                    "segment {} merges \"{}\" from the partials segment {} stored, in chunk order",
+                    seg.index, m.stage, m.from_segment
                 );
             }
         }

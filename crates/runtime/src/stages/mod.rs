@@ -364,6 +364,13 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     fn writes(&self) -> Option<Writes<'_>> {
         None
     }
+    /// A barrier whose result merges from per-chunk partials (a reduction
+    /// over the whole array or per block): a distributed run has the
+    /// tasks that compute its input store each chunk's partial, and one
+    /// task merge them in chunk order, as the batch run does.
+    fn partials(&self) -> Option<&dyn PartialReduce> {
+        None
+    }
     /// Whether its `input_region` gives the right input regions where an
     /// input's shape is not the output's (a vector per frame, a difference
     /// along an axis); a distributed run otherwise computes such a stage in
@@ -515,6 +522,20 @@ pub trait MapKernel: Send + Sync {
     fn keeps_state(&self) -> bool {
         false
     }
+}
+
+/// A barrier that reduces each chunk to a partial and merges them in
+/// chunk order (see [`Stage::partials`]).
+pub trait PartialReduce: Send + Sync {
+    /// The partial of the chunk of `data` at `origin`, as bytes.
+    fn chunk_partial(&self, data: &ArrayData, origin: &[u64]) -> Vec<u8>;
+    /// The output (`out`), from the partials of every chunk of the input,
+    /// in its row-major chunk order.
+    fn merge(
+        &self,
+        parts: &mut dyn Iterator<Item = Vec<u8>>,
+        out: &ArraySpec,
+    ) -> Result<ArrayData, String>;
 }
 
 /// A stage that takes every chunk of its inputs before it emits.

@@ -6,10 +6,13 @@
 
 use std::any::Any;
 
-use blockflow_core::{ArrayData, Chunk, ChunkGrid, DType};
+use blockflow_core::{ArrayData, ArraySpec, Chunk, ChunkGrid, DType};
 use blockflow_kernels::reduce::{self, AxisReducer, Partial, Reduction};
 
-use super::{p, Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PType, PlanCx, Planned, Stage};
+use super::{
+    p, Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PType, PartialReduce, PlanCx, Planned,
+    Stage,
+};
 use crate::config::Val;
 use crate::exec::{RunError, StageIo};
 
@@ -169,6 +172,51 @@ impl Stage for Reduce {
     }
     fn exec(&self) -> Exec<'_> {
         Exec::Barrier(self)
+    }
+    fn partials(&self) -> Option<&dyn PartialReduce> {
+        // Along axes the accumulators take the chunks themselves.
+        self.axes.is_none().then_some(self as &dyn PartialReduce)
+    }
+}
+
+impl PartialReduce for Reduce {
+    fn chunk_partial(&self, data: &ArrayData, origin: &[u64]) -> Vec<u8> {
+        reduce::partial_of_chunk_op(data, origin, self.input.shape(), self.op).to_bytes()
+    }
+
+    /// As [`Reducing::add`] then [`Reducing::finish`]: the partials merged
+    /// in chunk order from the empty partial, or each block's finished.
+    fn merge(
+        &self,
+        parts: &mut dyn Iterator<Item = Vec<u8>>,
+        out: &ArraySpec,
+    ) -> Result<ArrayData, String> {
+        let mut total = Partial::default();
+        let mut values = Vec::new();
+        let mut n = 0u64;
+        for b in parts {
+            let p = Partial::from_bytes(&b)
+                .ok_or_else(|| format!("a stored partial of {} bytes is damaged", b.len()))?;
+            if self.per_block {
+                values.push(p.finish(self.op, self.ddof));
+            } else {
+                total = total.merge(&p);
+            }
+            n += 1;
+        }
+        if n != self.input.num_chunks() {
+            return Err(format!(
+                "{n} partials for the {} chunks of the input",
+                self.input.num_chunks()
+            ));
+        }
+        if !self.per_block {
+            values = vec![total.finish(self.op, self.ddof)];
+        }
+        let dims: Vec<usize> = out.shape().iter().map(|&n| n as usize).collect();
+        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), values)
+            .map_err(|e| e.to_string())?;
+        Ok(ArrayData::F64(a).cast(out.dtype))
     }
 }
 
