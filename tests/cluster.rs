@@ -86,7 +86,13 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 /// `submit` args for a seed.
-fn submit_args(seeds: &Seeds, name: &str, sets: &[&str], executor: &str, extra: &[&str]) -> Vec<String> {
+fn submit_args(
+    seeds: &Seeds,
+    name: &str,
+    sets: &[&str],
+    executor: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let mut a = vec![
         "submit".to_string(),
         seeds.config(name).to_string_lossy().into_owned(),
@@ -147,8 +153,15 @@ fn assert_same_outputs(a: &Path, b: &Path, what: &str) {
 /// No temporary file anywhere under `dir`.
 fn assert_no_temporaries(dir: &Path) {
     for f in files(dir) {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        assert!(!name.contains(".tmp-") && !name.contains(".partial-"), "stray {}", f.display());
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            !name.contains(".tmp-") && !name.contains(".partial-"),
+            "stray {}",
+            f.display()
+        );
     }
 }
 
@@ -163,7 +176,11 @@ fn every_seed_matches(seeds: &Seeds, executor: &str) {
         let args = submit_args(seeds, name, sets, executor, &[]);
         let (code, _, err) = blockflow(&strs(&args));
         assert_eq!(code, 0, "{name} under {executor}: {err}");
-        assert_same_outputs(&batch, &seeds.path().join("out"), &format!("{name} under {executor}"));
+        assert_same_outputs(
+            &batch,
+            &seeds.path().join("out"),
+            &format!("{name} under {executor}"),
+        );
         let rd = run_dir(seeds, name);
         let (code, status, err) = blockflow(&["status", rd.to_str().expect("utf-8")]);
         assert_eq!(code, 0, "{err}");
@@ -184,14 +201,23 @@ fn failed_task_resumes(seeds: &Seeds, executor: &str) {
     let rds = rd.to_str().expect("utf-8");
     let (_, status, _) = blockflow(&["status", rds]);
     assert!(
-        status.contains("segment 0 task 1 failed") && status.contains("injected fault") && status.contains("log "),
+        status.contains("segment 0 task 1 failed")
+            && status.contains("injected fault")
+            && status.contains("log "),
         "{status}"
     );
-    assert!(!seeds.path().join("out/features.zarr").exists(), "nothing committed before the run ends");
-    let done0 = std::fs::metadata(rd.join("done/s0-t0")).and_then(|m| m.modified()).expect("task 0 done");
+    assert!(
+        !seeds.path().join("out/features.zarr").exists(),
+        "nothing committed before the run ends"
+    );
+    let done0 = std::fs::metadata(rd.join("done/s0-t0"))
+        .and_then(|m| m.modified())
+        .expect("task 0 done");
     let (code, _, err) = blockflow(&["resume", "-q", rds]);
     assert_eq!(code, 0, "{err}");
-    let done0_after = std::fs::metadata(rd.join("done/s0-t0")).and_then(|m| m.modified()).expect("marker");
+    let done0_after = std::fs::metadata(rd.join("done/s0-t0"))
+        .and_then(|m| m.modified())
+        .expect("marker");
     assert_eq!(done0, done0_after, "resume reran a task that was done");
     assert!(rd.join("done/s0-t1").exists());
     assert_same_outputs(&batch, &seeds.path().join("out"), "after resume");
@@ -222,7 +248,14 @@ fn every_seed_under_the_local_executor_matches_the_batch_run() {
     every_seed_matches(&seeds, "local");
     // A done task does nothing when run again.
     let rd = run_dir(&seeds, "elevation");
-    let (code, _, err) = blockflow(&["task", rd.to_str().expect("utf-8"), "--segment", "0", "--index", "0"]);
+    let (code, _, err) = blockflow(&[
+        "task",
+        rd.to_str().expect("utf-8"),
+        "--segment",
+        "0",
+        "--index",
+        "0",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("already done"), "{err}");
 }
@@ -244,7 +277,9 @@ fn a_task_refuses_a_memory_limit_below_its_projection() {
     let rd = run_dir(&seeds, name);
     let (_, status, _) = blockflow(&["status", rd.to_str().expect("utf-8")]);
     assert!(
-        status.contains("projected to need") && status.contains("may use only 1.00 MiB") && status.contains("SLURM_MEM_PER_NODE"),
+        status.contains("projected to need")
+            && status.contains("may use only 1.00 MiB")
+            && status.contains("SLURM_MEM_PER_NODE"),
         "{status}\n{err}"
     );
 }
@@ -268,7 +303,10 @@ fn plan_tasks_shows_segments_tasks_and_memory() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2002 tasks in 3 segments"), "{out}");
     assert!(out.contains("chunks       2000"), "{out}");
-    assert!(!Path::new("/tmp/never-written.run").exists(), "planning writes nothing");
+    assert!(
+        !Path::new("/tmp/never-written.run").exists(),
+        "planning writes nothing"
+    );
     // Over the budget per chunk: refused with the numbers.
     let (code, _, err) = blockflow(&[
         "plan",
@@ -280,7 +318,10 @@ fn plan_tasks_shows_segments_tasks_and_memory() {
         "img.chunks=[4000,4000,3]",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("one chunk needs") && err.contains("512.00 MiB"), "{err}");
+    assert!(
+        err.contains("one chunk needs") && err.contains("512.00 MiB"),
+        "{err}"
+    );
 }
 
 /// The one-node Slurm of `scripts/slurm-local`, stopped when dropped if
@@ -294,12 +335,21 @@ impl Slurm {
     fn up() -> Slurm {
         let script = root().join("scripts/slurm-local");
         if let Ok(conf) = std::env::var("SLURM_CONF") {
-            let ok = Command::new("sinfo").env("SLURM_CONF", &conf).output().is_ok_and(|o| o.status.success());
+            let ok = Command::new("sinfo")
+                .env("SLURM_CONF", &conf)
+                .output()
+                .is_ok_and(|o| o.status.success());
             if ok {
-                return Slurm { conf, started: false };
+                return Slurm {
+                    conf,
+                    started: false,
+                };
             }
         }
-        let out = Command::new(&script).arg("up").output().expect("scripts/slurm-local runs");
+        let out = Command::new(&script)
+            .arg("up")
+            .output()
+            .expect("scripts/slurm-local runs");
         assert!(
             out.status.success(),
             "the Slurm daemons did not start:\n{}\n{}",
@@ -313,14 +363,19 @@ impl Slurm {
             .expect("slurm-local prints SLURM_CONF")
             .trim()
             .to_string();
-        Slurm { conf, started: true }
+        Slurm {
+            conf,
+            started: true,
+        }
     }
 }
 
 impl Drop for Slurm {
     fn drop(&mut self) {
         if self.started {
-            let _ = Command::new(root().join("scripts/slurm-local")).arg("down").status();
+            let _ = Command::new(root().join("scripts/slurm-local"))
+                .arg("down")
+                .status();
         }
     }
 }
@@ -338,7 +393,10 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     let (name, sets) = SEEDS[0];
     seeds.batch(name, sets);
     let args = submit_args(&seeds, name, sets, "slurm", &["--mem", "300M"]);
-    let (code, _, _) = run_env(&strs(&args), &[("BLOCKFLOW_TASK_FAULT", "0:0:alloc=1200MiB")]);
+    let (code, _, _) = run_env(
+        &strs(&args),
+        &[("BLOCKFLOW_TASK_FAULT", "0:0:alloc=1200MiB")],
+    );
     assert_ne!(code, 0);
     let rd = run_dir(&seeds, name);
     let (_, status, _) = blockflow(&["status", rd.to_str().expect("utf-8")]);
@@ -347,7 +405,10 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
         "{status}"
     );
     let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
-    assert!(script.contains("--mem=300M") && script.contains("--cpus-per-task=2"), "{script}");
+    assert!(
+        script.contains("--mem=300M") && script.contains("--cpus-per-task=2"),
+        "{script}"
+    );
 }
 
 #[test]
@@ -372,14 +433,29 @@ fn paths_written_any_way_give_the_same_run() {
         args.push("--set".into());
         args.push((*s).to_string());
     }
-    let out = bin().args(&args).current_dir(seeds.path()).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(seeds.path().join("elsewhere/features.zarr/zarr.json").exists());
+    let out = bin()
+        .args(&args)
+        .current_dir(seeds.path())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seeds
+        .path()
+        .join("elsewhere/features.zarr/zarr.json")
+        .exists());
     let out = bin()
         .args(["status", "../runs/a.run"])
         .current_dir(seeds.path().join("configs"))
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("complete"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("complete"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

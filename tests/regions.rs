@@ -153,3 +153,48 @@ fn median_regions_from_the_stack_match_the_full_run() {
         .to_string();
     assert!(e.contains("outside"), "{e}");
 }
+
+#[test]
+fn shift_regions_within_frames_match_the_full_run() {
+    // A shift moves values across any border inside a frame: a region that
+    // is part of a frame takes its frames whole and keeps its own part
+    // (before, a partial frame was shifted as if it were the whole frame).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path().display();
+    generate("timeseries", &tmp.path().join("volumes"), 3, 12, 5);
+    let vectors = write_config(
+        tmp.path(),
+        "vectors.toml",
+        &format!(
+            "[stage.ramp]\nkind = \"synthetic\"\npattern = \"ramp\"\nshape = [3, 3]\nchunks = [1, 3]\ndtype = \"float64\"\n\
+             [stage.v]\nkind = \"expr\"\ninputs = [\"ramp\"]\nexpr = \"ramp * 0.37 - 1.1\"\n\
+             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"v\"]\npath = \"{d}/vectors.zarr\"\n"
+        ),
+    );
+    let (code, _, err) = run_with_sets(&vectors, &[]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = write_config(
+        tmp.path(),
+        "shift.toml",
+        &format!(
+            "[stage.volumes]\nkind = \"read-hdf5-stack\"\npath = \"{d}/volumes/t_*.h5\"\ndataset = \"data\"\n\
+             [stage.vectors]\nkind = \"read-zarr\"\npath = \"{d}/vectors.zarr\"\n\
+             [stage.moved]\nkind = \"shift\"\ninputs = [\"volumes\", \"vectors\"]\nmode = \"nearest\"\n\
+             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"moved\"]\npath = \"{d}/moved.zarr\"\n"
+        ),
+    );
+    let (code, _, err) = run_with_sets(&cfg, &[]);
+    assert_eq!(code, 0, "{err}");
+    let full = read_all(&tmp.path().join("moved.zarr")).to_f64();
+    assert_eq!(full.shape(), &[3, 12, 12, 12]);
+    check(
+        &cfg,
+        "moved",
+        &full,
+        &[
+            (vec![1, 0, 0, 0], vec![1, 12, 12, 12]),
+            (vec![0, 3, 5, 7], vec![2, 4, 6, 5]),
+            (vec![2, 11, 0, 11], vec![1, 1, 12, 1]),
+        ],
+    );
+}

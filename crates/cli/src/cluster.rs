@@ -197,8 +197,8 @@ fn said(quiet: bool) -> impl Fn(&str) {
 /// `blockflow submit`.
 pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
     // Planned as the tasks will plan it: from the file's own path.
-    let config = std::fs::canonicalize(&a.config)
-        .with_context(|| format!("{}", a.config.display()))?;
+    let config =
+        std::fs::canonicalize(&a.config).with_context(|| format!("{}", a.config.display()))?;
     let (plan, run_dir) = task_plan(&config, &a.sets, &a.split, true)?;
     let dir = RunDir::new(&run_dir);
     let text = std::fs::read_to_string(&config)
@@ -209,7 +209,8 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
         .map(slurm_mib)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
-    let mem_reserve = slurm_mib(&a.mem_reserve).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
+    let mem_reserve =
+        slurm_mib(&a.mem_reserve).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
     let mut info = RunInfo {
         config,
         text,
@@ -326,7 +327,8 @@ pub fn resume_cmd(r: &ResumeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(m) = &r.mem_reserve {
         info.slurm.mem_forced_mib = None;
-        info.slurm.mem_reserve = slurm_mib(m).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
+        info.slurm.mem_reserve =
+            slurm_mib(m).map_err(|e| anyhow::anyhow!("--mem-reserve: {e}"))? << 20;
     }
     if r.mem.is_some() || r.mem_reserve.is_some() {
         dir.save_info(&info)?;

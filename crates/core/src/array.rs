@@ -181,6 +181,19 @@ impl ArrayData {
         })
     }
 
+    /// `parts` one after another along axis 0 (all of one dtype, and of
+    /// one shape along the other axes); None if they are not.
+    pub fn concat0(parts: &[ArrayData]) -> Option<ArrayData> {
+        let first = parts.first()?;
+        with_array!(first, a => {
+            let mut views = vec![a.view()];
+            for p in &parts[1..] {
+                views.push(ArrayKind::unwrap_ref(p)?.view());
+            }
+            ndarray::concatenate(ndarray::Axis(0), &views).ok().map(ArrayKind::wrap)
+        })
+    }
+
     /// Values as float64 (a copy).
     pub fn to_f64(&self) -> ArrayD<f64> {
         with_array!(self, a => a.mapv(|v| v.to_f64()))

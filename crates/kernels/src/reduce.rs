@@ -683,7 +683,10 @@ mod partial_bytes {
         assert_eq!((q.min_at, q.max_at), (9, 12));
         assert!(q.any && q.all);
         let e = Partial::default();
-        assert_eq!(Partial::from_bytes(&e.to_bytes()).map(|x| x.to_bytes()), Some(e.to_bytes()));
+        assert_eq!(
+            Partial::from_bytes(&e.to_bytes()).map(|x| x.to_bytes()),
+            Some(e.to_bytes())
+        );
         assert!(Partial::from_bytes(&[0; 7]).is_none());
     }
 }

@@ -92,7 +92,12 @@ pub fn run_local(
                 let child = Command::new(exe)
                     .arg("task")
                     .arg(&dir.path)
-                    .args(["--segment", &seg.index.to_string(), "--index", &i.to_string()])
+                    .args([
+                        "--segment",
+                        &seg.index.to_string(),
+                        "--index",
+                        &i.to_string(),
+                    ])
                     .stdin(Stdio::null())
                     .stdout(out)
                     .stderr(err)
@@ -459,7 +464,9 @@ pub fn status_text(dir: &RunDir, info: &RunInfo, plan: &TaskPlan) -> (String, bo
     }
     if complete {
         s += "complete: every task is done and every output is in place\n";
-    } else if st.iter().any(|g| !g.failed.is_empty() || !g.not_run.is_empty())
+    } else if st
+        .iter()
+        .any(|g| !g.failed.is_empty() || !g.not_run.is_empty())
         && st.iter().all(|g| g.running == 0 && g.pending == 0)
     {
         s += &format!(

@@ -6,10 +6,18 @@
 pub fn limit() -> Option<(u64, String)> {
     let mut found: Vec<(u64, String)> = Vec::new();
     let mib = |v: &str| v.trim().parse::<u64>().ok().map(|m| m << 20);
-    if let Some(b) = std::env::var("SLURM_MEM_PER_NODE").ok().as_deref().and_then(mib) {
+    if let Some(b) = std::env::var("SLURM_MEM_PER_NODE")
+        .ok()
+        .as_deref()
+        .and_then(mib)
+    {
         found.push((b, "Slurm's --mem (SLURM_MEM_PER_NODE)".into()));
     }
-    if let Some(b) = std::env::var("SLURM_MEM_PER_CPU").ok().as_deref().and_then(mib) {
+    if let Some(b) = std::env::var("SLURM_MEM_PER_CPU")
+        .ok()
+        .as_deref()
+        .and_then(mib)
+    {
         let cpus = std::env::var("SLURM_CPUS_PER_TASK")
             .ok()
             .and_then(|c| c.trim().parse::<u64>().ok())

@@ -275,7 +275,10 @@ fn input_names(st: &RawStage) -> Vec<String> {
 }
 
 fn sp<T>(v: T) -> Sp<T> {
-    Sp { v, span: Span::None }
+    Sp {
+        v,
+        span: Span::None,
+    }
 }
 
 fn set_entry(entries: &mut Vec<(Sp<String>, Sp<Val>)>, key: &str, v: Val) {
@@ -567,7 +570,11 @@ pub fn plan_tasks_with(
     catalog: &dyn Catalog,
 ) -> Result<TaskPlan, ClusterError> {
     let mut raw = raw.clone();
-    set_entry(&mut raw.pipeline, "threads", Val::Int(opts.cpus.max(1) as i64));
+    set_entry(
+        &mut raw.pipeline,
+        "threads",
+        Val::Int(opts.cpus.max(1) as i64),
+    );
     // The whole pipeline is planned for its shapes, grids and kinds only:
     // no task runs it, so its batch memory (an overlap's row of chunks on
     // a 400,000-pixel-wide image) is not held to the budget; each segment
@@ -648,7 +655,8 @@ pub fn plan_tasks_with(
                 .join(cut.name(i))
                 .join(ps.name)
                 .join(base);
-            let overwrite = str_entry(cut.nodes[i].raw, "if_exists").as_deref() == Some("overwrite");
+            let overwrite =
+                str_entry(cut.nodes[i].raw, "if_exists").as_deref() == Some("overwrite");
             finals.push(FinalOutput {
                 stage: cut.name(i).to_string(),
                 staged: staged.clone(),
@@ -680,7 +688,10 @@ pub fn plan_tasks_with(
                 shared.insert(i);
             }
             None => {
-                inter_at.insert(i, run_dir.join("inter").join(format!("{}.zarr", cut.name(i))));
+                inter_at.insert(
+                    i,
+                    run_dir.join("inter").join(format!("{}.zarr", cut.name(i))),
+                );
             }
         }
     }
@@ -722,7 +733,12 @@ pub fn plan_tasks_with(
     let is_partial = |i: usize| cut.place[i] == Place::Partial;
     let mut times: Vec<usize> = cut.time.iter().flatten().copied().collect();
     // A merged reduction's partials are made in the segment before its merge.
-    times.extend((0..n).filter(|&i| is_partial(i)).filter_map(|i| cut.time[i]).map(|t| t - 1));
+    times.extend(
+        (0..n)
+            .filter(|&i| is_partial(i))
+            .filter_map(|i| cut.time[i])
+            .map(|t| t - 1),
+    );
     times.sort_unstable();
     times.dedup();
     let mut segments: Vec<Segment> = Vec::new();
@@ -799,7 +815,11 @@ pub fn plan_tasks_with(
             .map(|&x| format!("{} (merge)", cut.name(x)))
             .collect();
         stage_names.extend(members.iter().map(|&i| cut.name(i).to_string()));
-        stage_names.extend(partials_here.iter().map(|&x| format!("{} (partials)", cut.name(x))));
+        stage_names.extend(
+            partials_here
+                .iter()
+                .map(|&x| format!("{} (partials)", cut.name(x))),
+        );
         let mut merges = Vec::new();
         for &x in &merges_here {
             let out = planned(&full, cut.name(x)).and_then(|s| s.output.as_ref());
@@ -857,7 +877,15 @@ pub fn plan_tasks_with(
                 .zip(&also)
                 .map(|(&x, &j)| (cut.name(x).to_string(), cut.name(j).to_string()))
                 .collect();
-            chunk_groups(&mut seg, &cut, &members, &partials, sub_plan, &stored, &staged_paths)?;
+            chunk_groups(
+                &mut seg,
+                &cut,
+                &members,
+                &partials,
+                sub_plan,
+                &stored,
+                &staged_paths,
+            )?;
             seg.units = seg.groups.iter().map(|g| g.units).sum();
             let out_bytes: u64 = seg
                 .groups
@@ -1144,7 +1172,10 @@ fn sub_config(
                     (sp("path".to_string()), sp(path_val(&inter(i)))),
                     (sp("chunks".to_string()), sp(shape_val(chunks))),
                     (sp("level".to_string()), sp(Val::Int(1))),
-                    (sp("if_exists".to_string()), sp(Val::Str("overwrite".into()))),
+                    (
+                        sp("if_exists".to_string()),
+                        sp(Val::Str("overwrite".into())),
+                    ),
                 ],
             });
         }
@@ -1193,7 +1224,10 @@ fn chunk_groups(
     staged: &HashMap<(usize, &'static str), PathBuf>,
 ) -> Result<(), ClusterError> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut push = |stage: &str, store: Option<Store>, partial: Option<&str>| -> Result<(), ClusterError> {
+    let mut push = |stage: &str,
+                    store: Option<Store>,
+                    partial: Option<&str>|
+     -> Result<(), ClusterError> {
         let k = match groups.iter().position(|g| g.stage == stage) {
             Some(k) => k,
             None => {
@@ -1272,3 +1306,6 @@ fn chunk_groups(
 pub(crate) fn hb(b: u64) -> String {
     human_bytes(b)
 }
+
+#[cfg(test)]
+mod tests;

@@ -141,7 +141,8 @@ fn inject_fault(dir: &RunDir, s: usize, i: u64, seg: &Segment) -> Result<(), Str
         return Err("injected kill did not kill".into());
     }
     if let Some(n) = what.strip_prefix("alloc=") {
-        let bytes = blockflow_core::parse_bytes(n).map_err(|e| format!("BLOCKFLOW_TASK_FAULT: {e}"))?;
+        let bytes =
+            blockflow_core::parse_bytes(n).map_err(|e| format!("BLOCKFLOW_TASK_FAULT: {e}"))?;
         let mut v = vec![0u8; bytes as usize];
         for k in (0..v.len()).step_by(4096) {
             v[k] = 1;
@@ -232,14 +233,20 @@ fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Resul
                             }
                             for (k, r) in reducers[g].iter().enumerate() {
                                 let b = r.chunk_partial(&data, &region.origin);
-                                parts.lock().unwrap_or_else(|p| p.into_inner()).push((u, k, b));
+                                parts
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push((u, k, b));
                             }
                             Ok(())
                         });
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
                         let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.get_or_insert(format!("stage \"{}\" chunk {idx:?}: {e}", seg.groups[g].stage));
+                        slot.get_or_insert(format!(
+                            "stage \"{}\" chunk {idx:?}: {e}",
+                            seg.groups[g].stage
+                        ));
                         return;
                     }
                 }
@@ -257,7 +264,10 @@ fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Resul
         for (k, x) in group.partials.iter().enumerate() {
             let (gs, ge) = (starts[g], starts[g] + group.units);
             let mut bytes = Vec::new();
-            for (_, _, b) in parts.iter().filter(|(u, kk, _)| *kk == k && (gs..ge).contains(u)) {
+            for (_, _, b) in parts
+                .iter()
+                .filter(|(u, kk, _)| *kk == k && (gs..ge).contains(u))
+            {
                 bytes.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 bytes.extend_from_slice(b);
             }
@@ -296,7 +306,12 @@ fn merge_partials(dir: &RunDir, plan: &TaskPlan, seg: &Segment) -> Result<(), St
             }
             gs += g.units;
         }
-        let g = group.ok_or_else(|| format!("segment {} makes no partials of \"{}\"", from.index, m.stage))?;
+        let g = group.ok_or_else(|| {
+            format!(
+                "segment {} makes no partials of \"{}\"",
+                from.index, m.stage
+            )
+        })?;
         let ge = gs + g.units;
         let mut all: Vec<Vec<u8>> = Vec::with_capacity(g.units as usize);
         for i in 0..from.tasks {
@@ -306,18 +321,30 @@ fn merge_partials(dir: &RunDir, plan: &TaskPlan, seg: &Segment) -> Result<(), St
                 continue;
             }
             let f = partials_file(dir, &m.stage, i);
-            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e} (task {i} of segment {} has not stored its partials)", f.display(), from.index))?;
+            let bytes = std::fs::read(&f).map_err(|e| {
+                format!(
+                    "{}: {e} (task {i} of segment {} has not stored its partials)",
+                    f.display(),
+                    from.index
+                )
+            })?;
             let mut rest = &bytes[..];
             let mut n = 0;
             while rest.len() >= 4 {
                 let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let body = rest.get(4..4 + len).ok_or_else(|| format!("{}: cut short", f.display()))?;
+                let body = rest
+                    .get(4..4 + len)
+                    .ok_or_else(|| format!("{}: cut short", f.display()))?;
                 all.push(body.to_vec());
                 rest = &rest[4 + len..];
                 n += 1;
             }
             if n != b - a {
-                return Err(format!("{}: {n} partials for the {} chunks of task {i}", f.display(), b - a));
+                return Err(format!(
+                    "{}: {n} partials for the {} chunks of task {i}",
+                    f.display(),
+                    b - a
+                ));
             }
         }
         let data = reducer
@@ -326,7 +353,8 @@ fn merge_partials(dir: &RunDir, plan: &TaskPlan, seg: &Segment) -> Result<(), St
         let w = ZarrWriter::in_place(&m.path, &m.options).map_err(|e| e.to_string())?;
         let shape = out.shape().to_vec();
         let region = blockflow_core::Region::new(vec![0; shape.len()], shape.clone());
-        w.write(&region, &data, &vec![0; shape.len()]).map_err(|e| e.to_string())?;
+        w.write(&region, &data, &vec![0; shape.len()])
+            .map_err(|e| e.to_string())?;
         w.finish().map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -381,7 +409,8 @@ fn commit(dir: &RunDir, plan: &TaskPlan) -> Result<(), String> {
                 f.staged.display()
             ));
         }
-        let claim = Claim::take(&f.path, made_of(&f.made), f.overwrite).map_err(|e| e.to_string())?;
+        let claim =
+            Claim::take(&f.path, made_of(&f.made), f.overwrite).map_err(|e| e.to_string())?;
         move_into(&f.staged, claim.partial())?;
         claim.commit().map_err(|e| e.to_string())?;
         write_atomic(&committed, b"").map_err(|e| e.to_string())?;

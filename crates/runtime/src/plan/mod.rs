@@ -110,7 +110,12 @@ pub fn plan_budget(raw: &RawConfig) -> u64 {
         .and_then(|p| p.default)
         .and_then(|m| parse_bytes(m).ok())
         .unwrap_or(1 << 30);
-    match raw.pipeline.iter().find(|(k, _)| k.v == "memory").map(|(_, v)| &v.v) {
+    match raw
+        .pipeline
+        .iter()
+        .find(|(k, _)| k.v == "memory")
+        .map(|(_, v)| &v.v)
+    {
         Some(Val::Str(s)) => parse_bytes(s).unwrap_or(0),
         Some(Val::Int(i)) => *i as u64,
         _ => default_memory,

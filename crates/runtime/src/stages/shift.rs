@@ -110,16 +110,38 @@ impl MapKernel for Shift {
             return Err("shift takes a frame and its vector".into());
         };
         let v: Vec<f64> = vector.array().to_f64().iter().copied().collect();
-        let whole = blockflow_kernels::shift::shift_timepoint(
-            frame.array(),
-            &v,
-            self.order,
-            self.mode,
-            self.cval,
-            self.prefilter,
-            &self.buffers,
-        )
-        .map_err(|e| e.to_string())?;
+        let data = frame.array();
+        let n = data.shape().first().copied().unwrap_or(0);
+        let nd = data.shape().len().saturating_sub(1);
+        let shift_one = |d: &ArrayData, vec: &[f64]| {
+            blockflow_kernels::shift::shift_timepoint(
+                d,
+                vec,
+                self.order,
+                self.mode,
+                self.cval,
+                self.prefilter,
+                &self.buffers,
+            )
+            .map_err(|e| e.to_string())
+        };
+        // One frame per chunk in a stream; a region may hold several.
+        let whole = if n <= 1 {
+            shift_one(data, &v)?
+        } else {
+            let mut rest = data.shape().to_vec();
+            rest[0] = 1;
+            let mut parts = Vec::with_capacity(n);
+            for t in 0..n {
+                let mut start = vec![0; rest.len()];
+                start[0] = t;
+                let row = v
+                    .get(t * nd..(t + 1) * nd)
+                    .ok_or("fewer vectors than frames")?;
+                parts.push(shift_one(&data.crop(&start, &rest), row)?);
+            }
+            ArrayData::concat0(&parts).ok_or("frames of different shapes")?
+        };
         if frame.halo.iter().all(|&(b, a)| b == 0 && a == 0) {
             return Ok(whole);
         }

@@ -216,6 +216,10 @@ mod tests {
             &[3, 24],
             &[1, 24],
         );
-        assert!(p.kind.describe().contains("stored chunks [1, 10]"), "{}", p.kind.describe());
+        assert!(
+            p.kind.describe().contains("stored chunks [1, 10]"),
+            "{}",
+            p.kind.describe()
+        );
     }
 }
