@@ -186,6 +186,9 @@ fn every_seed_matches(seeds: &Seeds, executor: &str) {
         assert_eq!(code, 0, "{err}");
         assert!(status.contains("complete"), "{status}");
         assert_no_temporaries(&seeds.path().join("out"));
+        for d in ["inter", "partials", "out"] {
+            assert!(!rd.join(d).exists(), "{name}: {d}/ left in the run folder");
+        }
     }
 }
 
@@ -409,6 +412,43 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
         script.contains("--mem=300M") && script.contains("--cpus-per-task=2"),
         "{script}"
     );
+    // More again, for what runs again: resume --mem.
+    let (code, _, err) = blockflow(&["resume", "-q", rd.to_str().expect("utf-8"), "--mem", "2G"]);
+    assert_eq!(code, 0, "{err}");
+    let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
+    assert!(script.contains("--mem=2048M"), "{script}");
+
+    // Batched tasks per array element, a cap on elements at once, and the
+    // sbatch options passed through.
+    let (name, sets) = SEEDS[3];
+    let batch = seeds.batch(name, sets);
+    let args = submit_args(
+        &seeds,
+        name,
+        sets,
+        "slurm",
+        &[
+            "--tasks-per-job",
+            "2",
+            "--max-parallel",
+            "1",
+            "--partition",
+            "debug",
+            "--time",
+            "00:10:00",
+            "--sbatch-arg=--comment=blockflow-test",
+        ],
+    );
+    let (code, _, err) = blockflow(&strs(&args));
+    assert_eq!(code, 0, "{err}");
+    assert_same_outputs(&batch, &seeds.path().join("out"), "elevation, two tasks per element");
+    let rd = run_dir(&seeds, name);
+    let info = read_json(rd.join("run.json"));
+    assert_eq!(info["jobs"][0]["elements"], "0-1", "3 tasks in 2 elements: {info}");
+    let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
+    for want in ["--partition=debug", "--time=00:10:00", "--comment=blockflow-test", "--element"] {
+        assert!(script.contains(want), "{want} in {script}");
+    }
 }
 
 #[test]

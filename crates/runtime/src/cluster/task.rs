@@ -416,6 +416,15 @@ fn commit(dir: &RunDir, plan: &TaskPlan) -> Result<(), String> {
         write_atomic(&committed, b"").map_err(|e| e.to_string())?;
         tracing::info!("wrote {}", f.path.display());
     }
+    // Every output is in place: the intermediates, partials and staging
+    // folders are of no further use (a run's intermediates can be larger
+    // than its outputs). Markers, logs and the plan stay for `status`.
+    for d in ["inter", "partials", "out", "scratch"] {
+        let p = dir.path.join(d);
+        if p.exists() {
+            blockflow_io::output::remove_any(&p).map_err(|e| e.to_string())?;
+        }
+    }
     Ok(())
 }
 
