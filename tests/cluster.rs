@@ -441,14 +441,70 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     );
     let (code, _, err) = blockflow(&strs(&args));
     assert_eq!(code, 0, "{err}");
-    assert_same_outputs(&batch, &seeds.path().join("out"), "elevation, two tasks per element");
+    assert_same_outputs(
+        &batch,
+        &seeds.path().join("out"),
+        "elevation, two tasks per element",
+    );
     let rd = run_dir(&seeds, name);
     let info = read_json(rd.join("run.json"));
-    assert_eq!(info["jobs"][0]["elements"], "0-1", "3 tasks in 2 elements: {info}");
+    assert_eq!(
+        info["jobs"][0]["elements"], "0-1",
+        "3 tasks in 2 elements: {info}"
+    );
     let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
-    for want in ["--partition=debug", "--time=00:10:00", "--comment=blockflow-test", "--element"] {
+    for want in [
+        "--partition=debug",
+        "--time=00:10:00",
+        "--comment=blockflow-test",
+        "--element",
+    ] {
         assert!(script.contains(want), "{want} in {script}");
     }
+
+    // Submitted without waiting, then cancelled: Slurm holds nothing of
+    // the run, and resume finishes it.
+    let (name, sets) = SEEDS[2];
+    let batch = seeds.batch(name, sets);
+    let args = submit_args(
+        &seeds,
+        name,
+        sets,
+        "slurm",
+        &["--no-wait", "--max-parallel", "1"],
+    );
+    let (code, jobs, err) = blockflow(&strs(&args));
+    assert_eq!(code, 0, "{err}");
+    let ids = jobs.split_whitespace().collect::<Vec<_>>().join(",");
+    assert!(!ids.is_empty(), "submit prints the job ids");
+    let rd = run_dir(&seeds, name);
+    let rds = rd.to_str().expect("utf-8");
+    let (code, out, err) = blockflow(&["cancel", rds]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    let held = || {
+        let q = Command::new("squeue")
+            .args(["-h", "-j", &ids])
+            .output()
+            .expect("squeue");
+        String::from_utf8_lossy(&q.stdout).trim().to_string()
+    };
+    let mut left = held();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        left = held();
+    }
+    assert!(left.is_empty(), "still queued after cancel: {left}");
+    let (code, _, err) = blockflow(&["resume", "-q", rds]);
+    assert_eq!(code, 0, "{err}");
+    assert_same_outputs(
+        &batch,
+        &seeds.path().join("out"),
+        "timeseries after cancel and resume",
+    );
 }
 
 #[test]

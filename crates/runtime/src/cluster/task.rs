@@ -153,14 +153,27 @@ fn inject_fault(dir: &RunDir, s: usize, i: u64, seg: &Segment) -> Result<(), Str
     Ok(())
 }
 
-/// A chunk task: its units, each computed by region and written to every
-/// store of its group, over the task's threads.
-fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> {
+/// A chunk segment's groups, opened for a task: each group's stores, its
+/// stage in the segment's plan, its grid, its reductions' partials, and
+/// its first unit.
+struct Groups<'p> {
+    writers: Vec<Vec<ZarrWriter>>,
+    stage_of: Vec<usize>,
+    grids: Vec<blockflow_core::ChunkGrid>,
+    reducers: Vec<Vec<&'p dyn PartialReduce>>,
+    starts: Vec<u64>,
+}
+
+fn open_groups<'p>(full: &'p crate::plan::Plan, seg: &Segment) -> Result<Groups<'p>, String> {
     let sub = seg.plan.as_ref().ok_or("the segment has no plan")?;
-    let full = plan.full.as_ref().ok_or("the task plan has no pipeline")?;
-    let (lo, hi) = plan.task_units(seg.index, index);
-    // The reductions whose partials each group stores.
-    let mut reducers: Vec<Vec<&dyn PartialReduce>> = Vec::new();
+    let mut gr = Groups {
+        writers: Vec::new(),
+        stage_of: Vec::new(),
+        grids: Vec::new(),
+        reducers: Vec::new(),
+        starts: Vec::new(),
+    };
+    let mut start = 0;
     for g in &seg.groups {
         let mut rs = Vec::new();
         for x in &g.partials {
@@ -172,81 +185,76 @@ fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Resul
                 .ok_or_else(|| format!("stage \"{x}\" has no partials"))?;
             rs.push(st);
         }
-        reducers.push(rs);
-    }
-    // (unit, partial position in its group, bytes)
-    let parts: Mutex<Vec<(u64, usize, Vec<u8>)>> = Mutex::new(Vec::new());
-    let mut writers: Vec<Vec<ZarrWriter>> = Vec::new();
-    let mut stage_of: Vec<usize> = Vec::new();
-    let mut grids = Vec::new();
-    for g in &seg.groups {
+        gr.reducers.push(rs);
         let mut ws = Vec::new();
         for st in &g.stores {
             ws.push(ZarrWriter::open_existing(&st.path, &st.options).map_err(|e| e.to_string())?);
         }
-        writers.push(ws);
-        stage_of.push(
+        gr.writers.push(ws);
+        gr.stage_of.push(
             sub.stages
                 .iter()
                 .position(|s| s.name == g.stage)
                 .ok_or_else(|| format!("stage \"{}\" is not in the segment's plan", g.stage))?,
         );
-        grids.push(
+        gr.grids.push(
             blockflow_core::ChunkGrid::new(g.shape.clone(), g.chunks.clone())
                 .map_err(|e| e.to_string())?,
         );
+        gr.starts.push(start);
+        start += g.units;
     }
-    let starts: Vec<u64> = seg
-        .groups
-        .iter()
-        .scan(0u64, |acc, g| {
-            let s = *acc;
-            *acc += g.units;
-            Some(s)
-        })
-        .collect();
+    Ok(gr)
+}
+
+/// A chunk task: its units, each computed by region and written to every
+/// store of its group (and reduced to its partials), over the task's
+/// threads.
+fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Result<(), String> {
+    let sub = seg.plan.as_ref().ok_or("the segment has no plan")?;
+    let full = plan.full.as_ref().ok_or("the task plan has no pipeline")?;
+    let (lo, hi) = plan.task_units(seg.index, index);
+    let gr = open_groups(full, seg)?;
+    // (unit, partial position in its group, bytes)
+    let parts: Mutex<Vec<(u64, usize, Vec<u8>)>> = Mutex::new(Vec::new());
     let next = AtomicU64::new(lo);
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<String>> = Mutex::new(None);
     let workers = seg.workers.clamp(1, (hi - lo).max(1) as usize);
+    let one = |runner: &mut RegionRunner<'_>, u: u64| -> Result<(), String> {
+        let g = gr.starts.iter().rposition(|&s| s <= u).unwrap_or(0);
+        let idx = gr.grids[g].unravel(u - gr.starts[g]);
+        let region = gr.grids[g].region(&idx);
+        let data = runner
+            .compute(gr.stage_of[g], &region)
+            .map_err(|e| e.to_string())?;
+        let at = |e: String| format!("stage \"{}\" chunk {idx:?}: {e}", seg.groups[g].stage);
+        for w in &gr.writers[g] {
+            w.write(&region, &data, &idx)
+                .map_err(|e| at(e.to_string()))?;
+        }
+        for (k, r) in gr.reducers[g].iter().enumerate() {
+            let b = r.chunk_partial(&data, &region.origin);
+            parts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((u, k, b));
+        }
+        Ok(())
+    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 let mut runner = RegionRunner::new(sub);
-                loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
+                while !failed.load(Ordering::Relaxed) {
                     let u = next.fetch_add(1, Ordering::Relaxed);
                     if u >= hi {
                         return;
                     }
-                    let g = starts.iter().rposition(|&s| s <= u).unwrap_or(0);
-                    let idx = grids[g].unravel(u - starts[g]);
-                    let region = grids[g].region(&idx);
-                    let r = runner
-                        .compute(stage_of[g], &region)
-                        .map_err(|e| e.to_string())
-                        .and_then(|data| {
-                            for w in &writers[g] {
-                                w.write(&region, &data, &idx).map_err(|e| e.to_string())?;
-                            }
-                            for (k, r) in reducers[g].iter().enumerate() {
-                                let b = r.chunk_partial(&data, &region.origin);
-                                parts
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .push((u, k, b));
-                            }
-                            Ok(())
-                        });
-                    if let Err(e) = r {
+                    if let Err(e) = one(&mut runner, u) {
                         failed.store(true, Ordering::Relaxed);
                         let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.get_or_insert(format!(
-                            "stage \"{}\" chunk {idx:?}: {e}",
-                            seg.groups[g].stage
-                        ));
+                        slot.get_or_insert(e);
                         return;
                     }
                 }
@@ -256,13 +264,27 @@ fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Resul
     if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    // Each reduction's partials of this task's units, in unit order, in
-    // one file written whole.
-    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
+    let parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
+    write_partials(dir, seg, &gr.starts, parts, (lo, hi), index)
+}
+
+/// Each reduction's partials of this task's units, in unit order, in one
+/// file written whole.
+fn write_partials(
+    dir: &RunDir,
+    seg: &Segment,
+    starts: &[u64],
+    mut parts: Vec<(u64, usize, Vec<u8>)>,
+    (lo, hi): (u64, u64),
+    index: u64,
+) -> Result<(), String> {
     parts.sort_by_key(|(u, k, _)| (*k, *u));
     for (g, group) in seg.groups.iter().enumerate() {
         for (k, x) in group.partials.iter().enumerate() {
             let (gs, ge) = (starts[g], starts[g] + group.units);
+            if lo.max(gs) >= hi.min(ge) {
+                continue;
+            }
             let mut bytes = Vec::new();
             for (_, _, b) in parts
                 .iter()
@@ -271,9 +293,7 @@ fn run_chunks(dir: &RunDir, plan: &TaskPlan, seg: &Segment, index: u64) -> Resul
                 bytes.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 bytes.extend_from_slice(b);
             }
-            if lo.max(gs) < hi.min(ge) {
-                write_atomic(&partials_file(dir, x, index), &bytes).map_err(|e| e.to_string())?;
-            }
+            write_atomic(&partials_file(dir, x, index), &bytes).map_err(|e| e.to_string())?;
         }
     }
     Ok(())

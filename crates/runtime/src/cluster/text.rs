@@ -73,10 +73,16 @@ impl TaskPlan {
             );
         }
         let _ = writeln!(s);
+        self.details(&mut s);
+        s
+    }
+
+    /// What each segment reads, computes, stores and merges.
+    fn details(&self, s: &mut String) {
         for seg in &self.segments {
             if !seg.reads.is_empty() {
                 let _ = writeln!(
-                    s,
+                    *s,
                     "segment {} reads the stored {}",
                     seg.index,
                     seg.reads.join(", ")
@@ -100,7 +106,7 @@ impl TaskPlan {
                     to.push(format!("partials of {}", g.partials.join(", ")));
                 }
                 let _ = writeln!(
-                    s,
+                    *s,
                     "segment {} computes \"{}\" {:?} in {} chunks of {:?} (about {per} per task), to the {}",
                     seg.index,
                     g.stage,
@@ -112,13 +118,12 @@ impl TaskPlan {
             }
             for m in &seg.merges {
                 let _ = writeln!(
-                    s,
+                    *s,
                     "segment {} merges \"{}\" from the partials segment {} stored, in chunk order",
                     seg.index, m.stage, m.from_segment
                 );
             }
         }
-        s
     }
 
     /// The plan as JSON.
