@@ -382,20 +382,10 @@ pub(super) fn made_name(kind: &str, param: &str) -> &'static str {
     }
 }
 
-/// `p` from the root, without `.` and `dir/..` (the same path written two
+/// `p` absolute, canonical as far as it exists (the same path written two
 /// ways gives one plan).
 pub(crate) fn absolute(p: &Path) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return c;
-    }
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    };
-    crate::plan::normalize(&abs)
+    crate::paths::absolute(p)
 }
 
 /// `human_bytes` for tables.

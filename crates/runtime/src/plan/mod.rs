@@ -243,17 +243,7 @@ fn pipeline_settings(d: &mut Diags, raw: &RawConfig) -> Settings {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into()),
     };
-    let default_memory = spec::PIPELINE
-        .iter()
-        .find(|p| p.name == "memory")
-        .and_then(|p| p.default)
-        .and_then(|m| parse_bytes(m).ok())
-        .unwrap_or(1 << 30);
-    let memory = match pget("memory") {
-        Some(Val::Str(s)) => parse_bytes(s).unwrap_or(0),
-        Some(Val::Int(i)) => *i as u64,
-        _ => default_memory,
-    };
+    let memory = plan_budget(raw);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
