@@ -160,3 +160,18 @@ fn golden_plan(cfg: &std::path::Path, sets: &[String], name: &str) -> Option<Str
         diffs.join("\n")
     ))
 }
+
+#[test]
+fn the_timeseries_config_runs_on_a_longer_series() {
+    // Its rechunk takes the whole time axis (-1), so any number of
+    // timepoints fits; with [10, 10, 10, 10] a series of 20 was refused
+    // ("zscore along axis 0 needs each chunk to hold that axis whole").
+    let tmp = tempfile::tempdir().expect("tmp");
+    generate("timeseries", &tmp.path().join("volumes"), 20, 12, 4);
+    let cfg = root().join("configs/timeseries.toml");
+    let (sets, _) = overrides(&cfg, tmp.path());
+    let (code, _, err) = run_with_sets(&cfg, &sets);
+    assert_eq!(code, 0, "{err}");
+    let z = read_all(&tmp.path().join("timeseries-zscore.zarr"));
+    assert_eq!(z.shape(), &[20, 12, 12, 12]);
+}

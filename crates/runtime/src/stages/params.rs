@@ -36,6 +36,9 @@ pub enum PType {
     Size,
     /// A list of positive integers, one per axis.
     Shape,
+    /// Chunk lengths, one per axis, as dask's `rechunk` takes them: an
+    /// integer >= 1, -1 (the whole axis) or "auto"; or "auto" for all.
+    Chunks,
     /// One of the listed strings.
     Choice(&'static [&'static str]),
     /// A dtype name (`float32`, `u8`, ...).
@@ -65,6 +68,7 @@ impl PType {
             PType::Bool => "bool".into(),
             PType::Size => "size (\"512 MiB\")".into(),
             PType::Shape => "list of integers".into(),
+            PType::Chunks => "list of integers (-1: the whole axis) or \"auto\"".into(),
             PType::Choice(c) => c
                 .iter()
                 .map(|s| format!("\"{s}\""))
@@ -255,6 +259,81 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// Chunk lengths for an array of `shape` with `item`-byte elements:
+    /// -1 is the whole axis; "auto" axes share what the fixed ones leave of
+    /// `target` bytes per chunk, as equally as the axes' lengths allow (as
+    /// dask's `rechunk(chunks="auto")` with its chunk-size target).
+    pub fn chunks(
+        &self,
+        key: &str,
+        shape: &[u64],
+        item: u64,
+        target: u64,
+    ) -> Option<Result<Vec<u64>, String>> {
+        enum C {
+            Len(u64),
+            Auto,
+        }
+        let spec: Vec<C> = match self.value(key)? {
+            Val::Str(s) if s == "auto" => shape.iter().map(|_| C::Auto).collect(),
+            Val::Array(a) => a
+                .iter()
+                .zip(shape)
+                .map(|(x, &n)| match &x.v {
+                    Val::Int(-1) => C::Len(n.max(1)),
+                    Val::Int(i) => C::Len((*i).max(1) as u64),
+                    _ => C::Auto,
+                })
+                .collect(),
+            _ => return None,
+        };
+        if let Val::Array(a) = self.value(key)? {
+            if a.len() != shape.len() {
+                return Some(Err(format!(
+                    "`{key}` has {} axes but the array has {} ({shape:?})",
+                    a.len(),
+                    shape.len()
+                )));
+            }
+        }
+        let fixed: u64 = spec
+            .iter()
+            .map(|c| match c {
+                C::Len(l) => *l,
+                C::Auto => 1,
+            })
+            .product::<u64>()
+            .saturating_mul(item.max(1));
+        let mut budget = (target / fixed.max(1)).max(1) as f64;
+        let mut auto: Vec<usize> = (0..spec.len())
+            .filter(|&a| matches!(spec[a], C::Auto))
+            .collect();
+        let mut out: Vec<u64> = spec
+            .iter()
+            .map(|c| match c {
+                C::Len(l) => *l,
+                C::Auto => 0,
+            })
+            .collect();
+        // Axes shorter than their share take their whole length; the rest
+        // share what is left, equally.
+        auto.sort_by_key(|&a| shape[a]);
+        while let Some(&a) = auto.first() {
+            let share = budget.powf(1.0 / auto.len() as f64).floor().max(1.0) as u64;
+            if shape[a] <= share {
+                out[a] = shape[a].max(1);
+                budget /= shape[a].max(1) as f64;
+                auto.remove(0);
+            } else {
+                for &b in &auto {
+                    out[b] = share.min(shape[b]).max(1);
+                }
+                break;
+            }
+        }
+        Some(Ok(out))
+    }
+
     /// A number or list of numbers, as one value per axis of `ndim`
     /// (`ndim` 0: the list as given).
     pub fn floats(&self, key: &str, ndim: usize) -> Option<Result<Vec<f64>, String>> {
@@ -387,6 +466,24 @@ pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
             Ok(())
         }
         (PType::Shape, _) => want("a list of integers such as [500, 500, 3]"),
+        (PType::Chunks, Val::Str(s)) if s == "auto" => Ok(()),
+        (PType::Chunks, Val::Array(a)) if !a.is_empty() => {
+            for x in a {
+                match &x.v {
+                    Val::Int(i) if *i >= 1 || *i == -1 => {}
+                    Val::Str(s) if s == "auto" => {}
+                    other => {
+                        return Err(format!(
+                            "every chunk length must be an integer >= 1, -1 (the whole axis) or \"auto\", found {other}"
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        (PType::Chunks, _) => {
+            want("a list of chunk lengths such as [-1, 64, \"auto\"], or \"auto\"")
+        }
         (PType::Choice(c), Val::Str(s)) => {
             if c.contains(&s.as_str()) {
                 Ok(())

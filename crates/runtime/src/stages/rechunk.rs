@@ -23,12 +23,17 @@ pub static KIND: KindDef = KindDef {
     summary: "the same array in other chunks, in a stream: in memory when the chunks it must hold fit the budget, else through an intermediate Zarr store on disk (written as chunks arrive, read back in the new chunks, removed afterwards); `blockflow plan` says which and why",
     inputs: Arity::Exactly(1),
     params: &[
-        p("chunks", PType::Shape, None, "the new chunk shape"),
+        p("chunks", PType::Chunks, None, "the new chunk shape, one length per axis: an integer, -1 for the whole axis, or \"auto\" (lengths that make chunks of about 64 MiB, or a 16th of `memory` if less, as dask's `chunks=\"auto\"`); or \"auto\" for every axis"),
         p("route", PType::Choice(&["auto", "memory", "disk"]), Some("auto"), "auto: in memory unless the plan would exceed `memory`; memory or disk to force one"),
     ],
     example: "inputs = [\"f32_2d\"]\nchunks = [4, 14]",
     plan,
 };
+
+/// The chunk size `"auto"` aims at (dask's default `array.chunk-size` is
+/// 128 MiB; half that keeps a rechunk's window within the budgets these
+/// pipelines run under).
+pub const AUTO_CHUNK_BYTES: u64 = 64 << 20;
 
 /// How a rechunk moves its data.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +67,14 @@ pub struct Rechunk {
 
 fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let stream = cx.input(0)?;
-    let chunks = cx.p.shape("chunks")?;
+    let target = (cx.memory / 16).clamp(1 << 20, AUTO_CHUNK_BYTES);
+    let chunks = match cx
+        .p
+        .chunks("chunks", stream.shape(), stream.dtype.size() as u64, target)?
+    {
+        Ok(c) => c,
+        Err(e) => return cx.err("chunks", e),
+    };
     let grid = cx.grid("chunks", stream.shape().to_vec(), chunks)?;
     let src = stream.grid.clone();
     let window = Regrid::new(src.clone(), grid.clone(), vec![(0, 0); src.ndim()]).window();
@@ -359,6 +371,50 @@ mod tests {
     fn rechunk_of(s: &crate::plan::PlannedStage) -> &Rechunk {
         let op = &s.kind;
         op.as_any().downcast_ref::<Rechunk>().expect("a rechunk")
+    }
+
+    #[test]
+    fn whole_axes_and_auto_lengths_as_dask_takes_them() {
+        // -1: the whole axis, at any length (a time axis of 20 or 10,000).
+        for n in [10u64, 20, 37] {
+            let s = plan_one(
+                "kind = \"rechunk\"\nchunks = [-1, 5]",
+                &[DType::F32],
+                &[n, 12],
+                &[1, 12],
+            );
+            assert_eq!(s.grid.chunk_shape(), &[n, 5]);
+        }
+        // "auto": about 64 MiB (the budget's 16th at the default 1 GiB);
+        // the short channel axis whole, the others equal.
+        let s = plan_one(
+            "kind = \"rechunk\"\nchunks = \"auto\"",
+            &[DType::F32],
+            &[4096, 4096, 3],
+            &[512, 512, 3],
+        );
+        assert_eq!(s.grid.chunk_shape(), &[2364, 2364, 3]);
+        let s = plan_one(
+            "kind = \"rechunk\"\nchunks = [-1, \"auto\", 2]",
+            &[DType::F64],
+            &[100, 1_000_000, 4],
+            &[10, 1000, 4],
+        );
+        assert_eq!(s.grid.chunk_shape(), &[100, 41943, 2]);
+        let e = plan_err(
+            "kind = \"rechunk\"\nchunks = [-2, 5]",
+            &[DType::F32],
+            &[10, 12],
+            &[1, 12],
+        );
+        assert!(e.contains("-1 (the whole axis)"), "{e}");
+        let e = plan_err(
+            "kind = \"rechunk\"\nchunks = [-1]",
+            &[DType::F32],
+            &[10, 12],
+            &[1, 12],
+        );
+        assert!(e.contains("has 1 axes but the array has 2"), "{e}");
     }
 
     #[test]
