@@ -1985,3 +1985,56 @@ fn nothing_named(dir: &std::path::Path, prefix: &str) -> bool {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with(prefix))
 }
+
+#[test]
+fn progress_lines_without_a_terminal() {
+    // stderr to a pipe, as in a batch job's log: lines every interval with
+    // chunks written of the total, and each stage as it ends.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(
+        tmp.path(),
+        "p.toml",
+        &format!(
+            "[pipeline]\nmemory = \"256 MiB\"\nthreads = 1\n\
+             [stage.img]\nkind = \"synthetic\"\nshape = [3000, 4000]\nchunks = [250, 250]\n\
+             [stage.blur]\nkind = \"filter\"\ninputs = [\"img\"]\nfilter = \"gaussian\"\nsigma = 4.0\n\
+             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"blur\"]\npath = \"{}/o.zarr\"\nif_exists = \"overwrite\"\n",
+            tmp.path().display()
+        ),
+    );
+    let out = bin()
+        .args(["run", cfg.to_str().expect("utf-8")])
+        .env("BLOCKFLOW_PROGRESS_SECS", "0.1")
+        .current_dir(tmp.path())
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(!lines.is_empty(), "{err}");
+    assert!(
+        lines.iter().all(|l| l.contains("/192 chunks written")),
+        "{err}"
+    );
+    assert!(err.contains("stage \"blur\" (filter) done after"), "{err}");
+    assert!(
+        err.contains("stage \"out\" (write-zarr) done after"),
+        "{err}"
+    );
+    // Quiet is quiet.
+    let out = bin()
+        .args(["run", "-q", cfg.to_str().expect("utf-8")])
+        .env("BLOCKFLOW_PROGRESS_SECS", "0.1")
+        .current_dir(tmp.path())
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,6 +28,7 @@ macro_rules! say {
 pub(crate) use say;
 
 mod cluster;
+mod progress;
 
 /// Kernels allocate and free multi-megabyte buffers per chunk; glibc
 /// serves those with fresh mmaps, so every chunk paid its page faults
@@ -339,7 +340,9 @@ fn run(
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let progress: Option<Arc<dyn Progress>> = if !quiet && std::io::stderr().is_terminal() {
+    let progress: Option<Arc<dyn Progress>> = if !quiet && !std::io::stderr().is_terminal() {
+        Some(Arc::new(progress::LogLines::new(progress::interval())))
+    } else if !quiet {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(

@@ -61,6 +61,8 @@ pub trait Progress: Send + Sync {
     fn start(&self, total_chunks: u64);
     fn advance(&self, chunks: u64, bytes: u64);
     fn finish(&self);
+    /// A stage has ended (its report so far: chunks, busy time).
+    fn stage_done(&self, _report: &crate::report::StageReport) {}
 }
 
 /// Options of one run.
@@ -493,6 +495,9 @@ impl<R: Fn(RunError) + Sync> Threads<'_, R> {
         drop(input);
         drop(out);
         ctx.report.peak_buffered_bytes = ctx.held_peak;
+        if let (Some(p), Ok(_)) = (ctx.progress, &res) {
+            p.stage_done(&ctx.report);
+        }
         match res {
             Ok(w) => (i, ctx.report, w),
             Err(e) => {
