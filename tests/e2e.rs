@@ -2038,3 +2038,53 @@ fn progress_lines_without_a_terminal() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn out_puts_every_output_under_one_folder_and_skip_drops_stages() {
+    // Seed 000's config as shipped, only its input made small: every
+    // output, the report and the scratch land under --out; --skip drops the
+    // previews of the image.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = root().join("configs/structure-tensor.toml");
+    let results = tmp.path().join("results");
+    let out = bin()
+        .args(["run", "-q", cfg.to_str().expect("utf-8")])
+        .args([
+            "--set",
+            "img.shape=[300,400,3]",
+            "--set",
+            "block_png.region=[0,100,200,300]",
+        ])
+        .args(["--out", results.to_str().expect("utf-8")])
+        .args(["--skip", "image_png", "--skip", "block_png"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&results)
+        .expect("results")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "blocks-of-interest.json",
+            "blocks.csv",
+            "features.png",
+            "features.zarr",
+            "structure-tensor.report.json"
+        ]
+    );
+    // A kernel reading a skipped stage: refused, naming both.
+    let (code, _, err) = blockflow(&["plan", cfg.to_str().expect("utf-8"), "--skip", "img"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stage `tensor` reads `img`; skip it too"),
+        "{err}"
+    );
+}

@@ -13,6 +13,34 @@ use blockflow_runtime::cluster::{plan_tasks, TaskOptions, TaskPlan};
 
 use crate::emit;
 
+/// What `run`, `plan` and `submit` change about the outputs.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Put every output the config names by a relative path, the run
+    /// report and the scratch folder under DIR (as they lie under the
+    /// folder the outputs share: `../out/features.zarr` becomes
+    /// `DIR/features.zarr`). Without it, relative paths are from the
+    /// config's folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Leave out a stage, and the writers only it feeds (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub skip: Vec<String>,
+}
+
+impl OutputArgs {
+    pub fn changes(&self, sets: &[String]) -> blockflow_runtime::Changes {
+        blockflow_runtime::Changes {
+            sets: sets.to_vec(),
+            skip: self.skip.clone(),
+            out: self
+                .out
+                .as_ref()
+                .map(|d| blockflow_runtime::cluster::absolute(d)),
+        }
+    }
+}
+
 /// How the pipeline is cut into tasks (shared by `plan --tasks` and `submit`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SplitArgs {
@@ -35,6 +63,8 @@ pub struct SubmitArgs {
     pub config: PathBuf,
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
     /// `local`: a process pool on this machine; `slurm`: array jobs.
     #[arg(long, value_parser = ["local", "slurm"], default_value = "local")]
     pub executor: String,
@@ -98,12 +128,12 @@ fn slurm_mib(text: &str) -> Result<u64, String> {
 /// The task plan of a config with its overrides.
 pub fn task_plan(
     config: &Path,
-    sets: &[String],
+    changes: &blockflow_runtime::Changes,
     split: &SplitArgs,
     create: bool,
 ) -> anyhow::Result<(TaskPlan, PathBuf)> {
     let mut raw = blockflow_runtime::config::load(config)?;
-    raw.apply_overrides(sets)?;
+    changes.apply(&mut raw)?;
     let run_dir = match &split.run_dir {
         Some(d) => d.clone(),
         None => blockflow_runtime::cluster::default_run_dir(&raw)?,
@@ -128,11 +158,11 @@ pub fn task_plan(
 /// `blockflow plan --tasks`.
 pub fn plan_cmd(
     config: &Path,
-    sets: &[String],
+    changes: &blockflow_runtime::Changes,
     split: &SplitArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (plan, _) = task_plan(config, sets, split, false)?;
+    let (plan, _) = task_plan(config, changes, split, false)?;
     if json {
         emit(&format!("{:#}\n", plan.to_json()))
     } else {
@@ -199,7 +229,8 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
     // Planned as the tasks will plan it: from the file's own path.
     let config =
         std::fs::canonicalize(&a.config).with_context(|| format!("{}", a.config.display()))?;
-    let (plan, run_dir) = task_plan(&config, &a.sets, &a.split, true)?;
+    let changes = a.outputs.changes(&a.sets);
+    let (plan, run_dir) = task_plan(&config, &changes, &a.split, true)?;
     let dir = RunDir::new(&run_dir);
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("cannot read {}", config.display()))?;
@@ -215,6 +246,8 @@ pub fn submit_cmd(a: &SubmitArgs) -> anyhow::Result<ExitCode> {
         config,
         text,
         sets: a.sets.clone(),
+        skip: changes.skip.clone(),
+        out: changes.out.clone(),
         tasks: a.split.task_count,
         cpus: a.split.cpus_per_task,
         tasks_per_job: a.tasks_per_job.max(1),

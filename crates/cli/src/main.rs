@@ -60,6 +60,8 @@ enum Cmd {
         /// Where to write the JSON run report (default: the pipeline's `report`).
         #[arg(long)]
         report: Option<PathBuf>,
+        #[command(flatten)]
+        outputs: cluster::OutputArgs,
         /// No progress bar and no summary.
         #[arg(long, short)]
         quiet: bool,
@@ -89,6 +91,8 @@ enum Cmd {
         tasks: bool,
         #[command(flatten)]
         split: cluster::SplitArgs,
+        #[command(flatten)]
+        outputs: cluster::OutputArgs,
     },
     /// Run one task of a submitted run (what each Slurm array element runs).
     Task {
@@ -248,11 +252,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             tasks,
             split,
+            outputs,
         } => {
+            let changes = outputs.changes(&sets);
             if tasks {
-                return cluster::plan_cmd(&config, &sets, &split, json);
+                return cluster::plan_cmd(&config, &changes, &split, json);
             }
-            let plan = blockflow_runtime::load_plan(&config, &sets)?;
+            let plan = blockflow_runtime::load_plan_with(&config, &changes)?;
             if dot {
                 emit(&plan.to_dot())
             } else if json {
@@ -276,13 +282,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             sets,
             report,
+            outputs,
             quiet,
             follow,
         } => {
+            let changes = outputs.changes(&sets);
             if follow {
-                follow_run(&config, &sets, report, quiet)
+                follow_run(&config, &changes, report, quiet)
             } else {
-                run(&config, &sets, report, quiet)
+                run(&config, &changes, report, quiet)
             }
         }
     }
@@ -317,16 +325,21 @@ fn keep_freed_memory_longer(budget: u64, projected: u64) {
 
 fn run(
     config: &Path,
-    sets: &[String],
+    changes: &blockflow_runtime::Changes,
     report: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     // --report goes through the config's checks like `pipeline.report`.
-    let mut sets = sets.to_vec();
+    let mut changes = changes.clone();
     if let Some(r) = &report {
-        sets.push(format!("pipeline.report={}", r.display()));
+        changes
+            .sets
+            .push(format!("pipeline.report={}", r.display()));
     }
-    let plan = blockflow_runtime::load_plan(config, &sets)?;
+    let plan = blockflow_runtime::load_plan_with(config, &changes)?;
+    if let Some(dir) = &changes.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     keep_freed_memory_longer(plan.memory, plan.projected_bytes());
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -424,15 +437,18 @@ impl IngestProgress for Spinner {
 /// `run --follow`: the ingest, until SIGTERM / Ctrl-C or idle.
 fn follow_run(
     config: &Path,
-    sets: &[String],
+    changes: &blockflow_runtime::Changes,
     report: Option<PathBuf>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut raw = blockflow_runtime::config::load(config)?;
-    raw.apply_overrides(sets)?;
+    let mut changes = changes.clone();
     if let Some(r) = report {
-        raw.apply_overrides(&[format!("pipeline.report={}", r.display())])?;
+        changes
+            .sets
+            .push(format!("pipeline.report={}", r.display()));
     }
+    changes.apply(&mut raw)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);

@@ -384,7 +384,7 @@ pub(super) fn made_name(kind: &str, param: &str) -> &'static str {
 
 /// `p` absolute, canonical as far as it exists (the same path written two
 /// ways gives one plan).
-pub(crate) fn absolute(p: &Path) -> PathBuf {
+pub fn absolute(p: &Path) -> PathBuf {
     crate::paths::absolute(p)
 }
 

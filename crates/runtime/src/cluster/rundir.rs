@@ -50,6 +50,12 @@ pub struct RunInfo {
     /// Its text when the run was submitted.
     pub text: String,
     pub sets: Vec<String>,
+    /// `--skip` stages.
+    #[serde(default)]
+    pub skip: Vec<String>,
+    /// `--out` (absolute).
+    #[serde(default)]
+    pub out: Option<PathBuf>,
     pub tasks: Option<u64>,
     pub cpus: usize,
     pub tasks_per_job: u64,
@@ -133,7 +139,12 @@ impl RunDir {
             })?;
         }
         let mut raw = config::parse(&info.config, &info.text)?;
-        raw.apply_overrides(&info.sets)?;
+        crate::Changes {
+            sets: info.sets.clone(),
+            skip: info.skip.clone(),
+            out: info.out.clone(),
+        }
+        .apply(&mut raw)?;
         let plan = plan_tasks(
             &raw,
             &TaskOptions {
