@@ -2088,3 +2088,51 @@ fn out_puts_every_output_under_one_folder_and_skip_drops_stages() {
         "{err}"
     );
 }
+
+#[test]
+fn the_report_says_what_ran_when_and_what_it_wrote() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path().display();
+    let cfg = write_config(
+        tmp.path(),
+        "r.toml",
+        &format!(
+            "[pipeline]\nreport = \"{d}/r.report.json\"\n\
+             [stage.img]\nkind = \"synthetic\"\nshape = [600, 700]\nchunks = [100, 100]\n\
+             [stage.blur]\nkind = \"filter\"\ninputs = [\"img\"]\nfilter = \"gaussian\"\nsigma = 2.0\n\
+             [stage.total]\nkind = \"reduce\"\ninputs = [\"blur\"]\nop = \"mean\"\n\
+             [stage.rows]\nkind = \"rechunk\"\ninputs = [\"blur\"]\nchunks = [-1, 50]\n\
+             [stage.z]\nkind = \"write-zarr\"\ninputs = [\"rows\"]\npath = \"{d}/z.zarr\"\n\
+             [stage.j]\nkind = \"write-json\"\ninputs = [\"total\"]\npath = \"{d}/j.json\"\n"
+        ),
+    );
+    let rep = run_reported(&cfg, &tmp.path().join("r.report.json"));
+    assert_eq!(rep["version"], env!("CARGO_PKG_VERSION"));
+    for k in ["started", "ended"] {
+        let t = rep[k].as_str().unwrap_or("");
+        assert!(
+            t.len() >= 20 && t.ends_with('Z') && t.contains('T'),
+            "{k}: {t}"
+        );
+    }
+    let outs = rep["outputs"].as_array().expect("outputs");
+    assert_eq!(outs.len(), 2, "{rep}");
+    assert!(
+        outs.iter().all(|o| o["bytes"].as_u64().unwrap_or(0) > 0),
+        "{rep}"
+    );
+    for st in rep["stages"].as_array().expect("stages") {
+        let worked =
+            st["chunks_in"].as_u64().unwrap_or(0) + st["chunks_out"].as_u64().unwrap_or(0) > 0;
+        assert!(
+            !worked || st["wall_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+            "{st}"
+        );
+    }
+    let blur = rep["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "blur"))
+        .expect("blur");
+    assert_eq!(blur["params"]["sigma"], "2.0", "{blur}");
+    assert_eq!(blur["inputs"][0], "blur.halo", "{blur}");
+}

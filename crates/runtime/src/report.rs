@@ -9,6 +9,10 @@ use crate::plan::{Plan, PlannedStage};
 pub struct StageReport {
     pub name: String,
     pub kind: String,
+    /// The stages it reads.
+    pub inputs: Vec<String>,
+    /// Its parameters as the run used them (given, overridden or defaulted).
+    pub params: std::collections::BTreeMap<String, String>,
     pub chunks_in: u64,
     pub chunks_out: u64,
     pub bytes_in: u64,
@@ -16,8 +20,9 @@ pub struct StageReport {
     /// CPU-side time of the stage's tasks (reading, evaluating, writing),
     /// summed over the compute threads.
     pub busy_seconds: f64,
-    /// Wall time the stage waited for its batches of tasks to finish
-    /// (includes waiting for compute threads busy with other stages).
+    /// Wall time the stage was at work: from its start to its end, less
+    /// the time it waited on its input and output channels (it includes
+    /// waiting for compute threads busy with other stages).
     pub wall_seconds: f64,
     /// Time blocked on an empty input channel.
     pub blocked_recv_seconds: f64,
@@ -34,10 +39,27 @@ pub struct StageReport {
 }
 
 impl StageReport {
+    /// Stage `i` of `plan`, with the names of its inputs.
+    pub fn in_plan(plan: &Plan, i: usize) -> Self {
+        let s = &plan.stages[i];
+        let mut r = StageReport::new(s);
+        r.inputs = s
+            .inputs
+            .iter()
+            .map(|&j| plan.stages[j].name.clone())
+            .collect();
+        r
+    }
+
     pub fn new(s: &PlannedStage) -> Self {
         StageReport {
             name: s.name.clone(),
             kind: s.kind.name().to_string(),
+            params: s
+                .params
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect(),
             projected_bytes: s.mem.total(),
             ..Default::default()
         }
@@ -49,6 +71,11 @@ impl StageReport {
 pub struct Report {
     pub pipeline: String,
     pub config: String,
+    /// blockflow's version.
+    pub version: String,
+    /// When the run started and ended (RFC 3339, UTC).
+    pub started: String,
+    pub ended: String,
     pub ok: bool,
     pub error: Option<String>,
     pub wall_seconds: f64,
@@ -59,7 +86,41 @@ pub struct Report {
     pub peak_buffered_bytes: u64,
     /// The process's peak resident set size (VmHWM).
     pub peak_rss_bytes: u64,
+    /// Every output put in place, with its size (a folder's files summed).
+    pub outputs: Vec<OutputReport>,
     pub stages: Vec<StageReport>,
+}
+
+/// One output of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OutputReport {
+    pub path: String,
+    pub bytes: u64,
+}
+
+impl OutputReport {
+    pub fn of(path: &Path) -> Self {
+        OutputReport {
+            path: path.display().to_string(),
+            bytes: size_of(path),
+        }
+    }
+}
+
+/// Bytes of a file, or of every file under a folder.
+fn size_of(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| size_of(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Now, as RFC 3339 in UTC to the millisecond.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 impl Report {
@@ -67,10 +128,24 @@ impl Report {
         Report {
             pipeline: plan.name.clone(),
             config: plan.config.display().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: now_rfc3339(),
             threads: plan.threads,
             memory_budget_bytes: plan.memory,
             projected_bytes: plan.projected_bytes(),
-            stages: plan.stages.iter().map(StageReport::new).collect(),
+            stages: plan
+                .stages
+                .iter()
+                .map(|s| {
+                    let mut r = StageReport::new(s);
+                    r.inputs = s
+                        .inputs
+                        .iter()
+                        .map(|&j| plan.stages[j].name.clone())
+                        .collect();
+                    r
+                })
+                .collect(),
             ..Default::default()
         }
     }

@@ -250,6 +250,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> (Report, Result<Vec<PathBuf>, RunE
     let mut report = Report::new(plan);
     let result = run_inner(plan, opts, &meter, &mut report);
     report.wall_seconds = started.elapsed().as_secs_f64();
+    report.ended = crate::report::now_rfc3339();
+    if let Ok(paths) = &result {
+        report.outputs = paths
+            .iter()
+            .map(|p| crate::report::OutputReport::of(p))
+            .collect();
+    }
     report.peak_buffered_bytes = meter.peak();
     report.peak_rss_bytes = peak_rss_bytes();
     report.ok = result.is_ok();
@@ -476,7 +483,7 @@ impl<R: Fn(RunError) + Sync> Threads<'_, R> {
             meter: self.meter,
             cancel: &self.opts.cancel,
             progress: self.opts.progress.as_deref(),
-            report: StageReport::new(stage),
+            report: StageReport::in_plan(self.plan, i),
             held_peak: 0,
             fault: fault_for(&stage.name),
             expected_in: stage
@@ -484,9 +491,14 @@ impl<R: Fn(RunError) + Sync> Threads<'_, R> {
                 .first()
                 .map_or(stage.chunks(), |&j| self.plan.stages[j].chunks()),
         };
+        let began = Instant::now();
         let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
             run_stage(&mut ctx, resource, &input, &out)
         }));
+        let r = &mut ctx.report;
+        r.wall_seconds =
+            (began.elapsed().as_secs_f64() - r.blocked_recv_seconds - r.blocked_send_seconds)
+                .max(0.0);
         let res = match res {
             Ok(r) => r,
             Err(payload) => Err(ctx.err(None, format!("panicked: {}", panic_message(&payload)))),
