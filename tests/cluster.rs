@@ -392,16 +392,24 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     failed_task_resumes(&seeds, "slurm");
     killed_task_resumes(&seeds, "slurm");
 
+    over_its_mem_slurm_kills_it(&seeds);
+    tasks_batched_per_element(&seeds);
+    cancelled_then_resumed(&seeds);
+}
+
+/// Over its --mem: Slurm kills it, and status says so in words; resume
+/// with more memory finishes.
+fn over_its_mem_slurm_kills_it(seeds: &Seeds) {
     // Over its --mem: Slurm kills it, and status says so in words.
     let (name, sets) = SEEDS[0];
     seeds.batch(name, sets);
-    let args = submit_args(&seeds, name, sets, "slurm", &["--mem", "300M"]);
+    let args = submit_args(seeds, name, sets, "slurm", &["--mem", "300M"]);
     let (code, _, _) = run_env(
         &strs(&args),
         &[("BLOCKFLOW_TASK_FAULT", "0:0:alloc=1200MiB")],
     );
     assert_ne!(code, 0);
-    let rd = run_dir(&seeds, name);
+    let rd = run_dir(seeds, name);
     let (_, status, _) = blockflow(&["status", rd.to_str().expect("utf-8")]);
     assert!(
         status.contains("segment 0 task 0 failed: killed by Slurm: out of memory"),
@@ -417,13 +425,15 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     assert_eq!(code, 0, "{err}");
     let script = std::fs::read_to_string(rd.join("slurm/s0.sh")).expect("sbatch script");
     assert!(script.contains("--mem=2048M"), "{script}");
+}
 
-    // Batched tasks per array element, a cap on elements at once, and the
-    // sbatch options passed through.
+/// Batched tasks per array element, a cap on elements at once, and the
+/// sbatch options passed through.
+fn tasks_batched_per_element(seeds: &Seeds) {
     let (name, sets) = SEEDS[3];
     let batch = seeds.batch(name, sets);
     let args = submit_args(
-        &seeds,
+        seeds,
         name,
         sets,
         "slurm",
@@ -446,7 +456,7 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
         &seeds.path().join("out"),
         "elevation, two tasks per element",
     );
-    let rd = run_dir(&seeds, name);
+    let rd = run_dir(seeds, name);
     let info = read_json(rd.join("run.json"));
     assert_eq!(
         info["jobs"][0]["elements"], "0-1",
@@ -461,13 +471,15 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     ] {
         assert!(script.contains(want), "{want} in {script}");
     }
+}
 
-    // Submitted without waiting, then cancelled: Slurm holds nothing of
-    // the run, and resume finishes it.
+/// Submitted without waiting, then cancelled: Slurm holds nothing of the
+/// run, and resume finishes it.
+fn cancelled_then_resumed(seeds: &Seeds) {
     let (name, sets) = SEEDS[2];
     let batch = seeds.batch(name, sets);
     let args = submit_args(
-        &seeds,
+        seeds,
         name,
         sets,
         "slurm",
@@ -477,7 +489,7 @@ fn every_seed_on_a_real_slurm_matches_the_batch_run() {
     assert_eq!(code, 0, "{err}");
     let ids = jobs.split_whitespace().collect::<Vec<_>>().join(",");
     assert!(!ids.is_empty(), "submit prints the job ids");
-    let rd = run_dir(&seeds, name);
+    let rd = run_dir(seeds, name);
     let rds = rd.to_str().expect("utf-8");
     let (code, out, err) = blockflow(&["cancel", rds]);
     assert_eq!(code, 0, "{err}");

@@ -48,6 +48,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline.

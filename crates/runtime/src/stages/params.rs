@@ -426,6 +426,36 @@ pub fn check_entries(
 }
 
 /// Whether `v` is a value of type `ty`, or why not.
+/// A shape: integers >= 1.
+fn check_extents(a: &[Sp<Val>]) -> Result<(), String> {
+    if a.is_empty() {
+        return Err("the list is empty; give one integer per axis".into());
+    }
+    match a.iter().find(|x| !matches!(x.v, Val::Int(i) if i >= 1)) {
+        Some(x) => Err(format!(
+            "every extent must be an integer >= 1, found {}",
+            x.v
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Chunk lengths: integers >= 1, -1 or "auto".
+fn check_chunk_lengths(a: &[Sp<Val>]) -> Result<(), String> {
+    let ok = |v: &Val| match v {
+        Val::Int(i) => *i >= 1 || *i == -1,
+        Val::Str(s) => s == "auto",
+        _ => false,
+    };
+    match a.iter().find(|x| !ok(&x.v)) {
+        Some(x) => Err(format!(
+            "every chunk length must be an integer >= 1, -1 (the whole axis) or \"auto\", found {}",
+            x.v
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
     let want = |w: &str| Err(format!("expected {w}, found {} {v}", v.type_name()));
     match (ty, v) {
@@ -448,39 +478,10 @@ pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
         (PType::Duration, Val::Int(i)) if *i >= 0 => Ok(()),
         (PType::Duration, Val::Float(f)) if *f >= 0.0 => Ok(()),
         (PType::Duration, _) => want("a duration such as \"2s\" or \"250ms\""),
-        (PType::Shape, Val::Array(a)) => {
-            if a.is_empty() {
-                return Err("the list is empty; give one integer per axis".into());
-            }
-            for x in a {
-                match x.v {
-                    Val::Int(i) if i >= 1 => {}
-                    _ => {
-                        return Err(format!(
-                            "every extent must be an integer >= 1, found {}",
-                            x.v
-                        ))
-                    }
-                }
-            }
-            Ok(())
-        }
+        (PType::Shape, Val::Array(a)) => check_extents(a),
         (PType::Shape, _) => want("a list of integers such as [500, 500, 3]"),
         (PType::Chunks, Val::Str(s)) if s == "auto" => Ok(()),
-        (PType::Chunks, Val::Array(a)) if !a.is_empty() => {
-            for x in a {
-                match &x.v {
-                    Val::Int(i) if *i >= 1 || *i == -1 => {}
-                    Val::Str(s) if s == "auto" => {}
-                    other => {
-                        return Err(format!(
-                            "every chunk length must be an integer >= 1, -1 (the whole axis) or \"auto\", found {other}"
-                        ))
-                    }
-                }
-            }
-            Ok(())
-        }
+        (PType::Chunks, Val::Array(a)) if !a.is_empty() => check_chunk_lengths(a),
         (PType::Chunks, _) => {
             want("a list of chunk lengths such as [-1, 64, \"auto\"], or \"auto\"")
         }
