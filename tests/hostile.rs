@@ -232,3 +232,47 @@ fn a_closed_stderr_does_not_panic_a_run() {
         "the output is committed"
     );
 }
+
+#[test]
+fn a_report_to_a_device_or_pipe_is_written_into_not_replaced() {
+    // `--report /dev/null` as root renamed a plain file over the device
+    // (munged then failed: "Failed to open /dev/null"). A named pipe stands
+    // in for the device here: it must still be a pipe, and carry the JSON.
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fifo = tmp.path().join("report.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).expect("read the pipe"))
+    };
+    let cfg = write_config(
+        tmp.path(),
+        "p.toml",
+        &format!(
+            "[stage.a]\nkind = \"synthetic\"\nshape = [20, 20]\nchunks = [10, 10]\n\
+             [stage.w]\nkind = \"write-zarr\"\ninputs = [\"a\"]\npath = \"{}/a.zarr\"\n",
+            tmp.path().display()
+        ),
+    );
+    let (code, _, err) = blockflow(&[
+        "run",
+        "-q",
+        cfg.to_str().expect("utf-8"),
+        "--report",
+        fifo.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Checked first: a replaced pipe leaves its reader waiting forever.
+    let ft = std::fs::symlink_metadata(&fifo)
+        .expect("still there")
+        .file_type();
+    assert!(ft.is_fifo(), "the pipe was replaced by a {ft:?}");
+    let text = reader.join().expect("reader");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the report's JSON");
+    assert_eq!(v["ok"], true);
+}

@@ -157,6 +157,15 @@ impl Report {
             }
         }
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        // Not a file (`--report /dev/null`, /dev/stdout, a pipe): written
+        // into, never renamed over (as root, a rename would put a plain
+        // file in place of the device).
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, (text + "\n").as_bytes()));
+        }
         // Whole or not at all: a temporary name, then a rename.
         let mut tmp = path.as_os_str().to_os_string();
         tmp.push(format!(".tmp-{}", std::process::id()));
