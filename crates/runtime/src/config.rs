@@ -91,6 +91,20 @@ impl RawStage {
             .find(|(k, _)| k.v == key)
             .map(|(_, v)| v)
     }
+
+    /// The names its `inputs` list gives (none if it has no such list).
+    pub fn input_names(&self) -> Vec<String> {
+        match self.get("inputs").map(|v| &v.v) {
+            Some(Val::Array(a)) => a
+                .iter()
+                .filter_map(|v| match &v.v {
+                    Val::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A parsed pipeline file.

@@ -25,19 +25,6 @@ fn kind_of(st: &RawStage) -> Option<&'static crate::stages::KindDef> {
     }
 }
 
-fn inputs_of(st: &RawStage) -> Vec<String> {
-    match st.get("inputs").map(|v| &v.v) {
-        Some(Val::Array(a)) => a
-            .iter()
-            .filter_map(|v| match &v.v {
-                Val::Str(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Drops the stages `names`, every writer fed only by dropped stages, and
 /// a dropped stage's name from the inputs of a writer that takes several
 /// (a JSON or CSV of results). A kernel that reads a dropped stage is an
@@ -63,7 +50,7 @@ pub fn skip(raw: &mut RawConfig, names: &[String]) -> Result<(), ConfigError> {
             if gone.contains(&st.name.v) {
                 continue;
             }
-            let ins = inputs_of(st);
+            let ins = st.input_names();
             let dropped: Vec<&String> = ins.iter().filter(|i| gone.contains(*i)).collect();
             if dropped.is_empty() {
                 continue;
@@ -278,7 +265,7 @@ path = "/abs/summary.json"
         skip(&mut r, &["blur".into(), "total".into()]).expect("skips");
         // The Zarr of blur goes; the JSON keeps its other input.
         assert_eq!(names(&r), ["img", "png", "summary"]);
-        assert_eq!(inputs_of(&r.stages[2]), ["img"]);
+        assert_eq!(r.stages[2].input_names(), ["img"]);
         let e = skip(&mut raw(), &["blur".into()])
             .expect_err("total reads it")
             .to_string();

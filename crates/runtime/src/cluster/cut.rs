@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{planned, str_entry, ClusterError, Place};
-use crate::config::{RawConfig, RawStage, Val};
+use crate::config::{RawConfig, RawStage};
 use crate::plan::{Plan, PlannedStage};
 use crate::stages::{Exec, Writes};
 
@@ -13,19 +13,6 @@ pub(super) struct Node<'a> {
     pub(super) raw: &'a RawStage,
     pub(super) kind: String,
     pub(super) inputs: Vec<String>,
-}
-
-fn input_names(st: &RawStage) -> Vec<String> {
-    match st.get("inputs").map(|v| &v.v) {
-        Some(Val::Array(a)) => a
-            .iter()
-            .filter_map(|v| match &v.v {
-                Val::Str(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// Where a stage runs in a distributed plan.
@@ -93,7 +80,7 @@ impl<'a> Cut<'a> {
             .map(|st| Node {
                 raw: st,
                 kind: str_entry(st, "kind").unwrap_or_default(),
-                inputs: input_names(st),
+                inputs: st.input_names(),
             })
             .collect();
         let by_name: HashMap<String, usize> = nodes
