@@ -23,11 +23,8 @@ struct Seeds {
 const SEEDS: &[(&str, &[&str])] = &[
     (
         "structure-tensor",
-        &[
-            "img.shape=[700,800,3]",
-            "img.chunks=[256,300,3]",
-            "block_png.region=[0,200,300,500]",
-        ],
+        // Only the input: the preview's block is clipped to the image.
+        &["img.shape=[700,800,3]", "img.chunks=[256,300,3]"],
     ),
     ("cells", &["image_730.index=\"3, :, :, :\""]),
     ("timeseries", &[]),

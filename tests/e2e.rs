@@ -2049,12 +2049,7 @@ fn out_puts_every_output_under_one_folder_and_skip_drops_stages() {
     let results = tmp.path().join("results");
     let out = bin()
         .args(["run", "-q", cfg.to_str().expect("utf-8")])
-        .args([
-            "--set",
-            "img.shape=[300,400,3]",
-            "--set",
-            "block_png.region=[0,100,200,300]",
-        ])
+        .args(["--set", "img.shape=[300,400,3]"])
         .args(["--out", results.to_str().expect("utf-8")])
         .args(["--skip", "image_png", "--skip", "block_png"])
         .output()

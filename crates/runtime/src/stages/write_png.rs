@@ -21,6 +21,7 @@ pub static KIND: KindDef = KindDef {
         p("path", PType::Path(PathRole::Output), None, "the PNG file"),
         p("max_size", PType::Int(8, 16384), Some("1024"), "the picture's longer side in pixels (the array is block-averaged down to it)"),
         p("region", PType::Ints, Some(""), "[y0, y1, x0, x1]: preview only this part of the array"),
+        p("block", PType::Ints, Some(""), "[row, column]: preview only this block (chunk) of the input's grid; negative counts from the end, and an index past the end takes the last block along that axis, so the config fits a smaller image (`region`, if given, wins)"),
         p("colormap", PType::Choice(&["gray", "viridis", "pink_r"]), Some("gray"), "for single-channel arrays"),
         p("percentiles", PType::Floats, Some("[1.0, 99.5]"), "values at these percentiles map to the ends of the colormap"),
         p("downsample", PType::Choice(&["mean", "max"]), Some("mean"), "how a block of pixels becomes one: mean, or max (for sparse peaks)"),
@@ -43,28 +44,52 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     if shape.len() != 2 && !rgb {
         return cx.err("inputs", format!("a preview takes an (H, W) array or an RGB (H, W, 3) array with whole channels per chunk; the input is {shape:?} in chunks of {:?}", stream.grid.chunk_shape()));
     }
-    let region = match cx.p.ints("region", 4) {
-        None => None,
-        Some(Ok(r))
-            if r.len() == 4
-                && r[0] >= 0
-                && r[2] >= 0
-                && r[0] < r[1]
-                && r[2] < r[3]
-                && r[1] as u64 <= shape[0]
-                && r[3] as u64 <= shape[1] =>
-        {
-            Some([r[0] as u64, r[1] as u64, r[2] as u64, r[3] as u64])
+    let region = match (cx.p.ints("region", 4), cx.p.ints("block", 2)) {
+        (None, Some(Ok(b))) if b.len() == 2 => {
+            let g = stream.grid.grid_shape();
+            let at = |i: i64, n: u64| -> u64 {
+                let n = n.max(1) as i64;
+                (if i < 0 { n + i } else { i }).clamp(0, n - 1) as u64
+            };
+            let mut idx = vec![at(b[0], g[0]), at(b[1], g[1])];
+            idx.extend(std::iter::repeat_n(0, shape.len() - 2));
+            let r = stream.grid.region(&idx);
+            Some([
+                r.origin[0],
+                r.origin[0] + r.shape[0],
+                r.origin[1],
+                r.origin[1] + r.shape[1],
+            ])
         }
-        _ => {
+        (None, Some(_)) => {
             return cx.err(
-                "region",
-                format!(
-                    "`region` is [y0, y1, x0, x1] with y0 < y1 <= {} and x0 < x1 <= {}",
-                    shape[0], shape[1]
-                ),
+                "block",
+                "`block` is [row, column] of the input's chunk grid",
             );
         }
+        (None, None) => None,
+        (Some(r), _) => match r {
+            Ok(r)
+                if r.len() == 4
+                    && r[0] >= 0
+                    && r[2] >= 0
+                    && r[0] < r[1]
+                    && r[2] < r[3]
+                    && r[1] as u64 <= shape[0]
+                    && r[3] as u64 <= shape[1] =>
+            {
+                Some([r[0] as u64, r[1] as u64, r[2] as u64, r[3] as u64])
+            }
+            _ => {
+                return cx.err(
+                    "region",
+                    format!(
+                        "`region` is [y0, y1, x0, x1] with y0 < y1 <= {} and x0 < x1 <= {}",
+                        shape[0], shape[1]
+                    ),
+                );
+            }
+        },
     };
     let percentiles = match cx.p.floats("percentiles", 2) {
         Some(Ok(p)) if p.len() == 2 && 0.0 <= p[0] && p[0] < p[1] && p[1] <= 100.0 => [p[0], p[1]],
@@ -186,6 +211,28 @@ mod tests {
             op.describe(),
             "PNG preview /cfg/p.png of rows 0..10, columns 2..12, averaged down to at most 8 px, gray between percentiles 1 and 99.5"
         );
+    }
+
+    #[test]
+    fn a_block_of_the_grid_clipped_to_its_end() {
+        let region = |cfg: &str, shape: &[u64]| {
+            let s = plan_one(cfg, &[DType::F32], shape, &[10, 10]);
+            let op = s
+                .kind
+                .as_any()
+                .downcast_ref::<super::WritePng>()
+                .expect("png");
+            op.options.region
+        };
+        let cfg = "kind = \"write-png\"\npath = \"p.png\"\nblock = [0, 20]";
+        // The block asked for where the grid has it; the last one where not.
+        assert_eq!(region(cfg, &[40, 300]), Some([0, 10, 200, 210]));
+        assert_eq!(region(cfg, &[40, 55]), Some([0, 10, 50, 55]));
+        let cfg = "kind = \"write-png\"\npath = \"p.png\"\nblock = [-1, 1]";
+        assert_eq!(region(cfg, &[40, 55]), Some([30, 40, 10, 20]));
+        // A region wins.
+        let cfg = "kind = \"write-png\"\npath = \"p.png\"\nblock = [0, 1]\nregion = [0, 5, 0, 5]";
+        assert_eq!(region(cfg, &[40, 55]), Some([0, 5, 0, 5]));
     }
 
     #[test]
