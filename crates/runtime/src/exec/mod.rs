@@ -630,9 +630,7 @@ where
     while n < total {
         ctx.check_cancel()?;
         let batch: Vec<u64> = (n..(n + p).min(total)).collect();
-        let t = Instant::now();
         let results = make_batch(ctx, &grid, &batch, &make);
-        ctx.report.wall_seconds += t.elapsed().as_secs_f64();
         let results: Vec<Result<Chunk, (Vec<u64>, String)>> = results
             .into_iter()
             .map(|r| {

@@ -98,11 +98,10 @@ impl<'a> StageIo<'a, '_> {
             .collect()
     }
 
-    /// Counts seconds of the stage's own work: `busy` in the pool, `wall`
-    /// on the stage's clock.
-    pub fn count_seconds(&mut self, busy: f64, wall: f64) {
+    /// Counts seconds of the stage's own work in the pool (its wall time
+    /// is measured around the whole stage).
+    pub fn count_busy(&mut self, busy: f64) {
         self.ctx.report.busy_seconds += busy;
-        self.ctx.report.wall_seconds += wall;
     }
 
     /// A scratch store's path for this stage in `dir`, unique to the run.
@@ -189,7 +188,6 @@ fn map_batch(
     kernel: &dyn MapKernel,
     state: &KernelState,
 ) -> Result<Vec<Chunk>, RunError> {
-    let t = Instant::now();
     let (meter, fault) = (ctx.meter, ctx.fault);
     #[allow(clippy::type_complexity)]
     let results: Vec<Result<(Chunk, f64), (Vec<u64>, String)>> = ctx.pool.install(|| {
@@ -212,7 +210,6 @@ fn map_batch(
             })
             .collect()
     });
-    ctx.report.wall_seconds += t.elapsed().as_secs_f64();
     let mut chunks = Vec::with_capacity(results.len());
     for r in results {
         let (c, secs) = r.map_err(|(i, m)| ctx.err(Some(&i), m))?;
@@ -331,7 +328,6 @@ pub(super) fn run_barrier(
     let mut received = vec![0u64; inputs.len()];
     let want = barrier.at_once(ctx.stage.parallel);
     while let Some(batch) = drain_batch(ctx, inputs, &mut open, &mut received, want)? {
-        let t = Instant::now();
         let b: &dyn Barrier = &*barrier;
         #[allow(clippy::type_complexity)]
         let parts: Vec<(Result<Option<Box<dyn Any + Send>>, String>, f64)> =
@@ -344,7 +340,6 @@ pub(super) fn run_barrier(
                     })
                     .collect()
             });
-        ctx.report.wall_seconds += t.elapsed().as_secs_f64();
         let held: u64 = batch.iter().map(|(_, c)| c.nbytes()).sum();
         ctx.note_held(held);
         for ((i, c), (part, secs)) in batch.into_iter().zip(parts) {
@@ -388,7 +383,6 @@ pub(super) fn run_sink(
     while let Some(batch) = drain_batch(ctx, inputs, &mut open, &mut received, want)? {
         let held: u64 = batch.iter().map(|(_, c)| c.nbytes()).sum();
         ctx.note_held(held + sink.held_bytes());
-        let t = Instant::now();
         let (fault, first) = (ctx.fault, written);
         let s: &dyn ChunkSink = &*sink;
         let results: Vec<(Result<(), String>, f64)> = ctx.pool.install(|| {
@@ -402,7 +396,6 @@ pub(super) fn run_sink(
                 })
                 .collect()
         });
-        ctx.report.wall_seconds += t.elapsed().as_secs_f64();
         written += batch.len() as u64;
         for ((r, secs), (_, c)) in results.into_iter().zip(&batch) {
             ctx.report.busy_seconds += secs;

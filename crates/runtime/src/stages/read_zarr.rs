@@ -159,7 +159,6 @@ impl ZarrSource {
         while n < total {
             io.check_cancel()?;
             let batch: Vec<u64> = (n..(n + p as u64).min(total)).collect();
-            let t = Instant::now();
             // The stored chunks this batch starts, decoded `parallel` at a time.
             let missing = stored.missing(&batch);
             for group in missing.chunks(p) {
@@ -177,7 +176,7 @@ impl ZarrSource {
                             .collect()
                     });
                 for (s, secs, d) in decoded {
-                    io.count_seconds(secs, 0.0);
+                    io.count_busy(secs);
                     // Name the first stream chunk that needed it.
                     let first = batch
                         .iter()
@@ -193,7 +192,6 @@ impl ZarrSource {
                     .cut(region, &reader.info.path)
                     .map_err(|e| e.to_string())
             });
-            io.count_seconds(0.0, t.elapsed().as_secs_f64());
             let mut bytes = stored.held_bytes();
             let mut chunks = Vec::with_capacity(results.len());
             for r in results {
