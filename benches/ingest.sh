@@ -26,6 +26,7 @@ trap 'rm -rf "$WORK"' EXIT
 run() { # $1: watched folder, $2: output folder
   "$BIN" run --follow configs/ingest.toml -q \
     --set "volumes.path=$1/t_*.h5" --set "aligned.path=$2/ingest.zarr" \
+    --set "volumes.frame=[$SIZE,$SIZE,$SIZE]" --set "volumes.dtype=\"$DTYPE\"" \
     --set "shifts_json.path=$2/shifts.json" --set "follow.quarantine=$2/q" \
     --set "pipeline.report=$2/report.json" --set follow.settle=0s \
     --set follow.poll=50ms --set follow.idle_exit=2s \

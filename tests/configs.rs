@@ -32,6 +32,9 @@ fn overrides(cfg: &std::path::Path, tmp: &std::path::Path) -> (Vec<String>, bool
                 generate("timeseries", &volumes, 4, 20, 1);
             }
             sets.push(format!("{name}.path=\"{}/t_*.h5\"", volumes.display()));
+            if st.get("frame").is_some() {
+                sets.push(format!("{name}.frame=[20, 20, 20]"));
+            }
         } else if let Some(Val::Str(p)) = st.get("path").map(|v| &v.v) {
             let file = std::path::Path::new(p).file_name().expect("file name");
             sets.push(format!("{name}.path=\"{}\"", tmp.join(file).display()));

@@ -31,6 +31,8 @@ struct Setup {
     dir: PathBuf,
     gen: PathBuf,
     watch: PathBuf,
+    /// The volumes' edge, declared as the stage's `frame`.
+    size: usize,
 }
 
 impl Setup {
@@ -43,6 +45,7 @@ impl Setup {
             dir: tmp.to_path_buf(),
             gen,
             watch,
+            size,
         }
     }
 
@@ -50,6 +53,7 @@ impl Setup {
         let d = &self.dir;
         let mut s = vec![
             format!("volumes.path=\"{}/t_*.h5\"", self.watch.display()),
+            format!("volumes.frame=[{0}, {0}, {0}]", self.size),
             format!("aligned.path=\"{}\"", d.join("ingest.zarr").display()),
             format!("shifts_json.path=\"{}\"", d.join("shifts.json").display()),
             format!("follow.quarantine=\"{}\"", d.join("quarantine").display()),
@@ -126,6 +130,7 @@ fn batch(s: &Setup, skip: &[usize], count: usize) -> blockflow_core::ArrayData {
     let cfg = root().join("configs/ingest.toml");
     let sets = vec![
         format!("volumes.path=\"{}/t_*.h5\"", dir.display()),
+        format!("volumes.frame=[{0}, {0}, {0}]", s.size),
         format!("aligned.path=\"{}\"", out.display()),
         format!(
             "shifts_json.path=\"{}\"",
@@ -182,12 +187,13 @@ fn killed_at_random_moments_neither_loses_nor_repeats_a_timepoint() {
 /// The writer: one timepoint every 80 ms; timepoint `corrupt` arrives
 /// truncated.
 fn spawn_writer(s: &Setup, count: usize, corrupt: usize) -> std::thread::JoinHandle<()> {
-    let (gen, watch) = (s.gen.clone(), s.watch.clone());
+    let (gen, watch, size) = (s.gen.clone(), s.watch.clone(), s.size);
     std::thread::spawn(move || {
         let s = Setup {
             dir: PathBuf::new(),
             gen,
             watch,
+            size,
         };
         for t in 0..count {
             if t == corrupt {
@@ -424,6 +430,64 @@ fn wrong_shape_or_missing_dataset_is_quarantined_and_the_ingest_goes_on() {
             .exists());
     }
     assert_eq!(read_all(&s.dir.join("ingest.zarr")).shape()[0], 3);
+}
+
+#[test]
+fn a_declared_frame_plans_and_starts_before_the_first_file_and_checks_each_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Setup::new(tmp.path(), 3, 20);
+    // An empty folder: the shipped config plans as it is (its declared
+    // frame), no file needed.
+    let cfg = root().join("configs/ingest.toml");
+    let empty = format!("volumes.path=\"{}/t_*.h5\"", s.watch.display());
+    let (code, out, err) = blockflow(&["plan", cfg.to_str().expect("utf-8"), "--set", &empty]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no timepoints yet, each [100, 100, 100] float64"),
+        "{out}"
+    );
+    // A batch run of it has nothing to read, and says which files.
+    let (code, _, err) = blockflow(&["run", cfg.to_str().expect("utf-8"), "--set", &empty]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("volumes") && err.contains("no file matches"),
+        "{err}"
+    );
+    // The ingest starts on the empty folder (before, it waited for a first
+    // file to learn the frame, and idle_exit never came): with nothing
+    // arriving it exits on idle, its report written.
+    let mut child = s.spawn(&["follow.settle=\"0s\"", "follow.idle_exit=\"300ms\""]);
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{}", stderr_of(child));
+    let report = read_json(s.dir.join("report.json"));
+    assert_eq!(report["ingested"], 0, "{report}");
+    assert!(
+        report["projected_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{report}"
+    );
+    // A first file of another shape than declared is quarantined; the
+    // files that match are ingested.
+    let other = tmp.path().join("other");
+    generate("timeseries", &other, 1, 16, 3);
+    std::fs::copy(other.join("t_0000.h5"), s.watch.join("t_0000.h5")).expect("copy");
+    s.drop_file(1);
+    s.drop_file(2);
+    let mut child = s.spawn(&["follow.settle=\"0s\"", "follow.idle_exit=\"500ms\""]);
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{}", stderr_of(child));
+    let m = s.manifest();
+    let first = m
+        .iter()
+        .find(|e| e["file"] == "t_0000.h5")
+        .unwrap_or_else(|| panic!("t_0000.h5 not in the manifest: {m:?}"));
+    assert_eq!(first["status"], "quarantined", "{first}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("[16, 16, 16]")),
+        "{first}"
+    );
+    assert_eq!(read_all(&s.dir.join("ingest.zarr")).shape()[0], 2);
 }
 
 #[test]

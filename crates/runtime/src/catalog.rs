@@ -182,9 +182,10 @@ impl Catalog for FakeCatalog {
         _index: Option<&regex::Regex>,
     ) -> Result<StackReader, IoError> {
         let m = self.stacks.lock().map_err(|_| missing("lock", ""))?;
-        m.get(pattern)
-            .cloned()
-            .ok_or_else(|| missing("HDF5 stack", pattern))
+        // As on disk: a glob no registered stack answers matches no file.
+        m.get(pattern).cloned().ok_or_else(|| IoError::NoMatch {
+            pattern: pattern.to_string(),
+        })
     }
     fn images(&self, pattern: &str) -> Result<(Vec<PathBuf>, Vec<usize>, DType), IoError> {
         let m = self.images.lock().map_err(|_| missing("lock", ""))?;

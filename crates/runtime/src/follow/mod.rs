@@ -168,6 +168,9 @@ struct Source {
     dataset: String,
     /// Orders the files by the integer it captures from their names.
     index: Option<regex::Regex>,
+    /// The stage's declared `frame` and `dtype`: the ingest plans on
+    /// them at once instead of waiting for the first file.
+    declared: Option<(Vec<u64>, DType)>,
 }
 
 fn settings(raw: &RawConfig, src: &Source) -> Settings {
@@ -230,11 +233,25 @@ fn find_source(raw: &RawConfig) -> Result<Source, FollowError> {
             ))
         })?),
     };
+    // Both or neither; the planner reports a half declaration (and bad
+    // values) with their place in the file.
+    let frame = match st.get("frame").map(|v| &v.v) {
+        Some(Val::Array(a)) => a
+            .iter()
+            .map(|x| match x.v {
+                Val::Int(i) if i >= 1 => Some(i as u64),
+                _ => None,
+            })
+            .collect::<Option<Vec<u64>>>(),
+        _ => None,
+    };
+    let dtype = str_of("dtype").and_then(|d| DType::parse(&d));
     Ok(Source {
         stage: st.name.v.clone(),
         glob: plan::resolve(&raw.path, pv).to_string_lossy().into_owned(),
         dataset,
         index,
+        declared: frame.zip(dtype),
     })
 }
 
@@ -253,9 +270,9 @@ fn output_path(raw: &RawConfig) -> Option<PathBuf> {
 /// Runs the ingest until it is stopped (or idle for `idle_exit`).
 pub fn run(mut raw: RawConfig, opts: &FollowOptions) -> Result<IngestSummary, FollowError> {
     let started = Instant::now();
-    // Validate everything the batch planner checks, [follow] included,
-    // before waiting on any file: plan once over what the glob holds now,
-    // if it holds anything.
+    // The per-timepoint plan is made on the frame the output already
+    // holds (a resumed ingest), else on the stage's declared `frame` and
+    // `dtype` (at once, before any file), else on the first file.
     let src = find_source(&raw)?;
     let set = settings(&raw, &src);
     // One ingest (or run) per output: held until this run ends. A second
@@ -389,13 +406,13 @@ fn stream_shape(
                 .next()
                 .and_then(|l| serde_json::from_str::<Value>(l).ok())
         });
-    match recorded.as_ref().and_then(|h| {
+    let recorded = match recorded.as_ref().and_then(|h| {
         Some((
             h.get("frame")?.as_array()?.clone(),
             h.get("dtype")?.as_str()?.to_string(),
         ))
     }) {
-        Some((f, d)) => Ok((
+        Some((f, d)) => Some((
             f.iter().filter_map(Value::as_u64).collect::<Vec<u64>>(),
             DType::parse(&d).ok_or_else(|| {
                 state_err(
@@ -404,7 +421,21 @@ fn stream_shape(
                 )
             })?,
         )),
-        None => wait_for_first(src, set, opts, pre_quarantined)?
+        None => None,
+    };
+    match (recorded, &src.declared) {
+        (Some(r), Some(d)) if r != *d => Err(FollowError::Unfit(format!(
+            "stage \"{}\" declares `frame = {:?}`, `dtype = \"{}\"`, but the output this ingest resumes holds timepoints of {:?} {} (its manifest in {})",
+            src.stage,
+            d.0,
+            d.1.name(),
+            r.0,
+            r.1.name(),
+            state_guess.as_deref().unwrap_or(Path::new(".")).display()
+        ))),
+        (Some(r), _) => Ok(r),
+        (None, Some(d)) => Ok(d.clone()),
+        (None, None) => wait_for_first(src, set, opts, pre_quarantined)?
             .ok_or_else(|| FollowError::Pipeline("stopped before any file arrived".into())),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use blockflow_core::DType;
 use blockflow_io::hdf5::StackReader;
 use blockflow_io::IoError;
 
@@ -22,6 +23,8 @@ pub static KIND: KindDef = KindDef {
         p("dataset", PType::Str, None, "the dataset in every file"),
         p("index", PType::Str, Some(""), "order the files by the integer a regex's first group captures from their names, e.g. `_(\\d+)\\.h5$` (default: natural order of the names)"),
         p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),
+        p("frame", PType::Shape, Some(""), "one timepoint's shape, declared (with `dtype`): the pipeline plans before any file has arrived (an ingest starts watching an empty folder), and every file is checked against it"),
+        p("dtype", PType::DType, Some(""), "the dataset's element type, declared (with `frame`)"),
     ],
     example: "path = \"t_*.h5\"\ndataset = \"data\"",
     plan,
@@ -52,9 +55,37 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         },
     };
     let pattern = full.to_string_lossy().into_owned();
-    let stack = match cx.catalog.hdf5_stack(&pattern, &dataset, index.as_ref()) {
-        Ok(s) => s,
-        Err(e) => return cx.err("path", e.to_string()),
+    let declared = declared(cx)?;
+    let stack = match (
+        cx.catalog.hdf5_stack(&pattern, &dataset, index.as_ref()),
+        declared,
+    ) {
+        (Ok(s), None) => s,
+        (Ok(s), Some((frame, dtype))) => {
+            if s.frame != frame || s.dtype != dtype {
+                let first = s.files.first().map(|f| f.display().to_string());
+                return cx.err(
+                    "frame",
+                    format!(
+                        "{}: dataset \"{dataset}\" is {:?} {}, not the declared `frame = {frame:?}`, `dtype = \"{}\"`",
+                        first.unwrap_or_default(),
+                        s.frame,
+                        s.dtype.name(),
+                        dtype.name()
+                    ),
+                );
+            }
+            s
+        }
+        // Nothing has arrived yet: a stack of no timepoints, of the
+        // declared frame (an ingest plans its per-timepoint work on it).
+        (Err(IoError::NoMatch { .. }), Some((frame, dtype))) => StackReader {
+            files: Vec::new(),
+            dataset: dataset.clone(),
+            frame,
+            dtype,
+        },
+        (Err(e), _) => return cx.err("path", e.to_string()),
     };
     let mut default = vec![1];
     default.extend(&stack.frame);
@@ -68,12 +99,41 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     ))
 }
 
+/// The declared `frame` and `dtype`: both or neither.
+#[allow(clippy::option_option)]
+fn declared(cx: &mut PlanCx<'_, '_>) -> Option<Option<(Vec<u64>, DType)>> {
+    match (cx.p.has("frame"), cx.p.has("dtype")) {
+        (false, false) => Some(None),
+        (true, true) => {
+            let frame = cx.p.shape("frame")?;
+            let dtype = DType::parse(&cx.p.str("dtype")?)?;
+            Some(Some((frame, dtype)))
+        }
+        (true, false) => cx.err(
+            "frame",
+            "`frame` needs `dtype` beside it: declare both or neither",
+        ),
+        (false, true) => cx.err(
+            "dtype",
+            "`dtype` needs `frame` beside it: declare both or neither",
+        ),
+    }
+}
+
 impl Stage for ReadHdf5Stack {
     fn kind(&self) -> &'static str {
         KIND.kind
     }
     fn describe(&self) -> String {
         let s = &self.stack;
+        if s.files.is_empty() {
+            return format!(
+                "no timepoints yet, each {:?} {} (dataset \"{}\", declared)",
+                s.frame,
+                s.dtype.name(),
+                s.dataset
+            );
+        }
         let name =
             |f: Option<&std::path::PathBuf>| f.map(|f| f.display().to_string()).unwrap_or_default();
         format!(
@@ -99,6 +159,13 @@ impl Stage for ReadHdf5Stack {
 
 impl SourceOp for ReadHdf5Stack {
     fn open(&self, cx: &BuildCx<'_>) -> Result<Box<dyn ChunkSource>, IoError> {
+        // Planned on a declared frame before any file arrived: a batch run
+        // has nothing to read (an ingest reads each file as it comes).
+        if self.stack.files.is_empty() {
+            return Err(IoError::NoMatch {
+                pattern: self.pattern.clone(),
+            });
+        }
         StoreSource::checked(cx, Path::new(&self.pattern), Box::new(self.stack.clone()))
     }
 }
@@ -143,5 +210,42 @@ mod tests {
         let e = planned("kind = \"read-hdf5-stack\"\npath = \"/data/u_*.h5\"\ndataset = \"data\"")
             .expect_err("refused");
         assert!(e.contains("u_*.h5"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_frame_plans_before_any_file_and_is_checked_against_the_files() {
+        let declared = "kind = \"read-hdf5-stack\"\ndataset = \"data\"\nframe = [12, 10, 8]\ndtype = \"uint16\"";
+        // No file yet: a stack of no timepoints of the declared frame.
+        let s = planned(&format!("{declared}\npath = \"/data/none_*.h5\""))
+            .expect("plans with no file");
+        assert_eq!(s.grid.shape(), &[0, 12, 10, 8]);
+        assert_eq!(s.output.as_ref().map(|o| o.dtype), Some(DType::U16));
+        assert_eq!(
+            s.kind.describe(),
+            "no timepoints yet, each [12, 10, 8] uint16 (dataset \"data\", declared)"
+        );
+        // Files that match the declaration.
+        let s = planned(&format!("{declared}\npath = \"/data/t_*.h5\"")).expect("plans");
+        assert_eq!(s.grid.shape(), &[5, 12, 10, 8]);
+        // Files that do not: the first file is named, both shapes said.
+        let e = planned("kind = \"read-hdf5-stack\"\ndataset = \"data\"\nframe = [12, 10, 9]\ndtype = \"uint16\"\npath = \"/data/t_*.h5\"")
+            .expect_err("refused");
+        assert!(
+            e.contains("t_0000.h5")
+                && e.contains("[12, 10, 8] uint16")
+                && e.contains("frame = [12, 10, 9]"),
+            "{e}"
+        );
+        let e = planned("kind = \"read-hdf5-stack\"\ndataset = \"data\"\nframe = [12, 10, 8]\ndtype = \"float32\"\npath = \"/data/t_*.h5\"")
+            .expect_err("refused");
+        assert!(e.contains("float32"), "{e}");
+        // Half a declaration, and no declaration with no file.
+        let e = planned("kind = \"read-hdf5-stack\"\ndataset = \"data\"\nframe = [12, 10, 8]\npath = \"/data/none_*.h5\"")
+            .expect_err("refused");
+        assert!(e.contains("`frame` needs `dtype`"), "{e}");
+        let e =
+            planned("kind = \"read-hdf5-stack\"\ndataset = \"data\"\npath = \"/data/none_*.h5\"")
+                .expect_err("refused");
+        assert!(e.contains("no file matches"), "{e}");
     }
 }
