@@ -1998,7 +1998,10 @@ fn progress_lines_without_a_terminal() {
             "[pipeline]\nmemory = \"256 MiB\"\nthreads = 1\n\
              [stage.img]\nkind = \"synthetic\"\nshape = [3000, 4000]\nchunks = [250, 250]\n\
              [stage.blur]\nkind = \"filter\"\ninputs = [\"img\"]\nfilter = \"gaussian\"\nsigma = 4.0\n\
-             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"blur\"]\npath = \"{}/o.zarr\"\nif_exists = \"overwrite\"\n",
+             [stage.out]\nkind = \"write-zarr\"\ninputs = [\"blur\"]\npath = \"{}/o.zarr\"\nif_exists = \"overwrite\"\n\
+             [stage.small]\nkind = \"rechunk\"\ninputs = [\"img\"]\nchunks = [125, 125]\n\
+             [stage.mean]\nkind = \"reduce\"\ninputs = [\"small\"]\nop = \"mean\"\n\
+             [stage.json]\nkind = \"write-json\"\ninputs = [\"mean\"]\npath = \"{0}/m.json\"\nif_exists = \"overwrite\"\n",
             tmp.path().display()
         ),
     );
@@ -2015,10 +2018,15 @@ fn progress_lines_without_a_terminal() {
         .filter(|l| l.starts_with("progress: "))
         .collect();
     assert!(!lines.is_empty(), "{err}");
-    assert!(
-        lines.iter().all(|l| l.contains("/192 chunks written")),
-        "{err}"
-    );
+    // Each stage under way in the chunks of its own grid: 192 of the
+    // image's, 768 of the rechunked copy's, the mean by the chunks it read
+    // (its own grid is one chunk); before, one count of the writers'
+    // chunks summed over writers.
+    assert!(lines.iter().all(|l| l.contains("% in ")), "{err}");
+    let said = |pat: &str| lines.iter().any(|l| l.contains(pat));
+    assert!(said("/192") && said("img "), "{err}");
+    assert!(said("small ") && said("/768"), "{err}");
+    assert!(said("/768 read"), "{err}");
     assert!(err.contains("stage \"blur\" (filter) done after"), "{err}");
     assert!(
         err.contains("stage \"out\" (write-zarr) done after"),

@@ -145,21 +145,6 @@ enum Cmd {
     },
 }
 
-struct Bar(ProgressBar);
-
-impl Progress for Bar {
-    fn start(&self, total: u64) {
-        self.0.set_length(total);
-    }
-    fn advance(&self, chunks: u64, bytes: u64) {
-        self.0.inc(chunks);
-        self.0.set_message(human_bytes(bytes));
-    }
-    fn finish(&self) {
-        self.0.finish_and_clear();
-    }
-}
-
 /// mimalloc's `purge_delay` option (its enum `mi_option_t`, v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -358,14 +343,7 @@ fn run(
     let progress: Option<Arc<dyn Progress>> = if !quiet && !std::io::stderr().is_terminal() {
         Some(Arc::new(progress::LogLines::new(progress::interval())))
     } else if !quiet {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} chunks, {per_sec}, ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Some(Arc::new(Bar(bar)))
+        Some(Arc::new(progress::Bars::new()))
     } else {
         None
     };

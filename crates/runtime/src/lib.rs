@@ -19,7 +19,7 @@ pub mod spec;
 pub mod stages;
 
 pub use config::{ConfigError, Diagnostic};
-pub use exec::{run, Progress, RunError, RunOptions};
+pub use exec::{run, Progress, RunError, RunOptions, StageTotal};
 pub use plan::Plan;
 pub use report::Report;
 

@@ -58,11 +58,45 @@ fn chunk_label(c: &Option<Vec<u64>>) -> String {
 
 /// Receives progress from a run (the binary draws a bar with it).
 pub trait Progress: Send + Sync {
+    /// The run starts: the chunks its writers will write in all.
     fn start(&self, total_chunks: u64);
+    /// Writers wrote `chunks` more; `bytes` are held by the one that did.
     fn advance(&self, chunks: u64, bytes: u64);
     fn finish(&self);
+    /// Every stage, in plan order, with the chunks of its own grid and
+    /// of its inputs: the indices of [`Progress::stage_chunks`].
+    fn stages(&self, _stages: &[StageTotal]) {}
+    /// Stage `stage` read `read` more input chunks and made `made` more of
+    /// its own (sent, or for a writer written).
+    fn stage_chunks(&self, _stage: usize, _read: u64, _made: u64) {}
     /// A stage has ended (its report so far: chunks, busy time).
     fn stage_done(&self, _report: &crate::report::StageReport) {}
+}
+
+/// A stage as a progress display counts it.
+#[derive(Debug, Clone)]
+pub struct StageTotal {
+    pub name: String,
+    pub kind: &'static str,
+    /// The chunks of the stage's own grid: what it makes (a writer: writes).
+    pub chunks: u64,
+    /// The chunks its inputs bring, all inputs together.
+    pub chunks_in: u64,
+}
+
+impl StageTotal {
+    /// The stages of a plan.
+    pub fn of(plan: &Plan) -> Vec<StageTotal> {
+        plan.stages
+            .iter()
+            .map(|s| StageTotal {
+                name: s.name.clone(),
+                kind: s.kind.kind(),
+                chunks: s.chunks(),
+                chunks_in: s.inputs.iter().map(|&j| plan.stages[j].chunks()).sum(),
+            })
+            .collect()
+    }
 }
 
 /// Options of one run.
@@ -113,6 +147,8 @@ impl Output {
 
 struct Ctx<'a> {
     stage: &'a PlannedStage,
+    /// The stage's position in the plan.
+    index: usize,
     pool: &'a rayon::ThreadPool,
     meter: &'a Arc<Meter>,
     cancel: &'a AtomicBool,
@@ -146,6 +182,9 @@ impl Ctx<'_> {
         let bytes = chunk.nbytes();
         self.report.chunks_out += 1;
         self.report.bytes_out += bytes;
+        if let Some(p) = self.progress {
+            p.stage_chunks(self.index, 0, 1);
+        }
         let t = Instant::now();
         for o in outs {
             let q = o.stats.queued.fetch_add(bytes, Ordering::AcqRel) + bytes;
@@ -175,6 +214,9 @@ impl Ctx<'_> {
                 input.stats.queued.fetch_sub(b, Ordering::AcqRel);
                 self.report.chunks_in += 1;
                 self.report.bytes_in += b;
+                if let Some(p) = self.progress {
+                    p.stage_chunks(self.index, 1, 0);
+                }
                 Ok(Some(c))
             }
             Ok(Msg::End) => Ok(None),
@@ -348,6 +390,7 @@ fn run_inner(
         .map(|s| s.chunks())
         .sum();
     if let Some(p) = &opts.progress {
+        p.stages(&StageTotal::of(plan));
         p.start(total);
     }
     let first_error: Mutex<Option<RunError>> = Mutex::new(None);
@@ -479,6 +522,7 @@ impl<R: Fn(RunError) + Sync> Threads<'_, R> {
         let stage = &self.plan.stages[i];
         let mut ctx = Ctx {
             stage,
+            index: i,
             pool: self.pool,
             meter: self.meter,
             cancel: &self.opts.cancel,

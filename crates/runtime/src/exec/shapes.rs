@@ -278,6 +278,9 @@ fn drain_batch(
                     .fetch_sub(b, std::sync::atomic::Ordering::AcqRel);
                 ctx.report.chunks_in += 1;
                 ctx.report.bytes_in += b;
+                if let Some(p) = ctx.progress {
+                    p.stage_chunks(ctx.index, 1, 0);
+                }
                 received[i] += 1;
                 if received[i] > inputs[i].expected {
                     return Err(ctx.err(
@@ -401,8 +404,11 @@ pub(super) fn run_sink(
             ctx.report.busy_seconds += secs;
             r.map_err(|m| ctx.err(Some(&c.index), m))?;
         }
-        if let (Some(p), true) = (ctx.progress, sink.counts_progress()) {
-            p.advance(batch.len() as u64, held);
+        if let Some(p) = ctx.progress {
+            p.stage_chunks(ctx.index, 0, batch.len() as u64);
+            if sink.counts_progress() {
+                p.advance(batch.len() as u64, held);
+            }
         }
     }
     let names: Vec<String> = inputs.iter().map(|i| i.from.clone()).collect();
