@@ -361,11 +361,9 @@ fn run(
         );
     }
     match result {
-        Ok(paths) => {
+        Ok(_) => {
             if !quiet {
-                for p in &paths {
-                    say!("wrote {}", p.display());
-                }
+                say!("{}", results_by_kind(&rep.outputs));
                 say!(
                     "done in {:.2} s; peak buffered {} of {} projected, peak RSS {}; report {}",
                     rep.wall_seconds,
@@ -390,6 +388,41 @@ fn run(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The outputs of a run grouped by what they are, each with its size:
+/// where to look once it is done.
+fn results_by_kind(outputs: &[blockflow_runtime::report::OutputReport]) -> String {
+    let kind = |p: &str| {
+        let ext = Path::new(p.trim_end_matches('/'))
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "zarr" => "Zarr",
+            "json" => "JSON",
+            "png" => "PNG",
+            "csv" => "CSV",
+            "h5" | "hdf5" => "HDF5",
+            _ => "other",
+        }
+    };
+    let order = ["Zarr", "HDF5", "JSON", "CSV", "PNG", "other"];
+    let mut text = String::from("results:");
+    for k in order {
+        let of_kind: Vec<String> = outputs
+            .iter()
+            .filter(|o| kind(&o.path) == k)
+            .map(|o| format!("{} ({})", o.path, human_bytes(o.bytes)))
+            .collect();
+        if !of_kind.is_empty() {
+            text.push_str(&format!("\n  {k:<5} {}", of_kind.join("\n        ")));
+        }
+    }
+    if outputs.is_empty() {
+        text.push_str(" none written");
+    }
+    text
 }
 
 struct Spinner(ProgressBar);
