@@ -13,7 +13,7 @@ use crate::exec::{RunError, StageIo};
 pub static KIND: KindDef = KindDef {
     kind: "take",
     role: "kernel",
-    summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known",
+    summary: "one block (chunk) of an array, chosen at run time by a flat block index from another stage (e.g. the argmin of a per-block reduction): the array's chunks go to a scratch store as they stream, and the chosen block is read back once the index is known; an edge block smaller than the others is taken as the whole-block window that ends at the array's edge (logged), so the result always has the block's shape",
     inputs: Arity::Exactly(2),
     params: &[],
     example: "inputs = [\"f32_2d\", \"best\"]",
@@ -34,12 +34,38 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         let name = cx.inputs[1].name;
         return cx.err("inputs", format!("the second input, \"{name}\", must be one integer (a block index, e.g. an argmin); it is {} {:?}", idx.dtype, idx.shape()));
     }
-    let grid = ChunkGrid::whole(a.grid.chunk_shape().to_vec());
+    let grid = ChunkGrid::whole(block_shape(&a.grid));
     let op = Take {
         src: a.grid.clone(),
         dir: PathBuf::new(),
     };
     Some(Planned::sends(op, a.dtype, grid))
+}
+
+/// The shape of what is taken: a whole block, or the whole array along
+/// an axis it holds in less than one block.
+fn block_shape(src: &ChunkGrid) -> Vec<u64> {
+    src.chunk_shape()
+        .iter()
+        .zip(src.shape())
+        .map(|(&c, &n)| c.min(n))
+        .collect()
+}
+
+/// The window taken for `block`: the block itself, or for an edge block
+/// smaller than the others the whole-block window that ends at the
+/// array's edge, so every choice has the planned shape.
+fn window(src: &ChunkGrid, block: &[u64]) -> blockflow_core::Region {
+    let shape = block_shape(src);
+    let own = src.region(block);
+    let start = own
+        .origin
+        .iter()
+        .zip(src.shape())
+        .zip(&shape)
+        .map(|((&s, &n), &w)| s.min(n - w))
+        .collect();
+    blockflow_core::Region::new(start, shape)
 }
 
 impl Stage for Take {
@@ -104,16 +130,13 @@ impl AfterKeep for Take {
             None => return Err(io.err(None, format!("\"{from}\" sent no index"))),
         };
         let block = src.unravel(k);
-        let region = src.region(&block);
-        if region.shape != src.chunk_shape() {
-            return Err(io.err(
-                Some(&block),
-                format!(
-                    "block {block:?} is an edge block of shape {:?}, not a whole {:?} block",
-                    region.shape,
-                    src.chunk_shape()
-                ),
-            ));
+        let region = window(src, &block);
+        if region.origin != src.region(&block).origin {
+            tracing::info!(
+                stage = %io.stage().name,
+                "block {block:?} is an edge block of {:?}: taking the whole-block window {region} that ends at the array's edge",
+                src.region(&block).shape
+            );
         }
         let data = kept
             .reader(io, 0)?
@@ -159,5 +182,23 @@ mod tests {
             e.contains("the second input, \"in1\", must be one integer (a block index, e.g. an argmin); it is float32 [10]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_edge_block_is_the_whole_block_window_ending_at_the_edge() {
+        // 10 x 12 in blocks of 4 x 5: the last row and column are edge
+        // blocks (2 and 2 wide).
+        let g = ChunkGrid::new(vec![10, 12], vec![4, 5]).expect("grid");
+        let w = window(&g, &[1, 1]);
+        assert_eq!((w.origin, w.shape), (vec![4, 5], vec![4, 5]));
+        let w = window(&g, &[2, 2]);
+        assert_eq!((w.origin, w.shape), (vec![6, 7], vec![4, 5]));
+        let w = window(&g, &[2, 0]);
+        assert_eq!((w.origin, w.shape), (vec![6, 0], vec![4, 5]));
+        // An array smaller than one block along an axis: all of that axis.
+        let g = ChunkGrid::new(vec![3, 12], vec![4, 5]).expect("grid");
+        assert_eq!(block_shape(&g), vec![3, 5]);
+        let w = window(&g, &[0, 2]);
+        assert_eq!((w.origin, w.shape), (vec![0, 7], vec![3, 5]));
     }
 }
