@@ -178,3 +178,104 @@ fn the_timeseries_config_runs_on_a_longer_series() {
     let z = read_all(&tmp.path().join("timeseries-zscore.zarr"));
     assert_eq!(z.shape(), &[20, 12, 12, 12]);
 }
+
+/// Runs `configs/NAME.toml` with `--out` into `out` and the given sets
+/// (only the input's); panics with its stderr when it fails.
+fn run_seed(name: &str, out: &std::path::Path, sets: &[String]) {
+    let cfg = root().join(format!("configs/{name}.toml"));
+    let mut args = vec![
+        "run".to_string(),
+        "-q".into(),
+        cfg.to_string_lossy().into_owned(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = blockflow(&args);
+    assert_eq!(code, 0, "{name} with {sets:?}:\n{err}");
+}
+
+#[test]
+fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
+    // Sizes that are not multiples of the configs' chunks, shorter and
+    // longer series, fewer images: nothing but the input is overridden.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let t = tmp.path();
+    // Seed 000: the survey image's shape.
+    for (k, (h, w)) in [(700u64, 1300u64), (1234, 567)].into_iter().enumerate() {
+        let out = t.join(format!("st{k}"));
+        run_seed(
+            "structure-tensor",
+            &out,
+            &[format!("img.shape=[{h}, {w}, 3]")],
+        );
+        assert_eq!(read_all(&out.join("features.zarr")).shape(), &[h, w]);
+        for png in ["image.png", "image-block-0-20.png", "features.png"] {
+            assert!(out.join(png).is_file(), "{png}");
+        }
+        assert!(read_json(out.join("blocks-of-interest.json")).is_object());
+    }
+    // Seed 001: a stack of other length and image size.
+    for (k, (n, px)) in [(150usize, 40usize), (260, 72)].into_iter().enumerate() {
+        let images = t.join(format!("cells{k}"));
+        generate("cells", &images, n, px, 5);
+        let out = t.join(format!("c{k}"));
+        run_seed(
+            "cells",
+            &out,
+            &[format!("cells.path=\"{}/*.png\"", images.display())],
+        );
+        let px = px as u64;
+        assert_eq!(
+            read_all(&out.join("cells-modes.zarr")).shape(),
+            &[10, px, px, 3]
+        );
+        let csv = std::fs::read_to_string(out.join("cells-stats.csv")).expect("csv");
+        assert_eq!(csv.lines().count(), n + 1, "a header and a row per image");
+        assert!(read_json(out.join("cells-summary.json")).is_object());
+    }
+    // Seed 002: series of other lengths and volume sizes, as a batch and
+    // as the ingest's batch run (its declared frame is part of its input).
+    for (k, (n, edge)) in [(6usize, 24usize), (13, 40)].into_iter().enumerate() {
+        let volumes = t.join(format!("volumes{k}"));
+        generate("timeseries", &volumes, n, edge, 9);
+        let glob = format!("volumes.path=\"{}/t_*.h5\"", volumes.display());
+        let out = t.join(format!("ts{k}"));
+        run_seed("timeseries", &out, std::slice::from_ref(&glob));
+        let e = edge as u64;
+        assert_eq!(
+            read_all(&out.join("timeseries-zscore.zarr")).shape(),
+            &[n as u64, e, e, e]
+        );
+        let out = t.join(format!("in{k}"));
+        run_seed(
+            "ingest",
+            &out,
+            &[glob, format!("volumes.frame=[{edge}, {edge}, {edge}]")],
+        );
+        assert_eq!(
+            read_all(&out.join("ingest.zarr")).shape(),
+            &[n as u64, e, e, e]
+        );
+    }
+    // Seed 003: terrains whose smoothest block may be an edge block.
+    for (k, (h, w)) in [(1100u64, 1500u64), (450, 2630)].into_iter().enumerate() {
+        let out = t.join(format!("el{k}"));
+        run_seed("elevation", &out, &[format!("terrain.shape=[{h}, {w}, 4]")]);
+        let s = read_json(out.join("elevation-summary.json"));
+        let blocks = h.div_ceil(200) * w.div_ceil(200);
+        assert!(
+            s["smoothest_block"].as_u64().is_some_and(|b| b < blocks),
+            "{s}"
+        );
+        assert_eq!(s["zoom_std"].as_array().map(Vec::len), Some(20), "{s}");
+        assert_eq!(
+            read_all(&out.join("elevation-block-std.zarr")).shape(),
+            &[h.div_ceil(200), w.div_ceil(200)]
+        );
+    }
+}

@@ -230,7 +230,19 @@ trait H5Elem: ArrayKind {
         name: &str,
         shape: &[usize],
         chunks: &[usize],
+        opts: &Hdf5Options,
     ) -> Result<hdf5::Dataset, String>;
+}
+
+/// How a dataset is written beyond its shape and chunks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hdf5Options {
+    /// gzip (deflate) level 0..=9, or none.
+    pub gzip: Option<u8>,
+    /// The byte shuffle filter before gzip (h5py's `shuffle=True`).
+    pub shuffle: bool,
+    /// String attributes of the dataset, e.g. the pipeline and stage.
+    pub attrs: Vec<(String, String)>,
 }
 
 macro_rules! h5elem {
@@ -242,8 +254,15 @@ macro_rules! h5elem {
             fn write(ds: &hdf5::Dataset, a: &ArrayD<Self>, s: SliceInfo<Vec<SliceInfoElem>, IxDyn, IxDyn>) -> Result<(), String> {
                 ds.write_slice(a, s).map_err(|e| e.to_string())
             }
-            fn create(f: &hdf5::File, name: &str, shape: &[usize], chunks: &[usize]) -> Result<hdf5::Dataset, String> {
-                f.new_dataset::<$t>().shape(shape).chunk(chunks).create(name).map_err(|e| e.to_string())
+            fn create(f: &hdf5::File, name: &str, shape: &[usize], chunks: &[usize], opts: &Hdf5Options) -> Result<hdf5::Dataset, String> {
+                let mut b = f.new_dataset::<$t>().shape(shape).chunk(chunks);
+                if let Some(level) = opts.gzip {
+                    if opts.shuffle {
+                        b = b.shuffle();
+                    }
+                    b = b.deflate(level);
+                }
+                b.create(name).map_err(|e| e.to_string())
             }
         }
     )*};
@@ -264,7 +283,13 @@ impl H5Elem for bool {
     ) -> Result<(), String> {
         Err("boolean datasets are not supported; cast to uint8".into())
     }
-    fn create(_: &hdf5::File, _: &str, _: &[usize], _: &[usize]) -> Result<hdf5::Dataset, String> {
+    fn create(
+        _: &hdf5::File,
+        _: &str,
+        _: &[usize],
+        _: &[usize],
+        _: &Hdf5Options,
+    ) -> Result<hdf5::Dataset, String> {
         Err("boolean datasets are not supported; cast to uint8".into())
     }
 }
@@ -491,6 +516,27 @@ impl Hdf5Writer {
         chunks: &[u64],
         overwrite: bool,
     ) -> Result<Self, IoError> {
+        Self::create_with(
+            path,
+            dataset,
+            dtype,
+            shape,
+            chunks,
+            overwrite,
+            &Hdf5Options::default(),
+        )
+    }
+
+    /// [`Hdf5Writer::create`] with compression and attributes.
+    pub fn create_with(
+        path: &Path,
+        dataset: &str,
+        dtype: DType,
+        shape: &[u64],
+        chunks: &[u64],
+        overwrite: bool,
+        opts: &Hdf5Options,
+    ) -> Result<Self, IoError> {
         let claim = Claim::take(path, Made::Hdf5, overwrite)?;
         let partial = claim.partial().to_path_buf();
         if let Some(dir) = partial.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -506,8 +552,18 @@ impl Hdf5Writer {
             .zip(&shape)
             .map(|(&c, &n)| (c as usize).min(n).max(1))
             .collect();
-        let ds = with_dtype!(dtype, T => <T as H5Elem>::create(&file, dataset, &shape, &chunks))
-            .map_err(|e| h5err(path, dataset, e))?;
+        let ds =
+            with_dtype!(dtype, T => <T as H5Elem>::create(&file, dataset, &shape, &chunks, opts))
+                .map_err(|e| h5err(path, dataset, e))?;
+        for (name, value) in &opts.attrs {
+            let v: hdf5::types::VarLenUnicode = value
+                .parse()
+                .map_err(|e| h5err(path, dataset, format!("attribute \"{name}\": {e}")))?;
+            ds.new_attr::<hdf5::types::VarLenUnicode>()
+                .create(name.as_str())
+                .and_then(|a| a.write_scalar(&v))
+                .map_err(|e| h5err(path, dataset, format!("attribute \"{name}\": {e}")))?;
+        }
         Ok(Hdf5Writer {
             path: path.to_path_buf(),
             partial,

@@ -4,7 +4,9 @@
 //! and the dataset.
 
 use blockflow_core::{ArrayData, DType, Region};
-use blockflow_io::hdf5::{natural_cmp, write_timeseries, Hdf5Reader, Hdf5Writer, StackReader};
+use blockflow_io::hdf5::{
+    natural_cmp, write_timeseries, Hdf5Options, Hdf5Reader, Hdf5Writer, StackReader,
+};
 use ndarray::{ArrayD, IxDyn};
 
 fn ramp(dtype: DType, shape: &[usize]) -> ArrayData {
@@ -72,6 +74,72 @@ fn every_dtype_round_trips_by_regions() {
         };
         assert_eq!(sub, want, "{dtype}");
     }
+}
+
+#[test]
+fn gzip_with_shuffle_and_attributes_as_h5py_reads_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let whole = ramp(DType::U16, &[40, 50, 30]);
+    let region = Region::new(vec![0, 0, 0], vec![40, 50, 30]);
+    let write = |name: &str, opts: &Hdf5Options| {
+        let path = dir.path().join(name);
+        let w = Hdf5Writer::create_with(
+            &path,
+            "vol",
+            DType::U16,
+            &[40, 50, 30],
+            &[20, 25, 30],
+            false,
+            opts,
+        )
+        .expect("create");
+        w.write(&region, &whole).expect("write");
+        w.finish().expect("finish");
+        path
+    };
+    let plain = write("plain.h5", &Hdf5Options::default());
+    let opts = Hdf5Options {
+        gzip: Some(6),
+        shuffle: true,
+        attrs: vec![
+            ("pipeline".into(), "p".into()),
+            ("stage".into(), "s".into()),
+        ],
+    };
+    let packed = write("packed.h5", &opts);
+    let size = |p: &std::path::Path| std::fs::metadata(p).expect("stat").len();
+    assert!(
+        size(&packed) * 4 < size(&plain),
+        "gzip: {} of {} bytes",
+        size(&packed),
+        size(&plain)
+    );
+    let r = Hdf5Reader::open(&packed, "vol").expect("open");
+    assert_eq!(r.read(&region).expect("read"), whole);
+    // The filters and attributes as any HDF5 reader sees them.
+    let f = hdf5::File::open(&packed).expect("h5");
+    let ds = f.dataset("vol").expect("dataset");
+    let filters = ds.filters();
+    assert!(
+        filters
+            .iter()
+            .any(|x| matches!(x, hdf5::filters::Filter::Deflate(6))),
+        "{filters:?}"
+    );
+    assert!(
+        filters
+            .iter()
+            .any(|x| matches!(x, hdf5::filters::Filter::Shuffle)),
+        "{filters:?}"
+    );
+    assert_eq!(ds.chunk(), Some(vec![20, 25, 30]));
+    let attr = |n: &str| {
+        ds.attr(n)
+            .and_then(|a| a.read_scalar::<hdf5::types::VarLenUnicode>())
+            .map(|v| v.as_str().to_string())
+            .expect("attribute")
+    };
+    assert_eq!((attr("pipeline"), attr("stage")), ("p".into(), "s".into()));
 }
 
 #[test]

@@ -517,6 +517,7 @@ fn plan_stages(
             settings.memory,
             &raw.path,
             catalog,
+            &settings.name,
         );
         let Some(made) = (kind.plan)(&mut cx) else {
             if !d.list.iter().any(|x| x.stage.as_deref() == Some(sname)) {

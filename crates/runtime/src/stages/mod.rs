@@ -188,9 +188,13 @@ pub struct PlanCx<'a, 'd> {
     /// The config file (relative paths are from its folder).
     pub config: &'a Path,
     pub catalog: &'a dyn Catalog,
+    /// The pipeline's name (writers record it beside their data).
+    pub pipeline: &'a str,
 }
 
 impl<'a, 'd> PlanCx<'a, 'd> {
+    // One field each: the planner's one call site names them all.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         d: &'a mut Diags<'d>,
         st: &'a RawStage,
@@ -199,6 +203,7 @@ impl<'a, 'd> PlanCx<'a, 'd> {
         memory: u64,
         config: &'a Path,
         catalog: &'a dyn Catalog,
+        pipeline: &'a str,
     ) -> Self {
         PlanCx {
             d,
@@ -208,6 +213,7 @@ impl<'a, 'd> PlanCx<'a, 'd> {
             memory,
             config,
             catalog,
+            pipeline,
         }
     }
 

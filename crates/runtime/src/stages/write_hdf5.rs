@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use blockflow_core::DType;
-use blockflow_io::hdf5::Hdf5Writer;
+use blockflow_io::hdf5::{Hdf5Options, Hdf5Writer};
 use blockflow_io::IoError;
 
 use super::stored::StoreSink;
@@ -16,12 +16,15 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "write-hdf5",
     role: "writer",
-    summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py",
+    summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py; the dataset carries the string attributes `pipeline`, `stage` and `blockflow_version`",
     inputs: Arity::Exactly(1),
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the HDF5 file"),
         p("dataset", PType::Str, Some("data"), "the dataset's name"),
         p("chunks", PType::Shape, Some(""), "the dataset's chunks (default: the stream's)"),
+        p("compression", PType::Choice(&["none", "gzip"]), Some("none"), "the dataset's filter: gzip (deflate, what h5py's `compression=\"gzip\"` writes and every HDF5 reader has) or none"),
+        p("level", PType::Int(0, 9), Some("4"), "the gzip level (h5py's default: 4)"),
+        p("shuffle", PType::Bool, Some("true"), "the byte-shuffle filter before gzip (h5py's `shuffle=True`): better ratios for numbers"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
     ],
     example: "inputs = [\"frames\"]\npath = \"out.h5\"",
@@ -34,6 +37,8 @@ pub struct WriteHdf5 {
     pub dataset: String,
     pub chunks: Vec<u64>,
     pub overwrite: bool,
+    /// Compression and the attributes written with the dataset.
+    pub options: Hdf5Options,
 }
 
 fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
@@ -47,11 +52,25 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let chunks =
         cx.p.shape("chunks")
             .unwrap_or_else(|| stream.grid.chunk_shape().to_vec());
+    let gzip = cx.p.str("compression").as_deref() == Some("gzip");
+    let options = Hdf5Options {
+        gzip: gzip.then(|| cx.p.int("level").unwrap_or(4).clamp(0, 9) as u8),
+        shuffle: gzip && cx.p.bool("shuffle").unwrap_or(true),
+        attrs: vec![
+            ("pipeline".into(), cx.pipeline.to_string()),
+            ("stage".into(), cx.name().to_string()),
+            (
+                "blockflow_version".into(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+        ],
+    };
     let stage = WriteHdf5 {
         path: cx.path("path")?,
         dataset: cx.p.str("dataset")?,
         chunks,
         overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
+        options,
     };
     Some(Planned::sink(stage, stream.grid.clone()))
 }
@@ -61,8 +80,13 @@ impl Stage for WriteHdf5 {
         KIND.kind
     }
     fn describe(&self) -> String {
+        let filter = match (self.options.gzip, self.options.shuffle) {
+            (Some(l), true) => format!(", shuffle + gzip level {l}"),
+            (Some(l), false) => format!(", gzip level {l}"),
+            (None, _) => String::new(),
+        };
         format!(
-            "HDF5 {} dataset \"{}\" in chunks of {:?}",
+            "HDF5 {} dataset \"{}\" in chunks of {:?}{filter}",
             self.path.display(),
             self.dataset,
             self.chunks
@@ -92,13 +116,14 @@ impl SinkOp for WriteHdf5 {
                 path: self.path.clone(),
                 why: "internal: no input".into(),
             })?;
-        let w = Hdf5Writer::create(
+        let w = Hdf5Writer::create_with(
             &self.path,
             &self.dataset,
             spec.dtype,
             spec.shape(),
             &self.chunks,
             self.overwrite,
+            &self.options,
         )?;
         Ok(StoreSink::boxed(Box::new(w)))
     }
