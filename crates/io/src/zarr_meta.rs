@@ -249,7 +249,7 @@ pub fn build(store: Arc<AtomicFsStore>, s: &Spec<'_>) -> Result<Array<AtomicFsSt
         attributes.insert(ARRAY_DIMENSIONS.into(), Value::from(s.names.to_vec()));
         let meta = ArrayMetadataV2::new(
             s.shape.to_vec(),
-            chunks.into(),
+            chunks,
             DataTypeMetadataV2::Simple(name),
             fill,
             compressor,
