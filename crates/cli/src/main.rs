@@ -551,6 +551,19 @@ fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
         tuple(&grid.grid_shape()),
         human_bytes(grid.chunk_elements() * i.dtype.size() as u64)
     )?;
+    if let Some(shards) = &i.shards {
+        let g = ChunkGrid::new(i.shape.clone(), shards.clone())?;
+        writeln!(
+            out,
+            "shards   {}: {} shards (files) in a {} grid",
+            tuple(shards),
+            g.num_chunks(),
+            tuple(&g.grid_shape())
+        )?;
+    }
+    if let Some(names) = &i.dimension_names {
+        writeln!(out, "axes     {}", names.join(", "))?;
+    }
     writeln!(
         out,
         "bytes    {} uncompressed, {} stored{}",

@@ -67,9 +67,22 @@ pub enum Msg {
 pub struct ArraySpec {
     pub dtype: DType,
     pub grid: ChunkGrid,
+    /// The axes' names, where known (read from a Zarr array's
+    /// `dimension_names`, given to a writer, kept by the stages that keep
+    /// axes); None: unnamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
 }
 
 impl ArraySpec {
+    /// A stream of `dtype` over `grid`, its axes unnamed.
+    pub fn new(dtype: DType, grid: ChunkGrid) -> Self {
+        ArraySpec {
+            dtype,
+            grid,
+            names: None,
+        }
+    }
     pub fn shape(&self) -> &[u64] {
         self.grid.shape()
     }

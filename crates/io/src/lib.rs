@@ -20,6 +20,7 @@ mod gzip_check;
 pub mod hdf5;
 pub mod images;
 pub mod json;
+mod lz4_codec;
 pub mod output;
 pub mod preview;
 pub mod store;
@@ -27,6 +28,7 @@ pub mod stored_chunks;
 pub mod synthetic;
 pub mod table;
 pub mod zarr;
+mod zarr_meta;
 
 use std::path::PathBuf;
 

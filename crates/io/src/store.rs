@@ -35,6 +35,11 @@ pub trait ChunkSource: Send + Sync {
 pub trait ChunkSink: Send + Sync {
     /// Writes `data` at `region`; `chunk` is its index, named in errors.
     fn write(&self, region: &Region, data: &ArrayData, chunk: &[u64]) -> Result<(), IoError>;
+    /// Bytes it holds between writes (the shards of a sharded Zarr array
+    /// not yet filled).
+    fn held_bytes(&self) -> u64 {
+        0
+    }
     /// Puts the output in place; returns the paths written.
     fn commit(self: Box<Self>) -> Result<Vec<PathBuf>, IoError>;
 }
@@ -89,6 +94,9 @@ impl ChunkSink for ZarrWriter {
     fn write(&self, region: &Region, data: &ArrayData, chunk: &[u64]) -> Result<(), IoError> {
         ZarrWriter::write(self, region, data, chunk)
     }
+    fn held_bytes(&self) -> u64 {
+        ZarrWriter::held_bytes(self)
+    }
     fn commit(self: Box<Self>) -> Result<Vec<PathBuf>, IoError> {
         self.finish().map(|p| vec![p])
     }
@@ -116,6 +124,9 @@ mod tests {
             chunks: chunks.to_vec(),
             codec: Codec::None,
             level: 0,
+            shards: None,
+            encoding: Default::default(),
+            dimension_names: None,
             overwrite: false,
             attributes: Default::default(),
         }

@@ -300,6 +300,8 @@ mod tests {
             dtype: DType::U8,
             shape: shape.to_vec(),
             chunks: stored.to_vec(),
+            shards: None,
+            dimension_names: None,
             codecs: String::new(),
             fill_value: "0".into(),
         };
@@ -375,6 +377,8 @@ mod tests {
             dtype: DType::I32,
             shape: vec![5, 7],
             chunks: vec![2, 3],
+            shards: None,
+            dimension_names: None,
             codecs: String::new(),
             fill_value: "0".into(),
         };

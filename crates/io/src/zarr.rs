@@ -4,16 +4,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use blockflow_core::{with_array, with_dtype, ArrayData, ArrayKind, DType, Region};
 use ndarray::{ArrayD, IxDyn};
-use serde_json::{json, Value};
-use zarrs::array::{
-    data_type, Array, ArrayMetadata, ArrayMetadataV2, ArrayMetadataV3, ArraySubset, CodecOptions,
-};
+use serde_json::Value;
+use zarrs::array::{data_type, Array, ArrayMetadata, ArrayShardedExt, ArraySubset, CodecOptions};
 use zarrs::filesystem::FilesystemStore;
+use zarrs::group::GroupBuilder;
+use zarrs::metadata::v3::NodeMetadataV3;
 
 use crate::atomic_store::AtomicFsStore;
 use crate::output::{Claim, Made};
+use crate::zarr_meta::ARRAY_DIMENSIONS;
+pub use crate::zarr_meta::{BloscCname, Codec, Encoding, Shuffle};
 use crate::IoError;
 
 /// What `blockflow inspect` and the planner know of a stored array.
@@ -23,10 +28,34 @@ pub struct ZarrInfo {
     pub zarr_format: u8,
     pub dtype: DType,
     pub shape: Vec<u64>,
+    /// The chunks values are encoded in: the inner chunks of a sharded
+    /// array (as zarr-python's `Array.chunks`).
     pub chunks: Vec<u64>,
+    /// The shards of a sharded array (each one file of whole chunks).
+    pub shards: Option<Vec<u64>>,
+    /// The axes' names: v3 `dimension_names`, or the v2 attribute
+    /// `_ARRAY_DIMENSIONS` (xarray's convention).
+    pub dimension_names: Option<Vec<String>>,
     /// Codec chain as written in the metadata (v3 `codecs`, or v2 filters and compressor).
     pub codecs: String,
     pub fill_value: String,
+}
+
+impl ZarrInfo {
+    /// An array of these dims with no shards, names or codecs (tests, fakes).
+    pub fn plain(path: &Path, dtype: DType, shape: &[u64], chunks: &[u64]) -> Self {
+        ZarrInfo {
+            path: path.to_path_buf(),
+            zarr_format: 3,
+            dtype,
+            shape: shape.to_vec(),
+            chunks: chunks.to_vec(),
+            shards: None,
+            dimension_names: None,
+            codecs: "bytes".into(),
+            fill_value: "0".into(),
+        }
+    }
 }
 
 fn zarr_dtype(dt: &zarrs::array::DataType) -> Option<DType> {
@@ -44,10 +73,81 @@ fn zarr_dtype(dt: &zarrs::array::DataType) -> Option<DType> {
     table.into_iter().find(|(z, _)| z == dt).map(|(_, d)| d)
 }
 
+/// The axes' names of an opened array: v3 `dimension_names` (an unnamed
+/// axis among named ones is `dim_K`, as xarray calls it), else the
+/// `_ARRAY_DIMENSIONS` attribute; None where neither names every axis.
+fn dimension_names<S: ?Sized>(array: &Array<S>) -> Option<Vec<String>> {
+    let nd = array.shape().len();
+    if let Some(names) = array.dimension_names() {
+        if names.len() == nd && names.iter().any(Option::is_some) {
+            return Some(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| n.clone().unwrap_or_else(|| format!("dim_{k}")))
+                    .collect(),
+            );
+        }
+    }
+    let names: Vec<String> = array
+        .attributes()
+        .get(ARRAY_DIMENSIONS)?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()?;
+    (names.len() == nd).then_some(names)
+}
+
+/// The codec chain of an opened array, as its metadata names it.
+fn codec_text(meta: &ArrayMetadata) -> String {
+    let one = |name: &str, cfg: &serde_json::Map<String, Value>| {
+        if cfg.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{}", Value::Object(cfg.clone()))
+        }
+    };
+    match meta {
+        ArrayMetadata::V2(m) => {
+            let mut parts: Vec<String> = m
+                .filters
+                .iter()
+                .flatten()
+                .map(|f| one(f.id(), f.configuration()))
+                .collect();
+            parts.push(match &m.compressor {
+                Some(c) => one(c.id(), c.configuration()),
+                None => "no compressor".into(),
+            });
+            if m.order == zarrs::metadata::v2::ArrayMetadataV2Order::F {
+                parts.insert(0, "order F".into());
+            }
+            parts.join(" -> ")
+        }
+        ArrayMetadata::V3(m) => m
+            .codecs
+            .iter()
+            .map(|c| match c.configuration() {
+                Some(cfg) => one(c.name(), cfg),
+                None => c.name().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" -> "),
+    }
+}
+
 /// Codec options for one chunk: blockflow runs chunks in parallel itself,
 /// so zarrs is asked not to split a chunk's codec work across threads too.
 fn chunk_options() -> CodecOptions {
     CodecOptions::default().with_concurrent_target(1)
+}
+
+/// The codecs blockflow adds to zarrs' (a stricter gzip decoder,
+/// numcodecs' lz4), registered before the first array is opened.
+fn register_codecs() {
+    crate::gzip_check::register();
+    crate::lz4_codec::register();
 }
 
 /// Checks that `path` looks like a Zarr array before zarrs sees it, so the
@@ -121,7 +221,7 @@ impl std::fmt::Debug for ZarrReader {
 impl ZarrReader {
     pub fn open(path: &Path) -> Result<Self, IoError> {
         check_array_dir(path)?;
-        crate::gzip_check::register();
+        register_codecs();
         let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
             path: path.to_path_buf(),
             why: e.to_string(),
@@ -130,67 +230,35 @@ impl ZarrReader {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
-        let meta = serde_json::to_value(array.metadata()).unwrap_or(Value::Null);
+        let meta = array.metadata();
         let dtype = zarr_dtype(array.data_type()).ok_or_else(|| IoError::UnsupportedDType {
             path: path.to_path_buf(),
-            dtype: meta
-                .get("data_type")
-                .or_else(|| meta.get("dtype"))
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "?".into()),
+            dtype: match meta {
+                ArrayMetadata::V2(m) => serde_json::to_string(&m.dtype).unwrap_or_default(),
+                ArrayMetadata::V3(m) => m.data_type.name().to_string(),
+            },
         })?;
-        let (zarr_format, chunks, codecs) = match array.metadata() {
-            ArrayMetadata::V2(m) => {
-                let mut parts = Vec::new();
-                if let Some(f) = &m.filters {
-                    for f in f {
-                        parts.push(serde_json::to_string(f).unwrap_or_default());
-                    }
-                }
-                parts.push(match &m.compressor {
-                    Some(c) => serde_json::to_string(c).unwrap_or_default(),
-                    None => "no compressor".into(),
-                });
-                (
-                    2,
-                    m.chunks.iter().map(|c| c.get()).collect(),
-                    parts.join(" -> "),
-                )
-            }
-            ArrayMetadata::V3(_) => {
-                let chunks = meta
-                    .pointer("/chunk_grid/configuration/chunk_shape")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                    .ok_or_else(|| IoError::NotZarr {
-                        path: path.to_path_buf(),
-                        why: "only regular chunk grids are supported".into(),
-                    })?;
-                let codecs = meta
-                    .get("codecs")
-                    .and_then(Value::as_array)
-                    .map(|cs| {
-                        cs.iter()
-                            .map(|c| {
-                                let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-                                match c.get("configuration") {
-                                    Some(cfg) if cfg.as_object().is_some_and(|o| !o.is_empty()) => {
-                                        format!("{name}{cfg}")
-                                    }
-                                    _ => name.to_string(),
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                            .join(" -> ")
-                    })
-                    .unwrap_or_default();
-                (3, chunks, codecs)
-            }
+        let not_regular = || IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: "only regular chunk grids are supported".into(),
         };
-        let fill_value = meta
-            .get("fill_value")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "null".into());
+        let grid: Vec<u64> = array
+            .chunk_shape(&vec![0; array.shape().len()])
+            .map_err(|_| not_regular())?
+            .iter()
+            .map(|c| c.get())
+            .collect();
+        // A sharded array is decoded by its inner chunks; a shard is one file of them.
+        let (chunks, shards) = match array.effective_subchunk_shape() {
+            Some(inner) if array.is_sharded() => {
+                (inner.iter().map(|c| c.get()).collect(), Some(grid))
+            }
+            _ => (grid, None),
+        };
+        let (zarr_format, fill_value) = match meta {
+            ArrayMetadata::V2(m) => (2, serde_json::to_string(&m.fill_value)),
+            ArrayMetadata::V3(m) => (3, serde_json::to_string(&m.fill_value)),
+        };
         Ok(ZarrReader {
             info: ZarrInfo {
                 path: path.to_path_buf(),
@@ -198,8 +266,10 @@ impl ZarrReader {
                 dtype,
                 shape: array.shape().to_vec(),
                 chunks,
-                codecs,
-                fill_value,
+                shards,
+                dimension_names: dimension_names(&array),
+                codecs: codec_text(meta),
+                fill_value: fill_value.unwrap_or_else(|_| "null".into()),
             },
             array,
             decoded: AtomicU64::new(0),
@@ -244,14 +314,42 @@ impl ZarrReader {
     /// [`crate::stored_chunks::StoredChunks`]. A chunk that is not stored
     /// reads as the fill value.
     pub fn read_stored(&self, stored: &[u64]) -> Result<ArrayData, IoError> {
+        let Some(shards) = &self.info.shards else {
+            let err = |e: zarrs::array::ArrayError| IoError::StoredChunk {
+                path: self.info.path.clone(),
+                chunk: stored.to_vec(),
+                key: self.array.chunk_key(stored).to_string(),
+                why: e.to_string(),
+            };
+            let out = with_dtype!(self.info.dtype, T => {
+                let a: ArrayD<T> = self.array.retrieve_chunk_opt(stored, &chunk_options()).map_err(err)?;
+                T::wrap(a)
+            });
+            self.decoded.fetch_add(1, Ordering::Relaxed);
+            return Ok(out);
+        };
+        // An inner chunk of a shard (clipped at the array's edge): only
+        // its bytes and the shard's index are read.
+        let ranges: Vec<std::ops::Range<u64>> = stored
+            .iter()
+            .zip(&self.info.chunks)
+            .zip(&self.info.shape)
+            .map(|((&k, &c), &n)| (k * c).min(n)..((k + 1) * c).min(n))
+            .collect();
+        let shard: Vec<u64> = ranges
+            .iter()
+            .zip(shards)
+            .map(|(r, &s)| r.start / s.max(1))
+            .collect();
         let err = |e: zarrs::array::ArrayError| IoError::StoredChunk {
             path: self.info.path.clone(),
             chunk: stored.to_vec(),
-            key: self.array.chunk_key(stored).to_string(),
+            key: format!("{}, inner chunk", self.array.chunk_key(&shard)),
             why: e.to_string(),
         };
+        let subset = ArraySubset::new_with_ranges(&ranges);
         let out = with_dtype!(self.info.dtype, T => {
-            let a: ArrayD<T> = self.array.retrieve_chunk_opt(stored, &chunk_options()).map_err(err)?;
+            let a: ArrayD<T> = self.array.retrieve_array_subset_opt(&subset, &chunk_options()).map_err(err)?;
             T::wrap(a)
         });
         self.decoded.fetch_add(1, Ordering::Relaxed);
@@ -282,109 +380,111 @@ fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
-/// Codec of a written array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    None,
-    Zstd,
-    Blosc,
-    Gzip,
-}
-
-impl Codec {
-    pub const NAMES: [&'static str; 4] = ["zstd", "blosc", "gzip", "none"];
-    pub fn parse(s: &str) -> Option<Codec> {
-        match s {
-            "none" => Some(Codec::None),
-            "zstd" => Some(Codec::Zstd),
-            "blosc" => Some(Codec::Blosc),
-            "gzip" => Some(Codec::Gzip),
-            _ => None,
-        }
-    }
-}
-
 /// How to create an output array.
 #[derive(Debug, Clone)]
 pub struct ZarrWriteOptions {
     pub zarr_format: u8,
     pub dtype: DType,
     pub shape: Vec<u64>,
+    /// The chunks values are encoded in (a shard's inner chunks).
     pub chunks: Vec<u64>,
+    /// Shards (Zarr v3 `sharding_indexed`): each one file of whole
+    /// chunks, a multiple of `chunks` along every axis.
+    pub shards: Option<Vec<u64>>,
     pub codec: Codec,
     pub level: i32,
+    pub encoding: Encoding,
+    /// The axes' names (v3 `dimension_names`, v2 `_ARRAY_DIMENSIONS`);
+    /// None: `dim_0`, `dim_1`, ... (xarray's names for unnamed axes).
+    pub dimension_names: Option<Vec<String>>,
     pub overwrite: bool,
     pub attributes: serde_json::Map<String, Value>,
 }
 
-fn v2_dtype(d: DType) -> &'static str {
-    match d {
-        DType::Bool => "|b1",
-        DType::U8 => "|u1",
-        DType::U16 => "<u2",
-        DType::U32 => "<u4",
-        DType::I16 => "<i2",
-        DType::I32 => "<i4",
-        DType::I64 => "<i8",
-        DType::F32 => "<f4",
-        DType::F64 => "<f8",
-    }
-}
-
-fn fill_zero(d: DType) -> Value {
-    match d {
-        DType::Bool => json!(false),
-        d if d.is_float() => json!(0.0),
-        _ => json!(0),
-    }
-}
-
-/// The metadata document of an array to create.
-pub fn metadata_json(o: &ZarrWriteOptions) -> Value {
-    let typesize = o.dtype.size();
-    if o.zarr_format == 2 {
-        let compressor = match o.codec {
-            Codec::None => Value::Null,
-            Codec::Zstd => json!({"id": "zstd", "level": o.level}),
-            Codec::Gzip => json!({"id": "gzip", "level": o.level}),
-            Codec::Blosc => {
-                json!({"id": "blosc", "cname": "zstd", "clevel": o.level, "shuffle": 1, "blocksize": 0})
-            }
-        };
-        json!({
-            "zarr_format": 2,
-            "shape": o.shape,
-            "chunks": o.chunks,
-            "dtype": v2_dtype(o.dtype),
-            "compressor": compressor,
-            "fill_value": fill_zero(o.dtype),
-            "order": "C",
-            "filters": null,
-            "dimension_separator": ".",
-            "attributes": o.attributes,
-        })
-    } else {
-        let mut codecs = vec![json!({"name": "bytes", "configuration": {"endian": "little"}})];
-        match o.codec {
-            Codec::None => {}
-            Codec::Zstd => codecs.push(json!({"name": "zstd", "configuration": {"level": o.level, "checksum": false}})),
-            Codec::Gzip => codecs.push(json!({"name": "gzip", "configuration": {"level": o.level}})),
-            Codec::Blosc => codecs.push(json!({"name": "blosc", "configuration": {
-                "cname": "zstd", "clevel": o.level, "shuffle": if typesize > 1 { "shuffle" } else { "noshuffle" },
-                "typesize": typesize, "blocksize": 0}})),
+impl ZarrWriteOptions {
+    /// Uncompressed, unsharded, unnamed, little-endian options.
+    pub fn plain(zarr_format: u8, dtype: DType, shape: Vec<u64>, chunks: Vec<u64>) -> Self {
+        ZarrWriteOptions {
+            zarr_format,
+            dtype,
+            shape,
+            chunks,
+            shards: None,
+            codec: Codec::None,
+            level: 0,
+            encoding: Encoding::default(),
+            dimension_names: None,
+            overwrite: false,
+            attributes: serde_json::Map::new(),
         }
-        json!({
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": o.shape,
-            "data_type": o.dtype.name(),
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": o.chunks}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill_zero(o.dtype),
-            "codecs": codecs,
-            "attributes": o.attributes,
-        })
     }
+
+    /// The names the array is written with.
+    pub fn names(&self) -> Vec<String> {
+        self.dimension_names
+            .clone()
+            .unwrap_or_else(|| (0..self.shape.len()).map(|k| format!("dim_{k}")).collect())
+    }
+
+    /// Why these options cannot make an array (shards that are not whole
+    /// chunks, names of another rank), if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let nd = self.shape.len();
+        if self.chunks.len() != nd || self.chunks.contains(&0) {
+            return Err(format!(
+                "chunks {:?} do not fit an array of shape {:?}",
+                self.chunks, self.shape
+            ));
+        }
+        if let Some(shards) = &self.shards {
+            check_shards(shards, &self.chunks)?;
+            if self.zarr_format != 3 {
+                return Err("sharding is a Zarr v3 codec; write `format = 3` to shard".into());
+            }
+        }
+        if let Some(names) = &self.dimension_names {
+            check_names(names, nd)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `shards` hold whole `chunks` along every axis.
+pub fn check_shards(shards: &[u64], chunks: &[u64]) -> Result<(), String> {
+    if shards.len() != chunks.len() {
+        return Err(format!(
+            "shards {shards:?} have {} axes but the chunks {chunks:?} have {}",
+            shards.len(),
+            chunks.len()
+        ));
+    }
+    for (ax, (&s, &c)) in shards.iter().zip(chunks).enumerate() {
+        if s == 0 || c == 0 || s % c != 0 {
+            return Err(format!(
+                "shards {shards:?} must be a multiple of the chunks {chunks:?} along every axis (axis {ax}: {s} is not a multiple of {c})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `names` name `nd` axes, each once, with a non-empty name.
+pub fn check_names(names: &[String], nd: usize) -> Result<(), String> {
+    if names.len() != nd {
+        return Err(format!(
+            "{} axis names {names:?} for an array of {nd} axes",
+            names.len()
+        ));
+    }
+    for (k, n) in names.iter().enumerate() {
+        if n.trim().is_empty() {
+            return Err(format!("axis {k} has an empty name"));
+        }
+        if names[..k].contains(n) {
+            return Err(format!("the name \"{n}\" is given to two axes"));
+        }
+    }
+    Ok(())
 }
 
 /// A Zarr array being written. Chunks go into the run's work folder beside
@@ -398,6 +498,8 @@ pub struct ZarrWriter {
     shape: Vec<u64>,
     dtype: DType,
     array: Array<AtomicFsStore>,
+    /// The shards being filled, for a sharded array (see [`ZarrWriter::write`]).
+    shards: Option<Shards>,
     // Last: dropping it removes an unfinished array.
     owner: Owner,
 }
@@ -440,6 +542,10 @@ impl ZarrWriter {
     /// if it exists and may not, or cannot, be replaced), written under
     /// the claim's work name.
     pub fn create(path: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        o.check().map_err(|why| IoError::Store {
+            path: path.to_path_buf(),
+            why,
+        })?;
         let claim = Claim::take(path, Made::Zarr, o.overwrite)?;
         let dir = claim.partial().to_path_buf();
         Self::open_in(path, dir, o, Owner::Claim(claim))
@@ -494,6 +600,10 @@ impl ZarrWriter {
             shape: o.shape.clone(),
             dtype: o.dtype,
             array,
+            shards: o.shards.clone().map(|shape| Shards {
+                shape,
+                pending: Mutex::new(HashMap::new()),
+            }),
             owner,
         })
     }
@@ -523,12 +633,92 @@ impl ZarrWriter {
                 self.dtype
             )));
         }
-        store_whole_chunks(&self.array, &self.chunks, &self.shape, region, data).map_err(err)
+        match &self.shards {
+            None => store_whole_chunks(&self.array, &self.chunks, &self.shape, region, data),
+            Some(shards) => self.write_sharded(shards, region, data),
+        }
+        .map_err(err)
+    }
+
+    /// Writes a region of whole inner chunks of a sharded array: each
+    /// shard the region covers whole is stored at once; the part of one it
+    /// covers partly is copied into that shard's buffer, and the shard is
+    /// stored (one file, renamed into place) when its last part arrives,
+    /// in whatever order the parts come. Only this writer writes its
+    /// shards, and each once.
+    fn write_sharded(
+        &self,
+        shards: &Shards,
+        region: &Region,
+        data: &ArrayData,
+    ) -> Result<(), String> {
+        whole_chunks(&self.chunks, &self.shape, region)?;
+        let nd = region.ndim();
+        let lo: Vec<u64> = (0..nd)
+            .map(|ax| region.origin[ax] / shards.shape[ax])
+            .collect();
+        let hi: Vec<u64> = (0..nd)
+            .map(|ax| (region.end()[ax].max(region.origin[ax] + 1) - 1) / shards.shape[ax])
+            .collect();
+        for index in box_indices(&lo, &hi) {
+            let shard = Region::new(
+                (0..nd).map(|ax| index[ax] * shards.shape[ax]).collect(),
+                (0..nd)
+                    .map(|ax| {
+                        let o = index[ax] * shards.shape[ax];
+                        (o + shards.shape[ax]).min(self.shape[ax]) - o
+                    })
+                    .collect(),
+            );
+            let part = Region::new(
+                (0..nd)
+                    .map(|ax| region.origin[ax].max(shard.origin[ax]))
+                    .collect(),
+                (0..nd)
+                    .map(|ax| {
+                        region.end()[ax].min(shard.end()[ax])
+                            - region.origin[ax].max(shard.origin[ax])
+                    })
+                    .collect(),
+            );
+            let piece = if part == *region {
+                None
+            } else {
+                let at: Vec<usize> = (0..nd)
+                    .map(|ax| (part.origin[ax] - region.origin[ax]) as usize)
+                    .collect();
+                Some(with_array!(data, a => cut_at(a, &at, &part.shape_usize())))
+            };
+            let piece = piece.as_ref().unwrap_or(data);
+            if part == shard {
+                store_whole_chunks(&self.array, &shards.shape, &self.shape, &shard, piece)?;
+            } else if let Some(full) = shards.add(&index, &shard, &part, piece, self.dtype)? {
+                store_whole_chunks(&self.array, &shards.shape, &self.shape, &shard, &full)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the shards being filled (none for an unsharded array).
+    pub fn held_bytes(&self) -> u64 {
+        self.shards.as_ref().map_or(0, Shards::held_bytes)
     }
 
     /// Moves the finished array into place (replacing an old one if
     /// allowed), or keeps an array written in place.
     pub fn finish(mut self) -> Result<PathBuf, IoError> {
+        if let Some(shards) = &self.shards {
+            let left = shards.unfilled();
+            if let Some(first) = left.first() {
+                return Err(IoError::Store {
+                    path: self.path.clone(),
+                    why: format!(
+                        "{} shards were never filled (the first at shard index {first:?}): the stream did not bring all their chunks; nothing was put in place",
+                        left.len()
+                    ),
+                });
+            }
+        }
         match &mut self.owner {
             Owner::Claim(c) => c.commit()?,
             Owner::InPlace { keep, .. } => *keep = true,
@@ -543,26 +733,155 @@ fn new_array(
     path: &Path,
     o: &ZarrWriteOptions,
 ) -> Result<Array<AtomicFsStore>, IoError> {
-    let meta = metadata_json(o);
     let bad = |e: String| IoError::Store {
         path: path.to_path_buf(),
         why: format!("cannot create the array: {e}"),
     };
-    let metadata = if o.zarr_format == 2 {
-        let mut m = meta.clone();
-        let attrs = m.as_object_mut().and_then(|o| o.remove("attributes"));
-        let mut v2: ArrayMetadataV2 = serde_json::from_value(m).map_err(|e| bad(e.to_string()))?;
-        if let Some(Value::Object(a)) = attrs {
-            v2 = v2.with_attributes(a);
-        }
-        ArrayMetadata::V2(v2)
-    } else {
-        let v3: ArrayMetadataV3 = serde_json::from_value(meta).map_err(|e| bad(e.to_string()))?;
-        ArrayMetadata::V3(v3)
+    o.check().map_err(bad)?;
+    register_codecs();
+    let names = o.names();
+    let spec = crate::zarr_meta::Spec {
+        zarr_format: o.zarr_format,
+        dtype: o.dtype,
+        shape: &o.shape,
+        chunks: &o.chunks,
+        shards: o.shards.as_deref(),
+        codec: o.codec,
+        level: o.level,
+        encoding: o.encoding,
+        names: &names,
+        attributes: &o.attributes,
     };
-    let array = Array::new_with_metadata(store, "/", metadata).map_err(|e| bad(e.to_string()))?;
-    array.store_metadata().map_err(|e| bad(e.to_string()))?;
+    let array = crate::zarr_meta::build(store.clone(), &spec).map_err(bad)?;
+    crate::zarr_meta::store_metadata(&array, &store).map_err(bad)?;
     Ok(array)
+}
+
+/// The shards of a sharded array being written, and the buffers of those
+/// some of whose chunks have arrived.
+struct Shards {
+    shape: Vec<u64>,
+    pending: Mutex<HashMap<Vec<u64>, Pending>>,
+}
+
+/// A shard being filled: its values so far and how many have arrived.
+struct Pending {
+    data: ArrayData,
+    filled: u64,
+}
+
+impl Shards {
+    /// Copies `piece` (the values of `part` of shard `index`, whose region
+    /// is `shard`) into the shard's buffer; returns the shard's values
+    /// once every one of them has arrived (and forgets the shard).
+    fn add(
+        &self,
+        index: &[u64],
+        shard: &Region,
+        part: &Region,
+        piece: &ArrayData,
+        dtype: DType,
+    ) -> Result<Option<ArrayData>, String> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| "another chunk failed while a shard was filled")?;
+        let p = pending.entry(index.to_vec()).or_insert_with(|| Pending {
+            data: ArrayData::zeros(dtype, &shard.shape_usize()),
+            filled: 0,
+        });
+        let at: Vec<usize> = (0..shard.ndim())
+            .map(|ax| (part.origin[ax] - shard.origin[ax]) as usize)
+            .collect();
+        with_array!(&mut p.data, b => paste_at(b, piece, &at))?;
+        p.filled += part.shape.iter().product::<u64>();
+        if p.filled < shard.shape.iter().product::<u64>() {
+            return Ok(None);
+        }
+        Ok(pending.remove(index).map(|p| p.data))
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.pending
+            .lock()
+            .map(|p| p.values().map(|x| x.data.nbytes()).sum())
+            .unwrap_or(0)
+    }
+
+    /// The shards some but not all of whose chunks arrived, sorted.
+    fn unfilled(&self) -> Vec<Vec<u64>> {
+        let mut v: Vec<Vec<u64>> = self
+            .pending
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// A copy of the block of `a` at `at` of `shape`.
+fn cut_at<T: ArrayKind + Clone>(a: &ArrayD<T>, at: &[usize], shape: &[usize]) -> ArrayData {
+    T::wrap(
+        a.slice_each_axis(|ax| {
+            let i = ax.axis.index();
+            ndarray::Slice::from(at[i]..at[i] + shape[i])
+        })
+        .to_owned(),
+    )
+}
+
+/// Writes `piece` into `buf` at `at`.
+fn paste_at<T: ArrayKind + Clone>(
+    buf: &mut ArrayD<T>,
+    piece: &ArrayData,
+    at: &[usize],
+) -> Result<(), String> {
+    let src = T::unwrap_ref(piece).ok_or("a chunk of another dtype than the array's")?;
+    buf.slice_each_axis_mut(|ax| {
+        let i = ax.axis.index();
+        ndarray::Slice::from(at[i]..at[i] + src.shape()[i])
+    })
+    .assign(src);
+    Ok(())
+}
+
+/// Every index in the box `lo..=hi`, in row-major order.
+fn box_indices(lo: &[u64], hi: &[u64]) -> Vec<Vec<u64>> {
+    let mut out = vec![lo.to_vec()];
+    for ax in 0..lo.len() {
+        out = out
+            .into_iter()
+            .flat_map(|i| {
+                (lo[ax]..=hi[ax]).map(move |k| {
+                    let mut j = i.clone();
+                    j[ax] = k;
+                    j
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Whether `region` starts on a chunk boundary and ends on one or at the
+/// array's edge along every axis; the chunk index range per axis.
+fn whole_chunks(
+    chunks: &[u64],
+    shape: &[u64],
+    region: &Region,
+) -> Result<Vec<std::ops::Range<u64>>, String> {
+    let mut ranges = Vec::with_capacity(region.ndim());
+    for ax in 0..region.ndim() {
+        let (o, e, c) = (region.origin[ax], region.end()[ax], chunks[ax]);
+        if o % c != 0 || (e % c != 0 && e != shape[ax]) {
+            return Err(format!(
+                "region does not cover whole output chunks of {chunks:?}"
+            ));
+        }
+        ranges.push(o / c..e.div_ceil(c));
+    }
+    Ok(ranges)
 }
 
 /// Stores `data` at `region` of `array` (chunks `chunks`, shape `shape`).
@@ -576,16 +895,7 @@ fn store_whole_chunks(
     region: &Region,
     data: &ArrayData,
 ) -> Result<(), String> {
-    let mut ranges = Vec::with_capacity(region.ndim());
-    for ax in 0..region.ndim() {
-        let (o, e, c) = (region.origin[ax], region.end()[ax], chunks[ax]);
-        if o % c != 0 || (e % c != 0 && e != shape[ax]) {
-            return Err(format!(
-                "region does not cover whole output chunks of {chunks:?}"
-            ));
-        }
-        ranges.push(o / c..e.div_ceil(c));
-    }
+    let ranges = whole_chunks(chunks, shape, region)?;
     let padded: Vec<usize> = ranges
         .iter()
         .zip(chunks)
@@ -622,6 +932,7 @@ fn store_whole_chunks(
 pub struct ZarrAppender {
     pub path: PathBuf,
     array: Array<AtomicFsStore>,
+    store: Arc<AtomicFsStore>,
     chunks: Vec<u64>,
     len: u64,
 }
@@ -656,10 +967,11 @@ impl ZarrAppender {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?);
-        let array = new_array(store, path, &o)?;
+        let array = new_array(store.clone(), path, &o)?;
         Ok(ZarrAppender {
             path: path.to_path_buf(),
             array,
+            store,
             chunks: o.chunks.clone(),
             len: 0,
         })
@@ -673,6 +985,12 @@ impl ZarrAppender {
                     "an array that grows along its first axis needs chunks of 1 along it, not {:?}",
                     o.chunks
                 ),
+            });
+        }
+        if o.shards.is_some() {
+            return Err(IoError::Store {
+                path: path.to_path_buf(),
+                why: "an array that grows one slab at a time is not sharded (each slab would rewrite its shards); leave `shards` out".into(),
             });
         }
         Ok(())
@@ -720,13 +1038,14 @@ impl ZarrAppender {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?);
-        let array = Array::open(store, "/").map_err(|e| IoError::NotZarr {
+        let array = Array::open(store.clone(), "/").map_err(|e| IoError::NotZarr {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
         let mut a = ZarrAppender {
             path: path.to_path_buf(),
             array,
+            store,
             chunks: o.chunks.clone(),
             len,
         };
@@ -788,9 +1107,7 @@ impl ZarrAppender {
         self.array
             .set_shape(shape)
             .map_err(|e| bad(e.to_string()))?;
-        self.array
-            .store_metadata()
-            .map_err(|e| bad(e.to_string()))?;
+        crate::zarr_meta::store_metadata(&self.array, &self.store).map_err(bad)?;
         self.len = len;
         Ok(())
     }
@@ -864,9 +1181,21 @@ pub fn write_group(
         source,
     };
     std::fs::create_dir_all(&partial).map_err(|e| os(&partial, e))?;
-    let group = json!({"zarr_format": 3, "node_type": "group", "attributes": attributes});
-    let text = serde_json::to_string_pretty(&group).unwrap_or_default() + "\n";
-    std::fs::write(partial.join("zarr.json"), text).map_err(|e| os(&partial, e))?;
+    let group_store = Arc::new(AtomicFsStore::new(&partial).map_err(|e| IoError::Store {
+        path: partial.clone(),
+        why: e.to_string(),
+    })?);
+    let group = GroupBuilder::new()
+        .attributes(attributes)
+        .build(group_store, "/")
+        .map_err(|e| IoError::Store {
+            path: path.to_path_buf(),
+            why: format!("cannot create the group: {e}"),
+        })?;
+    group.store_metadata().map_err(|e| IoError::Store {
+        path: path.to_path_buf(),
+        why: format!("cannot store the group's metadata: {e}"),
+    })?;
     for (name, a) in arrays {
         let shape: Vec<u64> = a.shape().iter().map(|&n| n as u64).collect();
         let o = ZarrWriteOptions {
@@ -880,6 +1209,9 @@ pub fn write_group(
                 .collect(),
             codec,
             level: 1,
+            shards: None,
+            encoding: Default::default(),
+            dimension_names: None,
             overwrite: true,
             attributes: serde_json::Map::new(),
         };
@@ -899,16 +1231,14 @@ pub fn group_attributes(path: &Path) -> Result<serde_json::Map<String, Value>, I
         path: meta.clone(),
         source,
     })?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| IoError::NotZarr {
+    let not_group = |why: String| IoError::NotZarr {
         path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    match v.get("attributes") {
-        Some(Value::Object(m)) if v.get("node_type") == Some(&json!("group")) => Ok(m.clone()),
-        _ => Err(IoError::NotZarr {
-            path: path.to_path_buf(),
-            why: "not a Zarr v3 group with attributes".into(),
-        }),
+        why,
+    };
+    match serde_json::from_str::<NodeMetadataV3>(&text) {
+        Ok(NodeMetadataV3::Group(g)) => Ok(g.attributes),
+        Ok(NodeMetadataV3::Array(_)) => Err(not_group("an array, not a Zarr v3 group".into())),
+        Err(e) => Err(not_group(format!("not a Zarr v3 group: {e}"))),
     }
 }
 
@@ -926,6 +1256,9 @@ mod tests {
             chunks: vec![2, 3],
             codec,
             level: 3,
+            shards: None,
+            encoding: Default::default(),
+            dimension_names: None,
             overwrite: false,
             attributes: Default::default(),
         };
@@ -968,7 +1301,14 @@ mod tests {
     #[test]
     fn roundtrips_every_format_and_codec() {
         for f in [2, 3] {
-            for c in [Codec::None, Codec::Zstd, Codec::Blosc, Codec::Gzip] {
+            for c in [
+                Codec::None,
+                Codec::Zstd,
+                Codec::Blosc,
+                Codec::Gzip,
+                Codec::Zlib,
+                Codec::Lz4,
+            ] {
                 roundtrip(f, c);
             }
         }
@@ -997,6 +1337,9 @@ mod tests {
             chunks: vec![1, 4, 3],
             codec: Codec::Zstd,
             level: 1,
+            shards: None,
+            encoding: Default::default(),
+            dimension_names: None,
             overwrite: false,
             attributes: serde_json::Map::new(),
         };

@@ -114,9 +114,27 @@ impl FakeCatalog {
             dtype,
             shape: shape.to_vec(),
             chunks: chunks.to_vec(),
+            shards: None,
+            dimension_names: None,
             codecs: "bytes".into(),
             fill_value: "0".into(),
         };
+        if let Ok(mut m) = self.zarr.lock() {
+            m.insert(path.to_path_buf(), info);
+        }
+    }
+
+    /// A Zarr array whose axes are named `names`.
+    pub fn add_zarr_named(
+        &self,
+        path: &Path,
+        dtype: DType,
+        shape: &[u64],
+        chunks: &[u64],
+        names: &[&str],
+    ) {
+        let mut info = ZarrInfo::plain(path, dtype, shape, chunks);
+        info.dimension_names = Some(names.iter().map(|n| n.to_string()).collect());
         if let Ok(mut m) = self.zarr.lock() {
             m.insert(path.to_path_buf(), info);
         }

@@ -360,6 +360,21 @@ fn chunk_groups(
             let Some(Writes::Zarr { options, .. }) = st.kind.writes() else {
                 continue;
             };
+            if let Some(shards) = &options.shards {
+                // Tasks write whole units (the stream's chunks) in separate
+                // processes: a shard split between units would have two writers.
+                if !crate::stages::write_zarr::stream_fills_shards(
+                    &options.shape,
+                    st.grid.chunk_shape(),
+                    shards,
+                ) {
+                    return Err(ClusterError::Refused(format!(
+                        "stage \"{}\" writes shards {shards:?}, but its input streams chunks {:?}: in a distributed run each task writes whole stream chunks, so a shard split between them would have two writers. Rechunk the input to multiples of the shards, or run it with `blockflow run`",
+                        cut.name(i),
+                        st.grid.chunk_shape()
+                    )));
+                }
+            }
             let path = staged.get(&(i, "path")).cloned().unwrap_or_default();
             push(
                 input,

@@ -56,6 +56,9 @@ pub(super) fn inter_options(dtype: DType, shape: Vec<u64>, chunks: Vec<u64>) -> 
         chunks,
         codec: Codec::Zstd,
         level: 1,
+        shards: None,
+        encoding: Default::default(),
+        dimension_names: None,
         overwrite: true,
         attributes: Default::default(),
     }
@@ -224,6 +227,8 @@ pub(super) fn catalog<'a>(
                 dtype: out.dtype,
                 shape: out.shape().to_vec(),
                 chunks: chunks.clone(),
+                shards: None,
+                dimension_names: out.names.clone(),
                 codecs: "zstd".into(),
                 fill_value: "0".into(),
             },

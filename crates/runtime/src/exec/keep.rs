@@ -22,6 +22,9 @@ pub fn scratch_store(path: &Path, dtype: DType, grid: &ChunkGrid) -> Result<Zarr
         chunks: grid.chunk_shape().to_vec(),
         codec: Codec::None,
         level: 0,
+        shards: None,
+        encoding: Default::default(),
+        dimension_names: None,
         overwrite: true,
         attributes: Default::default(),
     };

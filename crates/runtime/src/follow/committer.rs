@@ -260,6 +260,9 @@ pub(super) fn save_reference(path: &Path, r: &ArrayData) -> Result<(), IoError> 
         chunks: shape.iter().map(|&n| n.max(1)).collect(),
         codec: Codec::None,
         level: 0,
+        shards: None,
+        encoding: Default::default(),
+        dimension_names: None,
         overwrite: true,
         attributes: serde_json::Map::new(),
     };

@@ -143,6 +143,12 @@ impl Found {
                 s.name, options.chunks
             )));
         }
+        if options.shards.is_some() {
+            return Err(FollowError::Unfit(format!(
+                "stage \"{}\": the appended array grows one timepoint at a time, which would rewrite its shards; leave `shards` out",
+                s.name
+            )));
+        }
         self.out = Some((s.inputs[0], path, options));
         Ok(Step::Sink)
     }

@@ -21,6 +21,7 @@ use crate::stages::params::{check_entries, Params};
 use crate::stages::{InputRef, KindDef, PlanCx, Stage, Writes};
 
 mod assemble;
+mod names;
 mod regrid;
 mod text;
 mod values;
@@ -530,6 +531,12 @@ fn plan_stages(
             }
             continue;
         };
+        let mut output = made.output;
+        if let Some(out) = output.as_mut().filter(|o| o.names.is_none()) {
+            let specs: Vec<&ArraySpec> = ins.iter().filter_map(|s| s.output.as_ref()).collect();
+            let names = names::inherit(&*made.op, &specs, out);
+            out.names = names;
+        }
         let parallel = if made.op.serial() {
             1
         } else {
@@ -541,7 +548,7 @@ fn plan_stages(
             kind: made.op,
             inputs: g.inputs[i].clone(),
             consumers: g.consumers[i].clone(),
-            output: made.output,
+            output,
             grid: made.grid,
             capacity: get_int(st, "capacity").map_or(settings.capacity, |c| c as usize),
             parallel,

@@ -76,10 +76,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             return cx.err("inputs", msg);
         }
     }
-    let out = ArraySpec {
-        dtype: expr.dtype(),
-        grid: grid.clone(),
-    };
+    let out = ArraySpec::new(expr.dtype(), grid.clone());
     Some(Planned {
         op: Box::new(Expr {
             src: src.clone(),

@@ -151,10 +151,7 @@ impl Planned {
     ) -> Planned {
         Planned {
             op: Box::new(op),
-            output: Some(ArraySpec {
-                dtype,
-                grid: grid.clone(),
-            }),
+            output: Some(ArraySpec::new(dtype, grid.clone())),
             grid,
         }
     }

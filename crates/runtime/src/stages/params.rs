@@ -47,6 +47,8 @@ pub enum PType {
     Expr,
     /// A list of stage names.
     Stages,
+    /// A list of names (strings), one per axis.
+    Names,
     /// A number.
     Float,
     /// A number, or a list of numbers (one per axis).
@@ -77,6 +79,7 @@ impl PType {
             PType::DType => "dtype".into(),
             PType::Expr => "expression".into(),
             PType::Stages => "list of stage names".into(),
+            PType::Names => "list of strings".into(),
             PType::Float => "number".into(),
             PType::Floats => "number or list".into(),
             PType::Ints => "integer or list".into(),
@@ -252,6 +255,20 @@ impl<'a> Params<'a> {
                 .iter()
                 .map(|x| match x.v {
                     Val::Int(i) if i >= 1 => Some(i as u64),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    /// A list of strings.
+    pub fn names(&self, key: &str) -> Option<Vec<String>> {
+        match self.value(key) {
+            Some(Val::Array(a)) => a
+                .iter()
+                .map(|x| match &x.v {
+                    Val::Str(s) => Some(s.clone()),
                     _ => None,
                 })
                 .collect(),
@@ -516,6 +533,16 @@ pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
             Ok(())
         }
         (PType::Stages, _) => want("a list of stage names such as [\"img\"]"),
+        (PType::Names, Val::Array(a)) if !a.is_empty() => {
+            if a.iter()
+                .all(|x| matches!(&x.v, Val::Str(s) if !s.trim().is_empty()))
+            {
+                Ok(())
+            } else {
+                want("a list of non-empty strings such as [\"y\", \"x\", \"c\"]")
+            }
+        }
+        (PType::Names, _) => want("a list of strings such as [\"y\", \"x\", \"c\"]"),
         (PType::Float, Val::Float(f)) => finite(*f),
         (PType::Float, Val::Int(_)) => Ok(()),
         (PType::Float, _) => want("a number"),

@@ -22,7 +22,7 @@ pub static KIND: KindDef = KindDef {
     kind: "read-zarr",
     role: "reader",
     summary:
-        "a Zarr v2 or v3 array, read chunk by chunk (only the stored chunks each region needs)",
+        "a Zarr v2 or v3 array (sharded or not; every codec zarr-python writes by default or commonly: blosc, zstd, gzip, zlib, lz4, crc32c, transpose, either byte order), read chunk by chunk (only the stored chunks each region needs: in a shard, its index and those inner chunks); its axes' names (v3 `dimension_names`, v2 `_ARRAY_DIMENSIONS`) go with the stream",
     inputs: Arity::None,
     params: &[
         p(
@@ -35,7 +35,7 @@ pub static KIND: KindDef = KindDef {
             "chunks",
             PType::Shape,
             Some(""),
-            "stream chunks, if not the stored ones (as dask's from_zarr(chunks=...))",
+            "stream chunks, if not the stored ones (a sharded array's inner chunks; as dask's from_zarr(chunks=...))",
         ),
     ],
     example: "path = \"in.zarr\"",
@@ -62,7 +62,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let grid = cx.grid("chunks", info.shape.clone(), chunks)?;
     let regrid = stream_is_finer(&info.shape, &info.chunks, grid.chunk_shape());
     let dtype = info.dtype;
-    Some(Planned::sends(ReadZarr { path, info, regrid }, dtype, grid))
+    let names = info.dimension_names.clone();
+    let mut planned = Planned::sends(ReadZarr { path, info, regrid }, dtype, grid);
+    if let Some(out) = &mut planned.output {
+        out.names = names;
+    }
+    Some(planned)
 }
 
 impl Stage for ReadZarr {
@@ -75,8 +80,20 @@ impl Stage for ReadZarr {
         } else {
             ""
         };
+        let shards = self
+            .info
+            .shards
+            .as_ref()
+            .map(|s| format!(" in shards {s:?}"))
+            .unwrap_or_default();
+        let names = self
+            .info
+            .dimension_names
+            .as_ref()
+            .map(|n| format!(", axes {}", n.join(", ")))
+            .unwrap_or_default();
         format!(
-            "{} (zarr v{}, stored chunks {:?}, {}){regrid}",
+            "{} (zarr v{}, stored chunks {:?}{shards}, {}{names}){regrid}",
             self.path.display(),
             self.info.zarr_format,
             self.info.chunks,

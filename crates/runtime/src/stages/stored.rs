@@ -73,6 +73,9 @@ impl ChunkSink for StoreSink {
             .write(&chunk.region, chunk.array(), &chunk.index)
             .map_err(|e| e.to_string())
     }
+    fn held_bytes(&self) -> u64 {
+        self.store.held_bytes()
+    }
     fn commit(self: Box<Self>) -> Result<Vec<PathBuf>, IoError> {
         self.store.commit()
     }

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use blockflow_io::zarr::{Codec, ZarrWriteOptions, ZarrWriter};
+use blockflow_io::stored_chunks::held_stored_chunks;
+use blockflow_io::zarr::{
+    check_names, check_shards, BloscCname, Codec, Encoding, Shuffle, ZarrWriteOptions, ZarrWriter,
+};
 use blockflow_io::IoError;
 
 use super::stored::StoreSink;
@@ -15,17 +18,23 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "write-zarr",
     role: "writer",
-    summary: "writes its input as a Zarr array; chunk files are atomic and the array appears at `path` only when the run succeeds",
+    summary: "writes its input as a Zarr array (v2 or v3, optionally sharded), with its axes' names; chunk files are atomic and the array appears at `path` only when the run succeeds",
     inputs: Arity::Exactly(1),
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder)"),
         p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
         p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks, unless the stream's chunk holds that axis whole"),
-        p("codec", PType::Choice(&["zstd", "blosc", "gzip", "none"]), Some("zstd"), "compression"),
-        p("level", PType::Int(0, 22), Some("3"), "compression level"),
+        p("shards", PType::Shape, Some(""), "Zarr v3 shards (`sharding_indexed`, as zarr-python's `shards`): each shard is one file of whole `chunks`, so a multiple of them along every axis; the writer fills a shard from the stream's chunks as they come, holds only shards not yet complete (projected in the plan) and writes each once, whole"),
+        p("codec", PType::Choice(&Codec::NAMES), Some("zstd"), "compression: zstd, blosc, gzip, zlib (numcodecs' zlib; `numcodecs.zlib` in v3), lz4 (numcodecs' lz4; `numcodecs.lz4` in v3), or none"),
+        p("level", PType::Int(0, 22), Some("3"), "compression level (gzip, zlib and blosc 0..=9; unused by lz4)"),
+        p("cname", PType::Choice(&BloscCname::NAMES), Some("zstd"), "blosc's compressor"),
+        p("shuffle", PType::Choice(&Shuffle::NAMES), Some("shuffle"), "blosc's shuffle: by byte, by bit, or none"),
+        p("checksum", PType::Bool, Some("false"), "a crc32c checksum after the compressor (Zarr v3)"),
+        p("endian", PType::Choice(&["little", "big"]), Some("little"), "byte order of the stored values"),
+        p("axes", PType::Names, Some(""), "the axes' names, one per axis (v3 `dimension_names`, v2 `_ARRAY_DIMENSIONS` as xarray reads them); default: the names the input has (from a Zarr array it read, kept by the stages in between), else dim_0, dim_1, ..."),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when `path` exists"),
     ],
-    example: "inputs = [\"f32_rgb\"]\npath = \"out.zarr\"\nchunks = [5, 7, 3]",
+    example: "inputs = [\"f32_rgb\"]\npath = \"out.zarr\"\nchunks = [5, 7, 3]\naxes = [\"y\", \"x\", \"c\"]",
     plan,
 };
 
@@ -39,16 +48,17 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let path = cx.path("path")?;
     let stream = cx.input(0)?;
     let stream_chunks = stream.grid.chunk_shape().to_vec();
+    let nd = stream.shape().len();
     let chunks =
         cx.p.shape("chunks")
             .unwrap_or_else(|| stream_chunks.clone());
-    if chunks.len() != stream.shape().len() {
+    if chunks.len() != nd {
         return cx.err(
             "chunks",
             format!(
                 "`chunks` has {} axes but the array has {} ({:?})",
                 chunks.len(),
-                stream.shape().len(),
+                nd,
                 stream.shape()
             ),
         );
@@ -64,21 +74,55 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             );
         }
     }
+    let format = cx.p.int("format")? as u8;
+    let shards = cx.p.shape("shards");
+    if let Some(sh) = &shards {
+        if let Err(e) = check_shards(sh, &chunks) {
+            return cx.err("shards", e);
+        }
+        if format != 3 {
+            return cx.err(
+                "shards",
+                "sharding is a Zarr v3 codec; set `format = 3` to shard",
+            );
+        }
+    }
     let codec = Codec::parse(&cx.p.str("codec")?)?;
     let level = cx.p.int("level")? as i32;
-    if codec == Codec::Gzip && level > 9 {
-        return cx.err("level", "gzip levels are 0..=9");
+    if matches!(codec, Codec::Gzip | Codec::Zlib | Codec::Blosc) && level > 9 {
+        return cx.err("level", format!("{} levels are 0..=9", codec.name()));
     }
-    if codec == Codec::Blosc && level > 9 {
-        return cx.err("level", "blosc levels are 0..=9");
+    let encoding = Encoding {
+        cname: BloscCname::parse(&cx.p.str("cname")?)?,
+        shuffle: Shuffle::parse(&cx.p.str("shuffle")?)?,
+        checksum: cx.p.bool("checksum")?,
+        big_endian: cx.p.str("endian").as_deref() == Some("big"),
+    };
+    if encoding.checksum && format != 3 {
+        return cx.err(
+            "checksum",
+            "a crc32c checksum is a Zarr v3 codec; set `format = 3` for it",
+        );
     }
+    let names = match cx.p.names("axes") {
+        Some(axes) => {
+            if let Err(e) = check_names(&axes, nd) {
+                return cx.err("axes", e);
+            }
+            Some(axes)
+        }
+        None => stream.names.clone(),
+    };
     let options = ZarrWriteOptions {
-        zarr_format: cx.p.int("format")? as u8,
+        zarr_format: format,
         dtype: stream.dtype,
         shape: stream.shape().to_vec(),
         chunks,
+        shards,
         codec,
         level,
+        encoding,
+        dimension_names: names,
         overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
         attributes: Default::default(),
     };
@@ -92,9 +136,42 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
 fn codec_name(c: Codec) -> &'static str {
     match c {
         Codec::None => "uncompressed",
-        Codec::Zstd => "zstd",
-        Codec::Blosc => "blosc",
-        Codec::Gzip => "gzip",
+        c => c.name(),
+    }
+}
+
+/// Whether every stream chunk of `stream` over `shape` covers whole
+/// `shards` (along every axis a multiple of the shard, or to the array's
+/// edge): then no shard is ever held half filled, and each is written by
+/// the task that computes its region.
+pub fn stream_fills_shards(shape: &[u64], stream: &[u64], shards: &[u64]) -> bool {
+    shape
+        .iter()
+        .zip(stream)
+        .zip(shards)
+        .all(|((&n, &c), &s)| c % s.max(1) == 0 || c >= n)
+}
+
+impl WriteZarr {
+    /// Shards held half filled at once, at most, and the bytes of one.
+    fn held_shards(&self, stream: &[u64], parallel: u64) -> (u128, u128) {
+        let o = &self.options;
+        let Some(shards) = &o.shards else {
+            return (0, 0);
+        };
+        let bytes = shards
+            .iter()
+            .zip(&o.shape)
+            .fold(o.dtype.size() as u128, |a, (&s, &n)| {
+                a.saturating_mul(s.min(n) as u128)
+            });
+        if stream_fills_shards(&o.shape, stream, shards) {
+            return (0, bytes);
+        }
+        // A shard is held from the first stream chunk in it to the last,
+        // as a stored chunk a finer stream cuts is (row-major arrival).
+        let held = held_stored_chunks(&o.shape, shards, stream, parallel) as u128;
+        (held, bytes)
     }
 }
 
@@ -108,11 +185,17 @@ impl Stage for WriteZarr {
             Codec::None => codec_name(o.codec).to_string(),
             c => format!("{} level {}", codec_name(c), o.level),
         };
+        let shards = o
+            .shards
+            .as_ref()
+            .map(|s| format!(" in shards {s:?}"))
+            .unwrap_or_default();
         format!(
-            "{} (zarr v{}, stored chunks {:?}, {codec}; {})",
+            "{} (zarr v{}, stored chunks {:?}{shards}, {codec}, axes {}; {})",
             self.path.display(),
             o.zarr_format,
             o.chunks,
+            o.names().join(", "),
             if o.overwrite {
                 "replaces what is there"
             } else {
@@ -120,9 +203,17 @@ impl Stage for WriteZarr {
             }
         )
     }
-    /// The chunk, a padded copy, the encoded bytes.
+    /// The chunk, a padded copy, the encoded bytes; for a sharded array
+    /// also the shards held half filled and, per chunk at once, a shard
+    /// being encoded (its values and its bytes).
     fn memory(&self, m: &MemoryCx<'_>) -> u128 {
-        m.parallel * 3 * m.in_bytes
+        let (held, shard) = self.held_shards(m.grid.chunk_shape(), m.parallel as u64);
+        let encoding = if self.options.shards.is_some() {
+            m.parallel * 2 * shard
+        } else {
+            0
+        };
+        m.parallel * 3 * m.in_bytes + held * shard + encoding
     }
     fn exec(&self) -> Exec<'_> {
         Exec::Sink(self)
@@ -177,7 +268,7 @@ mod tests {
         assert!(!options.overwrite);
         assert_eq!(
             unit(&s).describe(),
-            "/cfg/out/a.zarr (zarr v2, stored chunks [2, 5], gzip level 3; refused if it exists)"
+            "/cfg/out/a.zarr (zarr v2, stored chunks [2, 5], gzip level 3, axes dim_0, dim_1; refused if it exists)"
         );
     }
 
@@ -221,5 +312,101 @@ mod tests {
             "{}",
             p.kind.describe()
         );
+    }
+
+    #[test]
+    fn shards_must_be_whole_chunks_and_v3_and_their_memory_is_projected() {
+        let e = plan_err(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nchunks = [4, 5]\nshards = [8, 12]",
+            &[DType::F32],
+            &[16, 20],
+            &[4, 5],
+        );
+        // On the `shards` line, naming the stage.
+        assert!(e.contains("test.toml:") && e.contains("stage \"s\""), "{e}");
+        assert!(e.contains("axis 1: 12 is not a multiple of 5"), "{e}");
+        let e = plan_err(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nformat = 2\nshards = [8, 10]",
+            &[DType::F32],
+            &[16, 20],
+            &[4, 5],
+        );
+        assert!(e.contains("sharding is a Zarr v3 codec"), "{e}");
+        let e = plan_err(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nformat = 2\nchecksum = true",
+            &[DType::F32],
+            &[16],
+            &[4],
+        );
+        assert!(e.contains("crc32c checksum is a Zarr v3 codec"), "{e}");
+        // Stream chunks of 4 x 5 into shards of 8 x 10: a row of two
+        // shards half filled at once (and one more the batch's second
+        // chunk may start), 320 bytes each, and two being encoded.
+        let s = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nshards = [8, 10]",
+            &[DType::F32],
+            &[16, 20],
+            &[4, 5],
+        );
+        let held = held_stored_chunks(&[16, 20], &[8, 10], &[4, 5], 2);
+        assert!(held >= 2);
+        assert_eq!(s.mem.working, 2 * 3 * 80 + held * 320 + 2 * 2 * 320);
+        // Stream chunks that are whole shards hold none.
+        let s = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nchunks = [4, 5]\nshards = [8, 10]",
+            &[DType::F32],
+            &[16, 20],
+            &[8, 10],
+        );
+        assert_eq!(s.mem.working, 2 * 3 * 320 + 2 * 2 * 320);
+        assert!(stream_fills_shards(&[16, 20], &[8, 10], &[8, 10]));
+        assert!(!stream_fills_shards(&[16, 20], &[4, 10], &[8, 10]));
+        assert!(
+            stream_fills_shards(&[6, 20], &[6, 10], &[8, 10]),
+            "the whole axis"
+        );
+    }
+
+    #[test]
+    fn axes_name_the_array_or_come_from_the_input() {
+        let s = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\naxes = [\"y\", \"x\"]\ncodec = \"lz4\"",
+            &[DType::U8],
+            &[6, 4],
+            &[3, 4],
+        );
+        let Some(Writes::Zarr { options, .. }) = unit(&s).writes() else {
+            panic!("writes a Zarr array")
+        };
+        assert_eq!(
+            options.dimension_names,
+            Some(vec!["y".to_string(), "x".to_string()])
+        );
+        assert_eq!(options.codec, Codec::Lz4);
+        // A generated input has no names: xarray's names for unnamed axes.
+        let s = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"",
+            &[DType::U8],
+            &[6, 4],
+            &[3, 4],
+        );
+        let Some(Writes::Zarr { options, .. }) = unit(&s).writes() else {
+            panic!("writes a Zarr array")
+        };
+        assert_eq!(options.dimension_names, None);
+        assert_eq!(options.names(), vec!["dim_0", "dim_1"]);
+        for (axes, why) in [
+            ("[\"y\"]", "1 axis names"),
+            ("[\"y\", \"y\"]", "given to two axes"),
+            ("[\"y\", \" \"]", "non-empty strings"),
+        ] {
+            let e = plan_err(
+                &format!("kind = \"write-zarr\"\npath = \"a.zarr\"\naxes = {axes}"),
+                &[DType::U8],
+                &[6, 4],
+                &[3, 4],
+            );
+            assert!(e.contains(why), "{axes}: {e}");
+        }
     }
 }
