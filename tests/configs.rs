@@ -206,7 +206,7 @@ fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
     let tmp = tempfile::tempdir().expect("tmp");
     let t = tmp.path();
     // Seed 000: the survey image's shape.
-    for (k, (h, w)) in [(700u64, 1300u64), (1234, 567)].into_iter().enumerate() {
+    for (k, (h, w)) in [(700usize, 1300usize), (1234, 567)].into_iter().enumerate() {
         let out = t.join(format!("st{k}"));
         run_seed(
             "structure-tensor",
@@ -229,7 +229,6 @@ fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
             &out,
             &[format!("cells.path=\"{}/*.png\"", images.display())],
         );
-        let px = px as u64;
         assert_eq!(
             read_all(&out.join("cells-modes.zarr")).shape(),
             &[10, px, px, 3]
@@ -246,10 +245,10 @@ fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
         let glob = format!("volumes.path=\"{}/t_*.h5\"", volumes.display());
         let out = t.join(format!("ts{k}"));
         run_seed("timeseries", &out, std::slice::from_ref(&glob));
-        let e = edge as u64;
+        let e = edge;
         assert_eq!(
             read_all(&out.join("timeseries-zscore.zarr")).shape(),
-            &[n as u64, e, e, e]
+            &[n, e, e, e]
         );
         let out = t.join(format!("in{k}"));
         run_seed(
@@ -259,17 +258,17 @@ fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
         );
         assert_eq!(
             read_all(&out.join("ingest.zarr")).shape(),
-            &[n as u64, e, e, e]
+            &[n, e, e, e]
         );
     }
     // Seed 003: terrains whose smoothest block may be an edge block.
-    for (k, (h, w)) in [(1100u64, 1500u64), (450, 2630)].into_iter().enumerate() {
+    for (k, (h, w)) in [(1100usize, 1500usize), (450, 2630)].into_iter().enumerate() {
         let out = t.join(format!("el{k}"));
         run_seed("elevation", &out, &[format!("terrain.shape=[{h}, {w}, 4]")]);
         let s = read_json(out.join("elevation-summary.json"));
         let blocks = h.div_ceil(200) * w.div_ceil(200);
         assert!(
-            s["smoothest_block"].as_u64().is_some_and(|b| b < blocks),
+            s["smoothest_block"].as_u64().is_some_and(|b| (b as usize) < blocks),
             "{s}"
         );
         assert_eq!(s["zoom_std"].as_array().map(Vec::len), Some(20), "{s}");
