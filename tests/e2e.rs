@@ -825,7 +825,9 @@ region = [100, 300, 0, 250]
     assert!(csv.starts_with("block_0,block_1,above,max\n"), "{csv}");
     // Block (3, 0): rows 30..40, cols 0..20: values above 2000 are y >= 34 (all 20 cols) and y = 33, x > 20 (none here).
     assert!(csv.contains("\n3,0,120,2359\n"), "{csv}");
-    for (name, w, h) in [("img.png", 30, 20), ("rgb.png", 250, 200)] {
+    // img: 40 x 60 down to 30 px. rgb: a 200 x 250 region, enlarged twice
+    // to reach min_size 256 on its shorter side.
+    for (name, w, h) in [("img.png", 30, 20), ("rgb.png", 500, 400)] {
         let bytes = std::fs::read(dir.path().join(name)).expect("png");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
         // IHDR: width and height, big-endian, at bytes 16..24.
@@ -1247,10 +1249,15 @@ fn elevation_exact_matmul_sum_and_the_smoothest_block() {
         format!("pipeline.report={}", p("r.json")),
         format!("rgb_out.path={}", p("rgb.zarr")),
         format!("block_std_out.path={}", p("std.zarr")),
+        format!("block_std_png.path={}", p("std.png")),
         format!("summary.path={}", p("s.json")),
     ];
     let (code, _, err) = run_with_sets(&root().join("configs/elevation.toml"), &sets);
     assert_eq!(code, 0, "{err}");
+    // The 4 x 4 per-block std as a picture of 4 x 4 squares of 64 pixels.
+    let png = std::fs::read(t.join("std.png")).expect("png");
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().expect("4"));
+    assert_eq!((size(16), size(20)), (256, 256), "width, height");
     let ArrayData::U8(rgb) = read_all(&t.join("rgb.zarr")) else {
         panic!("u8")
     };

@@ -85,6 +85,27 @@ impl BlocksWriter {
         self.stats.push(s);
     }
 
+    /// The CSV table: a row per block, its index, count above and maximum
+    /// (empty when NaN), written by the csv crate.
+    fn csv_text(&self) -> Result<Vec<u8>, String> {
+        let nd = self.block_shape.len();
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut head: Vec<String> = (0..nd).map(|k| format!("block_{k}")).collect();
+        head.extend(["above".to_string(), "max".to_string()]);
+        w.write_record(&head).map_err(|e| e.to_string())?;
+        for s in &self.stats {
+            let mut row: Vec<String> = s.index.iter().map(u64::to_string).collect();
+            row.push(s.above.to_string());
+            row.push(if s.max.is_nan() {
+                String::new()
+            } else {
+                format!("{}", s.max)
+            });
+            w.write_record(&row).map_err(|e| e.to_string())?;
+        }
+        w.into_inner().map_err(|e| e.to_string())
+    }
+
     /// Writes the JSON (and CSV); returns the paths written.
     pub fn finish(mut self) -> Result<Vec<PathBuf>, IoError> {
         self.stats.sort_by(|a, b| a.index.cmp(&b.index));
@@ -103,25 +124,12 @@ impl BlocksWriter {
         self.claims[0].commit_bytes(text.as_bytes())?;
         let mut written = vec![self.json.clone()];
         if let Some(csv) = &self.csv {
-            let nd = self.block_shape.len();
-            let mut text: String = (0..nd).map(|k| format!("block_{k},")).collect();
-            text.push_str("above,max\n");
-            for s in &self.stats {
-                for i in &s.index {
-                    text.push_str(&format!("{i},"));
-                }
-                text.push_str(&format!(
-                    "{},{}\n",
-                    s.above,
-                    if s.max.is_nan() {
-                        String::new()
-                    } else {
-                        format!("{}", s.max)
-                    }
-                ));
-            }
+            let text = self.csv_text().map_err(|why| IoError::Store {
+                path: csv.clone(),
+                why,
+            })?;
             if let Some(claim) = self.claims.get(1) {
-                claim.commit_bytes(text.as_bytes())?;
+                claim.commit_bytes(&text)?;
             }
             written.push(csv.clone());
         }

@@ -301,40 +301,10 @@ fn read_typed<T: H5Elem>(
     T::read(ds, s).map(T::wrap)
 }
 
-/// Natural order: runs of digits compare as numbers (t2 before t10).
+/// Natural order: runs of digits compare as numbers (t2 before t10), by
+/// the `alphanumeric-sort` crate.
 pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let (mut x, mut y) = (a.chars().peekable(), b.chars().peekable());
-    loop {
-        match (x.peek().copied(), y.peek().copied()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (None, Some(_)) => return std::cmp::Ordering::Less,
-            (Some(_), None) => return std::cmp::Ordering::Greater,
-            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
-                let mut n = String::new();
-                while let Some(c) = x.peek().copied().filter(char::is_ascii_digit) {
-                    n.push(c);
-                    x.next();
-                }
-                let mut m = String::new();
-                while let Some(d) = y.peek().copied().filter(char::is_ascii_digit) {
-                    m.push(d);
-                    y.next();
-                }
-                let (n, m) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
-                let o = n.len().cmp(&m.len()).then_with(|| n.cmp(m));
-                if o != std::cmp::Ordering::Equal {
-                    return o;
-                }
-            }
-            (Some(c), Some(d)) => {
-                if c != d {
-                    return c.cmp(&d);
-                }
-                x.next();
-                y.next();
-            }
-        }
-    }
+    alphanumeric_sort::compare_str(a, b)
 }
 
 /// The files of a glob, in natural order of their names.

@@ -32,129 +32,49 @@ use crate::IoError;
 // ---------------------------------------------------------------------------
 // Glob
 
-#[derive(Debug, Clone, PartialEq)]
-enum Token {
-    Char(char),
-    Any,
-    Star,
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
-    },
-}
-
-/// Parses a file-name pattern with fnmatch's rules: `*`, `?`, `[seq]`,
-/// `[!seq]` (a `]` right after `[` or `[!` is literal, `a-z` is a range,
-/// an unclosed `[` is a literal `[`).
-fn parse_pattern(p: &str) -> Vec<Token> {
-    let c: Vec<char> = p.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < c.len() {
-        match c[i] {
-            '*' => {
-                if out.last() != Some(&Token::Star) {
-                    out.push(Token::Star);
-                }
-                i += 1;
-            }
-            '?' => {
-                out.push(Token::Any);
-                i += 1;
-            }
-            '[' => {
-                // Find the closing bracket.
-                let mut j = i + 1;
-                if j < c.len() && c[j] == '!' {
-                    j += 1;
-                }
-                if j < c.len() && c[j] == ']' {
-                    j += 1;
-                }
-                while j < c.len() && c[j] != ']' {
-                    j += 1;
-                }
-                if j >= c.len() {
-                    out.push(Token::Char('['));
-                    i += 1;
-                    continue;
-                }
-                let mut k = i + 1;
-                let negated = c[k] == '!';
-                if negated {
-                    k += 1;
-                }
-                let mut ranges = Vec::new();
-                let mut first = true;
-                while k < j {
-                    let lo = c[k];
-                    if lo == ']' && !first {
-                        break;
-                    }
-                    first = false;
-                    if k + 2 < j && c[k + 1] == '-' {
-                        let hi = c[k + 2];
-                        // fnmatch drops an empty range such as `z-a`.
-                        if lo <= hi {
-                            ranges.push((lo, hi));
-                        }
-                        k += 3;
-                    } else {
-                        ranges.push((lo, lo));
-                        k += 1;
-                    }
-                }
-                out.push(Token::Class { negated, ranges });
-                i = j + 1;
-            }
-            ch => {
-                out.push(Token::Char(ch));
-                i += 1;
-            }
+/// A file-name pattern with fnmatch's rules, through the `glob` crate's
+/// matcher: `*`, `?`, `[seq]`, `[!seq]` (a `]` right after `[` or `[!` is
+/// literal, `a-z` is a range). Where fnmatch and the crate differ, the
+/// pattern is first written the way the crate reads fnmatch's meaning: a
+/// run of `*` is one `*` (the crate's `**` means folders), and a `[` that
+/// never closes is a literal `[` (the crate refuses it).
+fn compile_pattern(p: &str) -> Result<glob::Pattern, String> {
+    let mut chars: Vec<char> = Vec::with_capacity(p.len());
+    for c in p.chars() {
+        if !(c == '*' && chars.last() == Some(&'*')) {
+            chars.push(c);
         }
     }
-    out
-}
-
-fn token_matches(t: &Token, ch: char) -> bool {
-    match t {
-        Token::Char(c) => *c == ch,
-        Token::Any => true,
-        Token::Star => true,
-        Token::Class { negated, ranges } => {
-            ranges.iter().any(|&(lo, hi)| lo <= ch && ch <= hi) != *negated
+    loop {
+        let text: String = chars.iter().collect();
+        match glob::Pattern::new(&text) {
+            Ok(pattern) => return Ok(pattern),
+            // The error is at an unclosed `[`: take it literally, `[[]`.
+            Err(e) if chars.get(e.pos) == Some(&'[') => {
+                chars.splice(e.pos..=e.pos, ['[', '[', ']']);
+            }
+            Err(e) => return Err(format!("not a glob pattern: {e}")),
         }
     }
+}
+
+/// Whether `name` matches the compiled pattern (the whole name,
+/// case-sensitive; leading dots are the caller's).
+fn matches(pattern: &glob::Pattern, name: &str) -> bool {
+    pattern.matches_with(
+        name,
+        glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        },
+    )
 }
 
 /// Whether the file name `name` matches the glob `pattern` (`*`, `?`,
 /// `[...]`; the whole name, case-sensitive).
 pub fn glob_matches(pattern: &str, name: &str) -> bool {
-    matches(&parse_pattern(pattern), name)
-}
-
-/// Whether `name` matches the parsed pattern (the whole name, case-sensitive).
-fn matches(tokens: &[Token], name: &str) -> bool {
-    let s: Vec<char> = name.chars().collect();
-    let (mut ti, mut si) = (0usize, 0usize);
-    // Position of the last `*` and the name index it was tried at.
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if ti < tokens.len() && tokens[ti] == Token::Star {
-            star = Some((ti, si));
-            ti += 1;
-        } else if ti < tokens.len() && token_matches(&tokens[ti], s[si]) {
-            ti += 1;
-            si += 1;
-        } else if let Some((st, ss)) = star {
-            ti = st + 1;
-            si = ss + 1;
-            star = Some((st, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    tokens[ti..].iter().all(|t| *t == Token::Star)
+    compile_pattern(pattern).is_ok_and(|p| matches(&p, name))
 }
 
 fn has_magic(s: &str) -> bool {
@@ -186,7 +106,10 @@ pub fn list_images(pattern: &str) -> Result<Vec<PathBuf>, IoError> {
             Err(no_match())
         };
     }
-    let tokens = parse_pattern(name);
+    let tokens = compile_pattern(name).map_err(|why| IoError::Store {
+        path: PathBuf::from(pattern),
+        why,
+    })?;
     let read_from = if dir.is_empty() { "." } else { dir };
     let entries = match std::fs::read_dir(read_from) {
         Ok(e) => e,
@@ -901,5 +824,33 @@ impl crate::store::ChunkSource for ImageStack {
                 why: format!("region {region}: {e}"),
             })?;
         Ok(with_array!(data, a => ArrayKind::wrap(a.slice(info).to_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn file_name_patterns_match_as_pythons_fnmatch() {
+        // (pattern, name, fnmatch.fnmatchcase(name, pattern)) from Python 3.11.
+        let cases = [
+            ("a[1.png", "a[1.png", true),
+            ("a**b.png", "axyzb.png", true),
+            ("[]]x", "x", false),
+            ("[]]x", "]x", true),
+            ("[!]]x", "ax", true),
+            ("[!]]x", "]x", false),
+            ("a[b", "a[b", true),
+            ("[ab]c[", "ac[", true),
+            ("[ab]c[", "bc[", true),
+            ("*[", "x[", true),
+            ("[z-a]", "m", false),
+            ("[]", "[]", true),
+            ("*.PNG", "a.png", false),
+        ];
+        for (pattern, name, want) in cases {
+            assert_eq!(glob_matches(pattern, name), want, "{pattern:?} on {name:?}");
+        }
     }
 }

@@ -10,51 +10,133 @@ use blockflow_core::{with_array, ArrayData, Element, Region};
 use crate::output::{Claim, Made};
 use crate::IoError;
 
-/// Colormaps for single-channel previews.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Colormap {
-    Gray,
-    Viridis,
-    PinkR,
+/// A colormap for single-channel previews: matplotlib's 256-entry table,
+/// byte for byte as matplotlib writes it (`cmap(i, bytes=True)`; the
+/// tables under `colormaps/` are made by scripts/fixtures/make_colormaps.py
+/// and checked by tests/colormaps.rs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Colormap {
+    name: &'static str,
+    table: &'static [u8; 768],
 }
 
+impl std::fmt::Debug for Colormap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Colormap({})", self.name)
+    }
+}
+
+macro_rules! tables {
+    ($($name:literal),* $(,)?) => {
+        const TABLES: &[(&str, &[u8; 768])] = &[
+            $(($name, include_bytes!(concat!("colormaps/", $name, ".rgb")))),*
+        ];
+        impl Colormap {
+            /// The maps offered, as matplotlib names them.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+        }
+    };
+}
+
+tables!(
+    "gray",
+    "gray_r",
+    "viridis",
+    "viridis_r",
+    "magma",
+    "magma_r",
+    "inferno",
+    "inferno_r",
+    "plasma",
+    "plasma_r",
+    "cividis",
+    "cividis_r",
+    "pink",
+    "pink_r",
+);
+
 impl Colormap {
-    pub const NAMES: [&'static str; 3] = ["gray", "viridis", "pink_r"];
     pub fn parse(s: &str) -> Option<Colormap> {
-        match s {
-            "gray" => Some(Colormap::Gray),
-            "viridis" => Some(Colormap::Viridis),
-            "pink_r" => Some(Colormap::PinkR),
+        TABLES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|&(name, table)| Colormap { name, table })
+    }
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The colour of `t` in [0, 1] (clamped), as matplotlib picks it: entry
+    /// `floor(256 t)`, the last for t = 1.
+    pub fn map(self, t: f64) -> [u8; 3] {
+        let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
+        let i = ((t * 256.0) as usize).min(255);
+        [
+            self.table[3 * i],
+            self.table[3 * i + 1],
+            self.table[3 * i + 2],
+        ]
+    }
+}
+
+/// How values between the two percentiles become brightness: `t` in
+/// [0, 1] after the clipping goes to `f(t)` in [0, 1], with astropy's
+/// formulas (astropy.visualization).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stretch {
+    Linear,
+    /// `sqrt(t)`.
+    Sqrt,
+    /// `asinh(t / a) / asinh(1 / a)`: linear below about `a`, logarithmic
+    /// above, so faint sources show while bright cores keep their shape
+    /// (astropy's AsinhStretch(a), default a = 0.1; smaller shows fainter).
+    Asinh {
+        a: f64,
+    },
+    /// `ln(1 + t / a) / ln(1 + 1 / a)` (astropy's LogStretch with its `a` =
+    /// 1 / this `a`; default a = 0.001, astropy's 1000).
+    Log {
+        a: f64,
+    },
+}
+
+impl Stretch {
+    pub const NAMES: &'static [&'static str] = &["linear", "sqrt", "asinh", "log"];
+
+    /// `softening` is `a` (None: the stretch's default).
+    pub fn parse(name: &str, softening: Option<f64>) -> Option<Stretch> {
+        match name {
+            "linear" => Some(Stretch::Linear),
+            "sqrt" => Some(Stretch::Sqrt),
+            "asinh" => Some(Stretch::Asinh {
+                a: softening.unwrap_or(0.1),
+            }),
+            "log" => Some(Stretch::Log {
+                a: softening.unwrap_or(0.001),
+            }),
             _ => None,
         }
     }
-    fn stops(self) -> &'static [[f64; 3]] {
+
+    pub fn name(self) -> &'static str {
         match self {
-            Colormap::Gray => &[[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]],
-            // matplotlib's viridis at 0, 1/4, 1/2, 3/4, 1.
-            Colormap::Viridis => &[
-                [68.0, 1.0, 84.0],
-                [59.0, 82.0, 139.0],
-                [33.0, 145.0, 140.0],
-                [94.0, 201.0, 98.0],
-                [253.0, 231.0, 37.0],
-            ],
-            // matplotlib's pink, reversed, at 0, 1/4, 1/2, 3/4, 1.
-            Colormap::PinkR => &[
-                [255.0, 255.0, 255.0],
-                [231.0, 231.0, 196.0],
-                [198.0, 158.0, 142.0],
-                [158.0, 94.0, 89.0],
-                [30.0, 0.0, 0.0],
-            ],
+            Stretch::Linear => "linear",
+            Stretch::Sqrt => "sqrt",
+            Stretch::Asinh { .. } => "asinh",
+            Stretch::Log { .. } => "log",
         }
     }
-    fn map(self, t: f64) -> [u8; 3] {
-        let s = self.stops();
-        let x = t.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-        let i = (x.floor() as usize).min(s.len() - 2);
-        let f = x - i as f64;
-        [0, 1, 2].map(|k| (s[i][k] + f * (s[i + 1][k] - s[i][k])).round() as u8)
+
+    /// `t` clamped to [0, 1], stretched.
+    pub fn apply(self, t: f64) -> f64 {
+        let t = t.clamp(0.0, 1.0);
+        match self {
+            Stretch::Linear => t,
+            Stretch::Sqrt => t.sqrt(),
+            Stretch::Asinh { a } => (t / a).asinh() / (1.0 / a).asinh(),
+            Stretch::Log { a } => (t / a).ln_1p() / (1.0 / a).ln_1p(),
+        }
     }
 }
 
@@ -65,22 +147,75 @@ pub struct PreviewOptions {
     pub region: Option<[u64; 4]>,
     /// The longer side of the picture, in pixels.
     pub max_size: u64,
+    /// A smaller array is enlarged by an integer factor (each value a
+    /// square of pixels) until its shorter side is at least this, its
+    /// longer side staying within `max_size`.
+    pub min_size: u64,
     pub colormap: Colormap,
     /// Percentiles mapped to black and white (or the colormap's ends).
     pub percentiles: [f64; 2],
+    /// Applied to the values after the percentile clipping.
+    pub stretch: Stretch,
     /// Downsample by the block maximum (sparse peaks) instead of the mean.
     pub max_pool: bool,
     pub overwrite: bool,
 }
 
+/// The preview's sizes for an array of `shape`.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    y0: u64,
+    x0: u64,
+    /// Array pixels a preview value covers along each side.
+    factor: u64,
+    /// Preview values along y and x.
+    out_h: usize,
+    out_w: usize,
+    channels: usize,
+    /// Picture pixels each preview value takes along each side.
+    up: usize,
+}
+
 impl PreviewOptions {
-    /// Bytes the preview's sums and counts take for an array of `shape`.
-    pub fn held_bytes(&self, shape: &[u64]) -> u64 {
+    fn geometry(&self, shape: &[u64]) -> Geometry {
         let [y0, y1, x0, x1] = self.region.unwrap_or([0, shape[0], 0, shape[1]]);
         let (h, w) = (y1 - y0, x1 - x0);
-        let f = h.max(w).div_ceil(self.max_size.max(1)).max(1);
-        let channels = if shape.len() == 3 { 3 } else { 1 };
-        h.div_ceil(f) * w.div_ceil(f) * channels * 12
+        let max_size = self.max_size.max(1);
+        let factor = h.max(w).div_ceil(max_size).max(1);
+        let up = if factor == 1 && h.min(w) >= 1 {
+            let want = self.min_size.div_ceil(h.min(w));
+            let room = max_size / h.max(w).max(1);
+            want.min(room).max(1)
+        } else {
+            1
+        };
+        Geometry {
+            y0,
+            x0,
+            factor,
+            out_h: h.div_ceil(factor) as usize,
+            out_w: w.div_ceil(factor) as usize,
+            channels: if shape.len() == 3 { 3 } else { 1 },
+            up: up as usize,
+        }
+    }
+
+    /// The picture's size, (height, width) in pixels, for an array of `shape`.
+    pub fn picture_size(&self, shape: &[u64]) -> (u64, u64) {
+        let g = self.geometry(shape);
+        ((g.out_h * g.up) as u64, (g.out_w * g.up) as u64)
+    }
+
+    /// Bytes the preview holds for an array of `shape`, at most: its sums
+    /// and counts (12 bytes a value) while the chunks stream; when it is
+    /// written, the values (the sums, in place) and their sorted copy for
+    /// the percentiles (16 bytes a value), then the picture, raw and
+    /// encoded (at most 6 bytes a pixel).
+    pub fn held_bytes(&self, shape: &[u64]) -> u64 {
+        let g = self.geometry(shape);
+        let values = (g.out_h * g.out_w * g.channels) as u64;
+        let (ph, pw) = self.picture_size(shape);
+        values * 16 + ph * pw * 6
     }
 }
 
@@ -95,6 +230,7 @@ pub struct PreviewWriter {
     out_h: usize,
     out_w: usize,
     channels: usize,
+    up: usize,
     sum: Vec<f64>,
     count: Vec<u32>,
     claim: Claim,
@@ -104,11 +240,15 @@ impl PreviewWriter {
     /// `shape` is the array's: (H, W) or (H, W, 3).
     pub fn create(path: &Path, shape: &[u64], o: PreviewOptions) -> Result<Self, IoError> {
         let claim = Claim::take(path, Made::Png, o.overwrite)?;
-        let [y0, y1, x0, x1] = o.region.unwrap_or([0, shape[0], 0, shape[1]]);
-        let (h, w) = (y1 - y0, x1 - x0);
-        let factor = h.max(w).div_ceil(o.max_size.max(1)).max(1);
-        let (out_h, out_w) = (h.div_ceil(factor) as usize, w.div_ceil(factor) as usize);
-        let channels = if shape.len() == 3 { 3 } else { 1 };
+        let Geometry {
+            y0,
+            x0,
+            factor,
+            out_h,
+            out_w,
+            channels,
+            up,
+        } = o.geometry(shape);
         Ok(PreviewWriter {
             path: path.to_path_buf(),
             o,
@@ -118,13 +258,14 @@ impl PreviewWriter {
             out_h,
             out_w,
             channels,
+            up,
             sum: vec![0.0; out_h * out_w * channels],
             count: vec![0; out_h * out_w * channels],
             claim,
         })
     }
 
-    /// Bytes the preview holds while the run goes on.
+    /// Bytes the preview holds while the chunks stream.
     pub fn held_bytes(&self) -> u64 {
         (self.sum.len() * 12) as u64
     }
@@ -169,16 +310,28 @@ impl PreviewWriter {
 
     /// Writes the PNG; returns its path.
     pub fn finish(self) -> Result<PathBuf, IoError> {
-        let means: Vec<f64> = self
-            .sum
-            .iter()
-            .zip(&self.count)
-            .map(|(s, &n)| match (n, self.o.max_pool) {
+        // The sums become the values in place, so that the counts can go
+        // before the sorted copy for the percentiles is made.
+        let PreviewWriter {
+            path,
+            o,
+            out_h,
+            out_w,
+            channels,
+            up,
+            sum: mut means,
+            count,
+            claim,
+            ..
+        } = self;
+        for (v, &n) in means.iter_mut().zip(&count) {
+            *v = match (n, o.max_pool) {
                 (0, _) => f64::NAN,
-                (_, true) => *s,
-                (n, false) => s / n as f64,
-            })
-            .collect();
+                (_, true) => *v,
+                (n, false) => *v / n as f64,
+            };
+        }
+        drop(count);
         let mut finite: Vec<f64> = means.iter().copied().filter(|v| v.is_finite()).collect();
         finite.sort_by(f64::total_cmp);
         let pct = |p: f64| -> f64 {
@@ -189,43 +342,139 @@ impl PreviewWriter {
             let (i, f) = (x.floor() as usize, x - x.floor());
             finite[i] + f * (finite[(i + 1).min(finite.len() - 1)] - finite[i])
         };
-        let (lo, hi) = (pct(self.o.percentiles[0]), pct(self.o.percentiles[1]));
+        let (lo, hi) = (pct(o.percentiles[0]), pct(o.percentiles[1]));
+        drop(finite);
         let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-        let mut rgb = Vec::with_capacity(self.out_h * self.out_w * 3);
-        for px in 0..self.out_h * self.out_w {
-            if self.channels == 3 {
+        let stretch = o.stretch;
+        // Each value's colour: clipped to [lo, hi], stretched, coloured.
+        let level = |v: f64| stretch.apply((v - lo) * scale);
+        let mut colours = Vec::with_capacity(out_h * out_w * 3);
+        for px in 0..out_h * out_w {
+            if channels == 3 {
                 for ch in 0..3 {
                     let v = means[px * 3 + ch];
-                    rgb.push(if v.is_finite() {
-                        (((v - lo) * scale).clamp(0.0, 1.0) * 255.0).round() as u8
+                    colours.push(if v.is_finite() {
+                        (level(v) * 255.0).round() as u8
                     } else {
                         0
                     });
                 }
             } else {
                 let v = means[px];
-                rgb.extend(if v.is_finite() {
-                    self.o.colormap.map((v - lo) * scale)
+                colours.extend(if v.is_finite() {
+                    o.colormap.map(level(v))
                 } else {
                     [0, 0, 0]
                 });
             }
         }
+        drop(means);
+        let rgb = upscale(&colours, out_w, up);
+        drop(colours);
+        let (pic_h, pic_w) = (out_h * up, out_w * up);
         let mut bytes = Vec::new();
         {
-            let mut enc = png::Encoder::new(&mut bytes, self.out_w as u32, self.out_h as u32);
+            let mut enc = png::Encoder::new(&mut bytes, pic_w as u32, pic_h as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc.write_header().map_err(|e| IoError::Store {
-                path: self.path.clone(),
+                path: path.clone(),
                 why: e.to_string(),
             })?;
             w.write_image_data(&rgb).map_err(|e| IoError::Store {
-                path: self.path.clone(),
+                path: path.clone(),
                 why: e.to_string(),
             })?;
         }
-        self.claim.commit_bytes(&bytes)?;
-        Ok(self.path)
+        claim.commit_bytes(&bytes)?;
+        Ok(path)
+    }
+}
+
+/// RGB rows of `w` pixels, each pixel repeated `up` times along x and each
+/// row `up` times along y (nearest neighbour).
+fn upscale(rgb: &[u8], w: usize, up: usize) -> Vec<u8> {
+    if up <= 1 {
+        return rgb.to_vec();
+    }
+    let mut out = Vec::with_capacity(rgb.len() * up * up);
+    for row in rgb.chunks(w * 3) {
+        let start = out.len();
+        for px in row.chunks(3) {
+            for _ in 0..up {
+                out.extend_from_slice(px);
+            }
+        }
+        for _ in 1..up {
+            out.extend_from_within(start..start + w * 3 * up);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upscale_repeats_each_pixel_as_a_square() {
+        // 2 x 2 pixels, up 3: a 6 x 6 picture of four 3 x 3 squares.
+        let rgb = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let out = upscale(&rgb, 2, 3);
+        assert_eq!(out.len(), 6 * 6 * 3);
+        for y in 0..6 {
+            for x in 0..6 {
+                let src = (y / 3) * 2 + x / 3;
+                assert_eq!(
+                    out[(y * 6 + x) * 3..][..3],
+                    rgb[src * 3..][..3],
+                    "({y}, {x})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stretches_keep_the_ends_and_lift_faint_values() {
+        for s in ["linear", "sqrt", "asinh", "log"] {
+            let s = Stretch::parse(s, None).expect("stretch");
+            assert!(s.apply(0.0).abs() < 1e-12, "{s:?}");
+            assert!((s.apply(1.0) - 1.0).abs() < 1e-12, "{s:?}");
+            assert!(s.apply(-1.0).abs() < 1e-12 && (s.apply(2.0) - 1.0).abs() < 1e-12);
+        }
+        // astropy: AsinhStretch(0.1)(0.01) and LogStretch(1000)(0.01).
+        let asinh = Stretch::parse("asinh", None).expect("asinh");
+        assert!(
+            (asinh.apply(0.01) - 0.033_297_75).abs() < 1e-6,
+            "{}",
+            asinh.apply(0.01)
+        );
+        let log = Stretch::parse("log", None).expect("log");
+        assert!(
+            (log.apply(0.01) - 0.347_080_68).abs() < 1e-6,
+            "{}",
+            log.apply(0.01)
+        );
+    }
+
+    #[test]
+    fn small_arrays_are_enlarged_within_max_size() {
+        let o = |min_size, max_size| PreviewOptions {
+            region: None,
+            max_size,
+            min_size,
+            colormap: Colormap::parse("gray").expect("gray"),
+            percentiles: [1.0, 99.0],
+            stretch: Stretch::Linear,
+            max_pool: false,
+            overwrite: false,
+        };
+        // 40 x 40 to at least 256: 7 times, 280 x 280.
+        assert_eq!(o(256, 1024).picture_size(&[40, 40]), (280, 280));
+        // The longer side caps it: 10 x 100 within 1024 px is 10 times.
+        assert_eq!(o(256, 1024).picture_size(&[10, 100]), (100, 1000));
+        // Large arrays are averaged down (4 x 4 values a pixel), never enlarged.
+        assert_eq!(o(256, 1024).picture_size(&[4000, 2000]), (1000, 500));
+        assert_eq!(o(1, 1024).picture_size(&[40, 40]), (40, 40));
     }
 }

@@ -1,6 +1,5 @@
 //! Small results as a CSV table.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use blockflow_core::{with_array, ArrayData, Element};
@@ -41,17 +40,21 @@ pub fn csv_table(path: &Path, names: &[String], arrays: &[ArrayData]) -> Result<
             cols.push((head, (0..n).map(|r| flat[r * width + c].clone()).collect()));
         }
     }
-    let mut s = String::from("index");
-    for (h, _) in &cols {
-        let _ = write!(s, ",{h}");
-    }
-    s.push('\n');
+    let store = |why: String| IoError::Store {
+        path: path.to_path_buf(),
+        why,
+    };
+    // Quoting (a name with a comma, quote or newline) is the csv crate's:
+    // RFC 4180, as Python's csv module and spreadsheets read it.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let head = std::iter::once("index").chain(cols.iter().map(|(h, _)| h.as_str()));
+    w.write_record(head).map_err(|e| store(e.to_string()))?;
     for r in 0..n {
-        let _ = write!(s, "{r}");
-        for (_, v) in &cols {
-            let _ = write!(s, ",{}", v[r]);
-        }
-        s.push('\n');
+        let index = r.to_string();
+        let row = std::iter::once(index.as_str()).chain(cols.iter().map(|(_, v)| v[r].as_str()));
+        w.write_record(row).map_err(|e| store(e.to_string()))?;
     }
+    let bytes = w.into_inner().map_err(|e| store(e.to_string()))?;
+    let s = String::from_utf8(bytes).map_err(|e| store(e.to_string()))?;
     Ok(s)
 }

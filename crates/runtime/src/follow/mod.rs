@@ -726,7 +726,16 @@ mod tests {
         assert_eq!(d("250ms"), Duration::from_millis(250));
         assert_eq!(d("1.5 min"), Duration::from_secs(90));
         assert_eq!(d("0"), Duration::ZERO);
-        assert!(plan::parse_duration("5 parsecs").is_err());
+        assert_eq!(d("2.5"), Duration::from_millis(2500));
+        assert_eq!(d("5 min"), Duration::from_secs(300));
+        assert_eq!(d("1h 30min"), Duration::from_secs(5400));
+        let e = plan::parse_duration("5 parsecs").expect_err("unknown unit");
+        assert!(
+            e.contains("\"5 parsecs\" is not a duration") && e.contains("parsecs"),
+            "{e}"
+        );
         assert!(plan::parse_duration("soon").is_err());
+        assert!(plan::parse_duration("-2s").is_err());
+        assert!(plan::parse_duration("").is_err());
     }
 }

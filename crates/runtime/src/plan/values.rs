@@ -4,28 +4,22 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Sp, Span, Val};
 
-/// A duration: `"2s"`, `"250ms"`, `"1.5 min"`, `"1h"`, or a bare number of seconds.
+/// A duration: `"2s"`, `"250ms"`, `"1.5 min"`, `"1h 30min"` (humantime's
+/// units: ms, s, min or m, h, d, ...), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = (t[..split].trim(), t[split..].trim());
-    let x: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration (e.g. \"2s\", \"250ms\", \"5 min\")"))?;
-    let scale = match unit {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-        "ms" => 1e-3,
-        "min" | "m" | "minute" | "minutes" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit \"{other}\" in \"{s}\" (use ms, s, min or h)"
-            ))
-        }
+    let bad = |why: String| {
+        format!("\"{s}\" is not a duration (e.g. \"2s\", \"250ms\", \"5 min\"): {why}")
     };
-    std::time::Duration::try_from_secs_f64(x * scale).map_err(|e| format!("\"{s}\": {e}"))
+    // A bare number is seconds (humantime wants a unit).
+    if let Some(x) = t
+        .starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        .then(|| t.parse::<f64>().ok())
+        .flatten()
+    {
+        return std::time::Duration::try_from_secs_f64(x).map_err(|e| bad(e.to_string()));
+    }
+    humantime::parse_duration(t).map_err(|e| bad(e.to_string()))
 }
 
 /// A duration parameter's value (see [`parse_duration`]).

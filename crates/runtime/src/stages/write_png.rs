@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use blockflow_core::Chunk;
-use blockflow_io::preview::{Colormap, PreviewOptions, PreviewWriter};
+use blockflow_io::preview::{Colormap, PreviewOptions, PreviewWriter, Stretch};
 use blockflow_io::IoError;
 
 use super::{
@@ -15,15 +15,18 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "write-png",
     role: "writer",
-    summary: "a PNG preview of an (H, W) or RGB (H, W, 3) array: a region, or the whole array averaged down, stretched between percentiles",
+    summary: "a PNG preview of an (H, W) or RGB (H, W, 3) array: a region, or the whole array averaged down (or a small one enlarged), clipped between percentiles, stretched (linear, sqrt, asinh, log) and coloured by a matplotlib colormap",
     inputs: Arity::Exactly(1),
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the PNG file"),
         p("max_size", PType::Int(8, 16384), Some("1024"), "the picture's longer side in pixels (the array is block-averaged down to it)"),
         p("region", PType::Ints, Some(""), "[y0, y1, x0, x1]: preview only this part of the array"),
         p("block", PType::Ints, Some(""), "[row, column]: preview only this block (chunk) of the input's grid; negative counts from the end, and an index past the end takes the last block along that axis, so the config fits a smaller image (`region`, if given, wins)"),
-        p("colormap", PType::Choice(&["gray", "viridis", "pink_r"]), Some("gray"), "for single-channel arrays"),
-        p("percentiles", PType::Floats, Some("[1.0, 99.5]"), "values at these percentiles map to the ends of the colormap"),
+        p("min_size", PType::Int(1, 16384), Some("256"), "a smaller array (or region) is enlarged by an integer factor, each value a square of pixels (nearest neighbour), until its shorter side is at least this many pixels, its longer side staying within max_size"),
+        p("colormap", PType::Choice(Colormap::NAMES), Some("gray"), "for single-channel arrays: matplotlib's table, byte for byte (`_r`: reversed)"),
+        p("percentiles", PType::Floats, Some("[1.0, 99.5]"), "values at these percentiles map to the ends of the colormap (the values between are t in [0, 1])"),
+        p("stretch", PType::Choice(Stretch::NAMES), Some("linear"), "applied to t after the percentile clipping, as astropy.visualization: linear t; sqrt; asinh: asinh(t/a)/asinh(1/a), linear below about a and logarithmic above, which shows faint sources next to bright ones (sky images); log: ln(1 + t/a)/ln(1 + 1/a)"),
+        p("softening", PType::Float, Some(""), "`a` of the asinh or log stretch, > 0 (default 0.1 for asinh, astropy's; 0.001 for log, astropy's LogStretch a = 1000): a smaller a brightens fainter values"),
         p("downsample", PType::Choice(&["mean", "max"]), Some("mean"), "how a block of pixels becomes one: mean, or max (for sparse peaks)"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
     ],
@@ -100,11 +103,17 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             );
         }
     };
+    let softening = cx.p.float("softening");
+    if softening.is_some_and(|a| !(a.is_finite() && a > 0.0)) {
+        return cx.err("softening", "`softening` is a number > 0");
+    }
     let options = PreviewOptions {
         region,
         max_size: cx.p.int("max_size")? as u64,
+        min_size: cx.p.int("min_size")? as u64,
         colormap: Colormap::parse(&cx.p.str("colormap")?)?,
         percentiles,
+        stretch: Stretch::parse(&cx.p.str("stretch")?, softening)?,
         max_pool: cx.p.str("downsample").as_deref() == Some("max"),
         overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
     };
@@ -125,16 +134,17 @@ impl Stage for WritePng {
             Some([y0, y1, x0, x1]) => format!("rows {y0}..{y1}, columns {x0}..{x1}"),
             None => "the whole array".to_string(),
         };
-        let colormap = match o.colormap {
-            Colormap::Gray => "gray",
-            Colormap::Viridis => "viridis",
-            Colormap::PinkR => "pink_r",
+        let stretch = match o.stretch {
+            Stretch::Asinh { a } | Stretch::Log { a } => format!("{} (a = {a})", o.stretch.name()),
+            s => s.name().to_string(),
         };
         format!(
-            "PNG preview {} of {part}, {} down to at most {} px, {colormap} between percentiles {} and {}",
+            "PNG preview {} of {part}, {} down to at most {} px (enlarged to at least {} px), {} between percentiles {} and {}, {stretch} stretch",
             self.path.display(),
             if o.max_pool { "max-pooled" } else { "averaged" },
             o.max_size,
+            o.min_size,
+            o.colormap.name(),
             o.percentiles[0],
             o.percentiles[1]
         )
@@ -204,12 +214,14 @@ mod tests {
         );
         assert!(s.output.is_none());
         // 2 chunks of 400 bytes, and a 10 x 10 region down to 8 px (factor
-        // 2): 5 x 5 pixels of 12 bytes.
-        assert_eq!(s.mem.working, 2 * 400 + 5 * 5 * 12);
+        // 2): 5 x 5 values, 12 bytes each while streaming (sums, counts),
+        // 16 when written (values, sorted copy), and the picture, 6 bytes a
+        // pixel.
+        assert_eq!(s.mem.working, 2 * 400 + 5 * 5 * 16 + 5 * 5 * 6);
         let op = &s.kind;
         assert_eq!(
             op.describe(),
-            "PNG preview /cfg/p.png of rows 0..10, columns 2..12, averaged down to at most 8 px, gray between percentiles 1 and 99.5"
+            "PNG preview /cfg/p.png of rows 0..10, columns 2..12, averaged down to at most 8 px (enlarged to at least 256 px), gray between percentiles 1 and 99.5, linear stretch"
         );
     }
 
