@@ -64,7 +64,8 @@ fn cells_workflow_matches_numpy_and_skimage() {
         format!("third_mode_png.path={}", p("mode2.png")),
         format!("summary.path={}", p("summary.json")),
         format!("modes.k={k}"),
-        format!("image_730.index=\"{}, :, :, :\"", n - 3),
+        // The third image from the end, counted as numpy counts it.
+        "one_image.index=\"-3, :, :, :\"".to_string(),
     ];
     let (code, _, err) = run_with_sets(&root().join("configs/cells.toml"), &sets);
     assert_eq!(code, 0, "{err}");
@@ -105,7 +106,20 @@ fn cells_workflow_matches_numpy_and_skimage() {
     // The green count and the singular values (the modes' norms).
     let summary: Value = read_json(t.join("summary.json"));
     assert_eq!(summary["green_count"], fx["green_count"]);
-    assert_eq!(summary["image_730_max"].as_i64(), Some(im[n as usize - 3]));
+    assert_eq!(summary["one_image_max"].as_i64(), Some(im[n as usize - 3]));
+    // Each key says what it is, the negative index resolved.
+    assert_eq!(
+        summary["about"]["one_image_max"],
+        format!(
+            "max of cells[{}, :, :, :] (index -3 from the end of axis 0, length {n})",
+            n - 3
+        )
+    );
+    assert_eq!(
+        summary["about"]["green_count"],
+        "sum of (channel_mean[..., 0] < channel_mean[..., 1])"
+    );
+    assert_eq!(summary["about"]["top10"], "sqrt(sv_sum)");
     let s = floats(&fx["singular_values"]);
     let s0 = s[0];
     let top: Vec<f64> = summary["top10"]

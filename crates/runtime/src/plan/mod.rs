@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, FixedStack, FsCatalog};
 use crate::config::{ConfigError, Diags, RawConfig, RawStage, Sp, Span, Val};
 use crate::spec;
 use crate::stages::params::{check_entries, Params};
-use crate::stages::{InputRef, KindDef, PlanCx, Stage, Writes};
+use crate::stages::{About, InputRef, KindDef, PlanCx, Stage, Writes};
 
 mod assemble;
 mod regrid;
@@ -63,6 +63,8 @@ pub struct PlannedStage {
     pub output: Option<ArraySpec>,
     /// The stream this stage works over (its output, or a writer's input).
     pub grid: ChunkGrid,
+    /// What its values are, for the readers of results.
+    pub about: About,
     pub capacity: usize,
     pub parallel: usize,
     /// Extra chunks each input edge holds beyond its producer's capacity:
@@ -503,6 +505,7 @@ fn plan_stages(
                 s.output.as_ref().map(|spec| InputRef {
                     name: &s.name,
                     spec,
+                    about: &s.about,
                 })
             })
             .collect();
@@ -534,8 +537,17 @@ fn plan_stages(
         } else {
             get_int(st, "parallel").map_or(settings.threads, |c| c as usize)
         };
+        let about = made.about.unwrap_or_else(|| {
+            let names: Vec<&str> = ins.iter().map(|s| s.name.as_str()).collect();
+            About::text(if names.is_empty() {
+                format!("{} ({})", sname, kind.kind)
+            } else {
+                format!("{} of {}", kind.kind, names.join(", "))
+            })
+        });
         planned[i] = Some(PlannedStage {
             name: sname.to_string(),
+            about,
             params: Params::new(st, &specs).resolved(),
             kind: made.op,
             inputs: g.inputs[i].clone(),

@@ -74,7 +74,22 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         input: stream.grid.clone(),
         mode_sum,
     };
-    Some(Planned::sends(op, DType::F64, grid))
+    let of = cx.inputs[0].label();
+    let about = super::About::text(if values {
+        format!(
+            "the {k} largest singular values of {of} as a centred data matrix (features x images)"
+        )
+    } else {
+        format!(
+            "the first {k} PCA modes u_i s_i of {of} (images x features), {}",
+            if mode_sum {
+                "each with a non-negative sum (dask's svd_flip, u-based)"
+            } else {
+                "each with the largest entry of its row of Vᵀ positive"
+            }
+        )
+    });
+    Some(Planned::sends(op, DType::F64, grid).about(about))
 }
 
 impl Stage for Pca {

@@ -53,7 +53,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let r = Register {
         upsample: cx.p.int("upsample_factor")? as usize,
     };
-    Some(Planned::sends(r, DType::F64, grid))
+    let about = super::About::text(format!(
+        "the shift registering each frame of {} to frame 0 ({} x {frame_nd}: one row per frame, one value per frame axis; phase cross-correlation)",
+        cx.inputs[0].label(),
+        shape[0]
+    ));
+    Some(Planned::sends(r, DType::F64, grid).about(about))
 }
 
 /// A run's reference: its spectrum, and the grid index of the frame it was
