@@ -168,6 +168,18 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
 
 /// [`plan`], reading stored inputs' metadata from `catalog`.
 pub fn plan_with(raw: &RawConfig, catalog: &dyn Catalog) -> Result<Plan, ConfigError> {
+    plan_knowing(raw, catalog, &HashMap::new())
+}
+
+/// [`plan_with`], where `known` says what the streams of some stages are
+/// (by name) instead of their kinds: a cluster segment's readers of stored
+/// intermediates stand for the stages of the whole pipeline, whose
+/// [`About`] its writers' descriptions and coordinates need.
+pub fn plan_knowing(
+    raw: &RawConfig,
+    catalog: &dyn Catalog,
+    known: &HashMap<String, About>,
+) -> Result<Plan, ConfigError> {
     let mut d = Diags::new(&raw.path, &raw.text);
     let settings = pipeline_settings(&mut d, raw);
     let kinds = check_stage_tables(&mut d, raw);
@@ -180,7 +192,7 @@ pub fn plan_with(raw: &RawConfig, catalog: &dyn Catalog) -> Result<Plan, ConfigE
         inputs: &inputs,
         consumers: &consumers,
     };
-    let planned = plan_stages(&mut d, raw, &graph, &order, &settings, catalog);
+    let planned = plan_stages(&mut d, raw, &graph, &order, &settings, catalog, known);
     if !d.list.is_empty() {
         return Err(ConfigError::Invalid(d.list));
     }
@@ -486,6 +498,7 @@ fn plan_stages(
     order: &[usize],
     settings: &Settings,
     catalog: &dyn Catalog,
+    known: &HashMap<String, About>,
 ) -> Vec<Option<PlannedStage>> {
     let mut planned: Vec<Option<PlannedStage>> = vec![None; raw.stages.len()];
     for &i in order {
@@ -537,7 +550,7 @@ fn plan_stages(
         } else {
             get_int(st, "parallel").map_or(settings.threads, |c| c as usize)
         };
-        let about = made.about.unwrap_or_else(|| {
+        let about = known.get(sname).cloned().or(made.about).unwrap_or_else(|| {
             let names: Vec<&str> = ins.iter().map(|s| s.name.as_str()).collect();
             About::text(if names.is_empty() {
                 format!("{} ({})", sname, kind.kind)
