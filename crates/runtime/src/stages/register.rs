@@ -54,9 +54,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         upsample: cx.p.int("upsample_factor")? as usize,
     };
     let about = super::About::text(format!(
-        "the shift registering each frame of {} to frame 0 ({} x {frame_nd}: one row per frame, one value per frame axis; phase cross-correlation)",
-        cx.inputs[0].label(),
-        shape[0]
+        "the shift registering each frame of {} to frame 0 (one row per frame, {frame_nd} values: one per frame axis; phase cross-correlation)",
+        cx.inputs[0].label()
     ));
     Some(Planned::sends(r, DType::F64, grid).about(about))
 }
