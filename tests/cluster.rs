@@ -26,7 +26,7 @@ const SEEDS: &[(&str, &[&str])] = &[
         // Only the input: the preview's block is clipped to the image.
         &["img.shape=[700,800,3]", "img.chunks=[256,300,3]"],
     ),
-    ("cells", &["image_730.index=\"3, :, :, :\""]),
+    ("cells", &["one_image.index=\"3, :, :, :\""]),
     ("timeseries", &[]),
     ("elevation", &["terrain.shape=[600,700,4]"]),
 ];

@@ -514,6 +514,27 @@ fn the_stage_reference_in_docs_is_current() {
         doc.contains(&out),
         "docs/stages.md is out of date: run scripts/gen-docs"
     );
+    // The keys of the shipped configs' JSON results, as the plan gives
+    // them (one that plans without input data here).
+    let (code, plan, err) = blockflow(&[
+        "plan",
+        root()
+            .join("configs/elevation.toml")
+            .to_str()
+            .expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let keys: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("      key "))
+        .collect();
+    assert!(keys.len() >= 11, "{plan}");
+    for k in keys {
+        assert!(
+            doc.contains(&format!("    {k}\n")),
+            "docs/stages.md lacks the key line `{k}`: run scripts/gen-docs"
+        );
+    }
 }
 
 #[test]
@@ -1280,6 +1301,39 @@ fn elevation_exact_matmul_sum_and_the_smoothest_block() {
         );
     assert_eq!(s["smoothest_block"].as_i64(), Some(k as i64));
     let (by, bx) = (k / 4, k % 4);
+    // The same block as (row, column) of the 4 x 4 std array, and as the
+    // pixels of feet it covers; each key with what it is.
+    assert_eq!(s["smoothest_block_index"], serde_json::json!([by, bx]));
+    assert_eq!(
+        s["smoothest_block_region"],
+        serde_json::json!([[by * 200, by * 200 + 200], [bx * 200, bx * 200 + 200]])
+    );
+    let about = &s["about"];
+    assert_eq!(
+        about["smoothest_block"],
+        "flat index (row-major, numpy's argmin) of the first min of block_std, shape [4, 4]"
+    );
+    assert_eq!(
+        about["smoothest_block_index"],
+        "smoothest_block as an index into block_std (shape [4, 4]): [row, column]"
+    );
+    assert_eq!(
+        about["smoothest_block_region"],
+        "the part of feet (shape [800, 800], blocks of [200, 200]) that block covers: [start, stop] per axis, stop exclusive"
+    );
+    assert_eq!(about["block_std"], serde_json::Value::Null, "not an input");
+    assert_eq!(about["alpha_min"], "min of terrain[..., 3]");
+    assert_eq!(
+        about["zoom_max_dx"],
+        "differences along axis 1 of zoom_max (numpy's diff)"
+    );
+    let keys: Vec<&String> = s.as_object().expect("object").keys().collect();
+    let described: Vec<&String> = about.as_object().expect("about").keys().collect();
+    assert_eq!(
+        keys.len(),
+        described.len() + 1,
+        "every key but about described: {keys:?}"
+    );
     let feet = |y: usize, x: usize| {
         let c = |ch: usize| f64::from(rgb[[by * 200 + y, bx * 200 + x, ch]]);
         (1070.0 / 255.0) * ((0.21 * c(0) + 0.72 * c(1)) + 0.07 * c(2)) + 30.0

@@ -3,7 +3,8 @@
 //! scripts/fixtures/make_cells_fixtures.py from the same generated stack):
 //! configs/cells.toml as shipped, its paths redirected, on 16 images of
 //! 16 x 16 x 3. Integer results and rescaled images exact; float statistics
-//! within 1e-12 relative; singular values and modes within 1e-9 s0.
+//! within 1e-12 relative; singular values and modes within 1e-9 s0, the
+//! modes with dask's signs (every one of them checked).
 
 mod common;
 
@@ -63,7 +64,8 @@ fn cells_workflow_matches_numpy_and_skimage() {
         format!("third_mode_png.path={}", p("mode2.png")),
         format!("summary.path={}", p("summary.json")),
         format!("modes.k={k}"),
-        format!("image_730.index=\"{}, :, :, :\"", n - 3),
+        // The third image from the end, counted as numpy counts it.
+        "one_image.index=\"-3, :, :, :\"".to_string(),
     ];
     let (code, _, err) = run_with_sets(&root().join("configs/cells.toml"), &sets);
     assert_eq!(code, 0, "{err}");
@@ -104,7 +106,20 @@ fn cells_workflow_matches_numpy_and_skimage() {
     // The green count and the singular values (the modes' norms).
     let summary: Value = read_json(t.join("summary.json"));
     assert_eq!(summary["green_count"], fx["green_count"]);
-    assert_eq!(summary["image_730_max"].as_i64(), Some(im[n as usize - 3]));
+    assert_eq!(summary["one_image_max"].as_i64(), Some(im[n as usize - 3]));
+    // Each key says what it is, the negative index resolved.
+    assert_eq!(
+        summary["about"]["one_image_max"],
+        format!(
+            "max of cells[{}, :, :, :] (index -3 from the end of axis 0, length {n})",
+            n - 3
+        )
+    );
+    assert_eq!(
+        summary["about"]["green_count"],
+        "sum of (channel_mean[..., 0] < channel_mean[..., 1])"
+    );
+    assert_eq!(summary["about"]["top10"], "sqrt(sv_sum)");
     let s = floats(&fx["singular_values"]);
     let s0 = s[0];
     let top: Vec<f64> = summary["top10"]
@@ -129,27 +144,44 @@ fn cells_workflow_matches_numpy_and_skimage() {
         res.iter().zip(&want).all(|(g, w)| *g as i64 == *w),
         "rescaled images differ from skimage"
     );
-    // Modes u_i s_i, up to each one's sign.
+    // Every mode u_i s_i with dask's signs (svd_flip(u, v,
+    // u_based_decision=True): each mode's sum non-negative), value by value
+    // within 1e-9 s0: no sign is fitted. Each sign is also checked on its
+    // own where it means something (s_i > 1e-9 s0; the last mode of the
+    // centred data is ~0 and its direction arbitrary): the mode's sum has
+    // numpy's sign and, divided by s_i, numpy's sum of u's column.
     let modes = f64s(read_all(&t.join("modes.zarr")));
     let want = floats(&fx["modes"]);
+    let usums = floats(&fx["u_col_sums"]);
+    assert_eq!(modes.len(), want.len());
     let per = want.len() / k as usize;
+    let mut signed = 0;
     for m in 0..k as usize {
         let (g, w) = (
             &modes[m * per..(m + 1) * per],
             &want[m * per..(m + 1) * per],
         );
-        let sign = if g.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() < 0.0 {
-            -1.0
-        } else {
-            1.0
-        };
+        if s[m] > 1e-9 * s0 {
+            let sum: f64 = g.iter().sum();
+            assert!(
+                sum > 0.0 && (sum / s[m] - usums[m]).abs() <= 1e-9 * usums[m].abs().max(1.0),
+                "mode {m}: sum {sum} (/ s = {}) vs numpy's u sum {} with dask's flip",
+                sum / s[m],
+                usums[m]
+            );
+            signed += 1;
+        }
         let worst = g
             .iter()
             .zip(w)
-            .map(|(a, b)| (sign * a - b).abs())
+            .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
-        assert!(worst <= 1e-9 * s0, "mode {m} differs by {worst}");
+        assert!(
+            worst <= 1e-9 * s0,
+            "mode {m} differs from numpy's with dask's signs by {worst}"
+        );
     }
+    assert_eq!(signed, k as usize - 1, "every mode but the null one signed");
 
     // Every singular value, the centred data's last one ~0 included.
     let cfg = write_config(

@@ -66,6 +66,11 @@ impl JsonWriter {
         self.doc.insert(name.to_string(), v);
     }
 
+    /// Adds any JSON value under `name` (coordinates, descriptions).
+    pub fn set_value(&mut self, name: &str, v: Value) {
+        self.doc.insert(name.to_string(), v);
+    }
+
     pub fn finish(self) -> Result<PathBuf, IoError> {
         let text =
             serde_json::to_string_pretty(&Value::Object(self.doc)).unwrap_or_default() + "\n";

@@ -9,11 +9,14 @@
 //! ([`left_singular`]), and `block · V[:, :k]` ([`project`]) is `U · diag(s)`
 //! for those rows, the principal-component scores that seed 001 plots.
 //!
-//! Conventions: singular values descending; each column of `V` is signed so
-//! that its component of largest magnitude (the first such, on a tie) is
-//! positive, which makes results independent of the block order and size up
-//! to rounding. numpy's SVD picks signs freely, so compare `U` and `V` with
-//! numpy up to the sign of each column.
+//! Conventions: singular values descending; [`svd_r`] signs each column of
+//! `V` so that its component of largest magnitude (the first such, on a
+//! tie) is positive, which makes results independent of the block order and
+//! size up to rounding. numpy's SVD picks signs freely, so compare `U` and
+//! `V` with numpy up to the sign of each column, or sign both by one rule:
+//! [`sign_by_u_sums`] applies dask's `svd_flip(u, v, u_based_decision=True)`
+//! (each column of `U` with a non-negative sum) from the column sums of `A`
+//! ([`row_sums`] of each block, added up), without `U`.
 //!
 //! Accuracy: TSQR is backward stable, so singular values are exact to about
 //! `1e-15 · s[0]` absolutely (a Gram-matrix `AᵀA` method would lose the small
@@ -147,6 +150,36 @@ fn sign_columns(v: &mut Array2<f64>) {
             col.mapv_inplace(|x| -x);
         }
     }
+}
+
+/// The sums over the rows of a row block (`n` values, one per column of
+/// `A`): added up over the blocks they give `1ᵀA`, from which
+/// [`sign_by_u_sums`] gets the sums of `U`'s columns.
+pub fn row_sums(block: ArrayView2<f64>) -> Array1<f64> {
+    block.sum_axis(ndarray::Axis(0))
+}
+
+/// dask's `svd_flip(u, v, u_based_decision=True)` without `U`: flips
+/// column `j` of `v` (and so of `U`) where the sum of `U`'s column `j` is
+/// negative. That sum is `(1ᵀA) · v_j / s_j`, so its sign is the sign of
+/// `col_sums · v_j` (`col_sums`: `1ᵀA`, the sums of each column of `A` over
+/// all its rows); 0 counts as non-negative, as dask's `signs >= 0`. Where
+/// that sum is within rounding of 0 (a zero singular value, or a mode
+/// orthogonal to the ones vector) the sign is as arbitrary as dask's.
+pub fn sign_by_u_sums(v: &mut Array2<f64>, col_sums: &Array1<f64>) -> Result<(), LinalgError> {
+    if col_sums.len() != v.nrows() {
+        return Err(LinalgError::Project {
+            v_rows: v.nrows(),
+            cols: col_sums.len(),
+            k: v.ncols(),
+        });
+    }
+    for mut col in v.columns_mut() {
+        if col_sums.dot(&col) < 0.0 {
+            col.mapv_inplace(|x| -x);
+        }
+    }
+    Ok(())
 }
 
 /// The SVD of an R factor (`k` x `n`): the `n` singular values, descending
@@ -455,6 +488,48 @@ mod tests {
         let r = qr_r(a.slice(ndarray::s![..3, ..]));
         assert_eq!(r.dim(), (3, 6));
         assert_eq!(r[[2, 1]], 0.0);
+    }
+
+    /// dask's u-based flip from the column sums alone equals the flip
+    /// computed from `U` itself (`A V / s`), block by block, on a centred
+    /// matrix (seed 001's layout, where `V`'s column sums are ~0).
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn u_sums_sign_the_modes_as_dask_u_based_svd_flip() {
+        let mut a = matrix(72, 10);
+        for mut row in a.rows_mut() {
+            let m = row.sum() / 10.0;
+            row.mapv_inplace(|x| x - m);
+        }
+        let mut sums = Array1::zeros(10);
+        let mut t = Tsqr::new(10);
+        for k in 0..6u64 {
+            let b = a.slice(ndarray::s![(k as usize) * 12..(k as usize + 1) * 12, ..]);
+            sums += &row_sums(b);
+            t.push(k, b).unwrap();
+        }
+        let (s, mut v) = t.finish().unwrap();
+        sign_by_u_sums(&mut v, &sums).unwrap();
+        let u = project(a.view(), &v, 10).unwrap();
+        let mut flipped = 0;
+        for j in 0..9 {
+            assert!(s[j] > 1e-6);
+            let usum = u.column(j).sum() / s[j];
+            // dask: signs = (sum >= 0) * 2 - 1 applied to u; here already.
+            assert!(usum > 1e-6, "mode {j}: sum of u {usum}");
+            // The ones vector is orthogonal to V's columns: what dask's
+            // default rule would read is rounding.
+            assert!(v.column(j).sum().abs() < 1e-12);
+            let (_, v0) = svd_r(&qr_r(a.view())).unwrap();
+            if v0.column(j).dot(&v.column(j)) < 0.0 {
+                flipped += 1;
+            }
+        }
+        assert!(
+            flipped > 0,
+            "the rule differs from the largest-component one here"
+        );
+        assert!(sign_by_u_sums(&mut v, &Array1::zeros(3)).is_err());
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub fn describe_all() -> String {
         for line in k.example.lines() {
             let _ = writeln!(s, "    {line}");
         }
+        if k.kind == crate::stages::write_json::KIND.kind {
+            let _ = writeln!(s, "  {}", crate::stages::write_json::JSON_DOC);
+        }
     }
     let _ = writeln!(s, "\nexpression reference (kind = \"expr\"):");
     for (f, doc) in blockflow_kernels::expr::FUNCTIONS {

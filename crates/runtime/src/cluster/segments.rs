@@ -201,7 +201,15 @@ fn plan_sub(
     } else {
         sub.raw.clone()
     };
-    crate::plan::plan_with(&raw, cx.catalog)
+    // Its readers of stored intermediates stand for the whole pipeline's
+    // stages: what those are (for its writers) is the whole plan's.
+    let known = cx
+        .full
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.about.clone()))
+        .collect();
+    crate::plan::plan_knowing(&raw, cx.catalog, &known)
         .map(Some)
         .map_err(|e| {
             ClusterError::Refused(format!(

@@ -228,7 +228,15 @@ impl Committer {
             let a = ArrayD::from_shape_vec(IxDyn(&[shifts.len(), n]), flat)
                 .map_err(|e| state_err(path, e.to_string()))?;
             let mut w = JsonWriter::create(path, true)?;
-            w.set(&self.prog.names[reg], &ArrayData::F64(a));
+            let name = &self.prog.names[reg];
+            w.set(name, &ArrayData::F64(a));
+            // As write-json's in a batch run: what the key is.
+            let mut about = serde_json::Map::new();
+            about.insert(
+                name.clone(),
+                serde_json::Value::from(self.prog.stages[reg].about.text.clone()),
+            );
+            w.set_value("about", serde_json::Value::Object(about));
             w.finish()?;
         }
         self.dirty = false;

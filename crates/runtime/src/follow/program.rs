@@ -33,7 +33,7 @@ pub(super) enum Step {
 #[derive(Clone)]
 pub(super) struct Program {
     pub(super) names: Vec<String>,
-    stages: Vec<PlannedStage>,
+    pub(super) stages: Vec<PlannedStage>,
     steps: Vec<(Step, Vec<usize>)>,
     /// The stage whose output is appended, and the writer's options.
     pub(super) out: usize,

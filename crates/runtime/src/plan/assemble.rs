@@ -84,8 +84,12 @@ fn with_overlaps(list: Vec<Named>, capacity: usize) -> Vec<Named> {
         let input = ins
             .first()
             .and_then(|n| out.iter().find(|(t, _)| &t.name == n))
-            .and_then(|(t, _)| t.output.clone().map(|o| (t.name.clone(), o)));
-        if let (Some(halo), Some((from, spec))) = (halo, input) {
+            .and_then(|(t, _)| {
+                t.output
+                    .clone()
+                    .map(|o| (t.name.clone(), o, t.about.clone()))
+            });
+        if let (Some(halo), Some((from, spec, about))) = (halo, input) {
             let name = format!("{}.halo", s.name);
             let ov = PlannedStage {
                 name: name.clone(),
@@ -97,6 +101,7 @@ fn with_overlaps(list: Vec<Named>, capacity: usize) -> Vec<Named> {
                 inputs: vec![],
                 consumers: vec![],
                 grid: spec.grid.clone(),
+                about,
                 output: Some(spec),
                 capacity,
                 parallel: 1,

@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, FixedStack, FsCatalog};
 use crate::config::{ConfigError, Diags, RawConfig, RawStage, Sp, Span, Val};
 use crate::spec;
 use crate::stages::params::{check_entries, Params};
-use crate::stages::{InputRef, KindDef, PlanCx, Stage, Writes};
+use crate::stages::{About, InputRef, KindDef, PlanCx, Stage, Writes};
 
 mod assemble;
 mod names;
@@ -64,6 +64,8 @@ pub struct PlannedStage {
     pub output: Option<ArraySpec>,
     /// The stream this stage works over (its output, or a writer's input).
     pub grid: ChunkGrid,
+    /// What its values are, for the readers of results.
+    pub about: About,
     pub capacity: usize,
     pub parallel: usize,
     /// Extra chunks each input edge holds beyond its producer's capacity:
@@ -167,6 +169,18 @@ pub fn plan(raw: &RawConfig) -> Result<Plan, ConfigError> {
 
 /// [`plan`], reading stored inputs' metadata from `catalog`.
 pub fn plan_with(raw: &RawConfig, catalog: &dyn Catalog) -> Result<Plan, ConfigError> {
+    plan_knowing(raw, catalog, &HashMap::new())
+}
+
+/// [`plan_with`], where `known` says what the streams of some stages are
+/// (by name) instead of their kinds: a cluster segment's readers of stored
+/// intermediates stand for the stages of the whole pipeline, whose
+/// [`About`] its writers' descriptions and coordinates need.
+pub fn plan_knowing(
+    raw: &RawConfig,
+    catalog: &dyn Catalog,
+    known: &HashMap<String, About>,
+) -> Result<Plan, ConfigError> {
     let mut d = Diags::new(&raw.path, &raw.text);
     let settings = pipeline_settings(&mut d, raw);
     let kinds = check_stage_tables(&mut d, raw);
@@ -179,7 +193,7 @@ pub fn plan_with(raw: &RawConfig, catalog: &dyn Catalog) -> Result<Plan, ConfigE
         inputs: &inputs,
         consumers: &consumers,
     };
-    let planned = plan_stages(&mut d, raw, &graph, &order, &settings, catalog);
+    let planned = plan_stages(&mut d, raw, &graph, &order, &settings, catalog, known);
     if !d.list.is_empty() {
         return Err(ConfigError::Invalid(d.list));
     }
@@ -485,6 +499,7 @@ fn plan_stages(
     order: &[usize],
     settings: &Settings,
     catalog: &dyn Catalog,
+    known: &HashMap<String, About>,
 ) -> Vec<Option<PlannedStage>> {
     let mut planned: Vec<Option<PlannedStage>> = vec![None; raw.stages.len()];
     for &i in order {
@@ -504,6 +519,7 @@ fn plan_stages(
                 s.output.as_ref().map(|spec| InputRef {
                     name: &s.name,
                     spec,
+                    about: &s.about,
                 })
             })
             .collect();
@@ -542,8 +558,17 @@ fn plan_stages(
         } else {
             get_int(st, "parallel").map_or(settings.threads, |c| c as usize)
         };
+        let about = known.get(sname).cloned().or(made.about).unwrap_or_else(|| {
+            let names: Vec<&str> = ins.iter().map(|s| s.name.as_str()).collect();
+            About::text(if names.is_empty() {
+                format!("{} ({})", sname, kind.kind)
+            } else {
+                format!("{} of {}", kind.kind, names.join(", "))
+            })
+        });
         planned[i] = Some(PlannedStage {
             name: sname.to_string(),
+            about,
             params: Params::new(st, &specs).resolved(),
             kind: made.op,
             inputs: g.inputs[i].clone(),

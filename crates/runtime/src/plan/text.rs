@@ -117,6 +117,9 @@ impl Plan {
                 .collect();
             let _ = writeln!(s, "      {}", text.join(", "));
         }
+        for (key, about) in st.kind.result_keys() {
+            let _ = writeln!(s, "      key {key}: {about}");
+        }
     }
 
     /// The plan as a Graphviz digraph; each edge is labelled with the

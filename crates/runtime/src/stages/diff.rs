@@ -37,7 +37,11 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         Ok(g) => g,
         Err(e) => return cx.err_stage(e.to_string()),
     };
-    Some(Planned::sends(Diff { axis: ax }, stream.dtype, grid))
+    let about = super::About::text(format!(
+        "differences along axis {ax} of {} (numpy's diff)",
+        cx.inputs[0].label()
+    ));
+    Some(Planned::sends(Diff { axis: ax }, stream.dtype, grid).about(about))
 }
 
 impl Stage for Diff {

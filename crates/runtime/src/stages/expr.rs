@@ -84,6 +84,11 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         }),
         output: Some(out),
         grid,
+        about: Some(super::About {
+            text: src.clone(),
+            inline: true,
+            ..Default::default()
+        }),
     })
 }
 

@@ -83,7 +83,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         b_elems: b.grid.total_elements(),
         dir: PathBuf::new(),
     };
-    Some(Planned::sends(op, dtype, grid))
+    let about = super::About::text(format!(
+        "{} @ {}",
+        cx.inputs[0].label(),
+        cx.inputs[1].label()
+    ));
+    Some(Planned::sends(op, dtype, grid).about(about))
 }
 
 impl Stage for Matmul {

@@ -132,6 +132,70 @@ pub fn kind(name: &str) -> Option<&'static KindDef> {
     KINDS.iter().copied().find(|k| k.kind == name)
 }
 
+/// What a stream's values are, for the readers of results (write-json's
+/// `about` and its coordinate keys): a line of text, and what the planner
+/// knows of where the values come from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct About {
+    /// One line, e.g. "max of cells[730, :, :, :]".
+    pub text: String,
+    /// Whether `text` may stand for the stream in another stage's text (a
+    /// slice, a short expression) instead of the stage's name.
+    pub inline: bool,
+    /// One value per block of another array (a per-block reduction).
+    pub blocks_of: Option<BlocksOf>,
+    /// A flat (row-major) index into another array (argmin or argmax of a
+    /// whole array, as numpy's).
+    pub index_into: Option<IndexInto>,
+}
+
+impl About {
+    /// A line of text, no more.
+    pub fn text(text: impl Into<String>) -> About {
+        About {
+            text: text.into(),
+            ..About::default()
+        }
+    }
+}
+
+/// The array a per-block statistic is of: its stage and its blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlocksOf {
+    pub array: String,
+    pub grid: ChunkGrid,
+}
+
+/// The array a flat index points into: its stage, its shape, and, where it
+/// is itself a per-block statistic, the array whose blocks it counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexInto {
+    pub array: String,
+    pub shape: Vec<u64>,
+    pub blocks_of: Option<BlocksOf>,
+}
+
+/// Where a closing note " (...)" begins in `t`, if it ends with one.
+fn note_start(t: &str) -> Option<usize> {
+    if !t.ends_with(')') {
+        return None;
+    }
+    let mut depth = 0i32;
+    for (k, c) in t.char_indices().rev() {
+        match c {
+            ')' => depth += 1,
+            '(' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (k > 0 && t[..k].ends_with(' ')).then(|| k - 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// What planning a stage makes.
 #[derive(Debug)]
 pub struct Planned {
@@ -140,6 +204,8 @@ pub struct Planned {
     pub output: Option<ArraySpec>,
     /// The grid it works over (its output's, or a writer's input's).
     pub grid: ChunkGrid,
+    /// What its values are (None: the planner says "KIND of INPUTS").
+    pub about: Option<About>,
 }
 
 impl Planned {
@@ -153,6 +219,7 @@ impl Planned {
             op: Box::new(op),
             output: Some(ArraySpec::new(dtype, grid.clone())),
             grid,
+            about: None,
         }
     }
 
@@ -162,7 +229,14 @@ impl Planned {
             op: Box::new(op),
             output: None,
             grid,
+            about: None,
         }
+    }
+
+    /// With what its values are.
+    pub fn about(mut self, about: About) -> Planned {
+        self.about = Some(about);
+        self
     }
 }
 
@@ -171,6 +245,37 @@ impl Planned {
 pub struct InputRef<'a> {
     pub name: &'a str,
     pub spec: &'a ArraySpec,
+    /// What its values are.
+    pub about: &'a About,
+}
+
+impl InputRef<'_> {
+    /// How another stage's text names this input: its own text where that
+    /// may stand for it and is short (`cells[730, :, :, :]`, parenthesised
+    /// where it is more than an indexed name), else its stage's name.
+    pub fn label(&self) -> String {
+        let t = &self.about.text;
+        if !self.about.inline || t.is_empty() || t.chars().count() > 80 {
+            return self.name.to_string();
+        }
+        // Outside brackets, a space means an operator: parenthesise. A
+        // note in parentheses at the end (a slice's) does not count.
+        let main = note_start(t).map_or(t.as_str(), |k| &t[..k]);
+        let mut depth = 0i32;
+        let bare = main.chars().all(|c| {
+            match c {
+                '[' | '(' => depth += 1,
+                ']' | ')' => depth -= 1,
+                _ => {}
+            }
+            depth > 0 || c != ' '
+        });
+        if bare {
+            t.clone()
+        } else {
+            format!("({t})")
+        }
+    }
 }
 
 /// What a kind's `plan` sees: its parameters, its inputs' streams, the
@@ -366,6 +471,11 @@ pub trait Stage: StageBase + fmt::Debug + Send + Sync {
     /// What it writes, for writers.
     fn writes(&self) -> Option<Writes<'_>> {
         None
+    }
+    /// The keys of the results it writes and what each one is (write-json),
+    /// for `blockflow plan` and the docs.
+    fn result_keys(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
     /// A barrier whose result merges from per-chunk partials (a reduction
     /// over the whole array or per block): a distributed run has the

@@ -5,7 +5,9 @@
 //! factors cost as much as the bands' own QRs here); for the modes, the
 //! bands also go into a scratch store. The SVD of the last R gives s and
 //! V; the modes u_i s_i of a band are the band times V's first k columns,
-//! read back from the store band by band.
+//! read back from the store band by band. Each mode is signed as dask's
+//! `svd_flip(u, v, u_based_decision=True)` (its sum non-negative) by
+//! default, from the data matrix's column sums gathered in the first pass.
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -20,11 +22,12 @@ use crate::exec::{RunError, StageIo};
 pub static KIND: KindDef = KindDef {
     kind: "pca",
     role: "kernel",
-    summary: "principal components of a stack (N, ...): the data matrix is features x observations (each image a column), centred by the mean image, decomposed by a tall-skinny QR over the chunks (each a band of features of all N images; rechunk to whole axis 0 first) and an SVD of R; the stream is the first k modes u_i s_i as (k, ...) images (their norms are the singular values), or the singular values",
+    summary: "principal components of a stack (N, ...): the data matrix is features x observations (each image a column), centred by the mean image, decomposed by a tall-skinny QR over the chunks (each a band of features of all N images; rechunk to whole axis 0 first) and an SVD of R; the stream is the first k modes u_i s_i as (k, ...) images (their norms are the singular values), or the singular values. Signs: each mode (a column of u) is flipped so that its sum is non-negative, which is dask's svd_flip(u, v, u_based_decision=True); dask's default rule (u_based_decision=False: each row of Vᵀ with a non-negative sum) cannot decide on centred data: every row of the centred data matrix sums to 0, so every row of Vᵀ of a non-zero singular value sums to 0 up to rounding, and dask's own signs change with its chunks",
     inputs: Arity::Exactly(1),
     params: &[
         p("k", PType::Int(1, 1_000_000), Some("10"), "how many modes (or singular values)"),
         p("output", PType::Choice(&["modes", "values"]), Some("modes"), "modes: (k, ...) as the input's chunks, u_i s_i (the seed's u.dot(diag(s))); values: the k largest singular values. Modes read the input a second time from a scratch store"),
+        p("signs", PType::Choice(&["mode-sum", "largest"]), Some("mode-sum"), "mode-sum: each mode's sum (over all its pixels) non-negative, dask's svd_flip(u, v, u_based_decision=True), so the modes compare with numpy's SVD signed that way; largest: the rule blockflow used before, each row of Vᵀ (a mode's weights over the N images) with its largest-magnitude entry positive, to reproduce earlier results. Where a mode's sum is within rounding of 0 (a zero singular value) its sign means nothing"),
     ],
     example: "inputs = [\"bands\"]\nk = 2",
     plan,
@@ -39,6 +42,9 @@ pub struct Pca {
     pub dir: PathBuf,
     /// The input's grid (bands of whole axis 0).
     pub input: ChunkGrid,
+    /// Sign each mode by its sum (dask's u-based svd_flip); false: by
+    /// the largest entry of its row of Vᵀ (the sign `svd_r` gives).
+    pub mode_sum: bool,
 }
 
 fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
@@ -50,6 +56,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let n = shape[0];
     let k = (cx.p.int("k")? as u64).min(n);
     let values = cx.p.str("output").as_deref() == Some("values");
+    let mode_sum = cx.p.str("signs").as_deref() != Some("largest");
     let (oshape, ochunks) = if values {
         (vec![k], vec![k])
     } else {
@@ -65,8 +72,24 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         values,
         dir: PathBuf::new(),
         input: stream.grid.clone(),
+        mode_sum,
     };
-    Some(Planned::sends(op, DType::F64, grid))
+    let of = cx.inputs[0].label();
+    let about = super::About::text(if values {
+        format!(
+            "the {k} largest singular values of {of} as a centred data matrix (features x images)"
+        )
+    } else {
+        format!(
+            "the first {k} PCA modes u_i s_i of {of} (images x features), {}",
+            if mode_sum {
+                "each with a non-negative sum (dask's svd_flip, u-based)"
+            } else {
+                "each with the largest entry of its row of Vᵀ positive"
+            }
+        )
+    });
+    Some(Planned::sends(op, DType::F64, grid).about(about))
 }
 
 impl Stage for Pca {
@@ -81,7 +104,12 @@ impl Stage for Pca {
                 format!("the {k} largest singular values")
             } else {
                 format!(
-                    "the first {k} modes u_i s_i (the input kept for a second pass in {})",
+                    "the first {k} modes u_i s_i, {} (the input kept for a second pass in {})",
+                    if self.mode_sum {
+                        "each with a non-negative sum"
+                    } else {
+                        "each with the largest entry of its row of Vᵀ positive"
+                    },
                     self.dir.display()
                 )
             }
@@ -110,6 +138,7 @@ impl BarrierOp for Pca {
         Ok(Box::new(Tsqr {
             op: self.clone(),
             r: None,
+            sums: None,
             keeper,
         }))
     }
@@ -119,6 +148,9 @@ struct Tsqr {
     op: Pca,
     /// The R factor of the bands so far.
     r: Option<ndarray::Array2<f64>>,
+    /// The data matrix's column sums so far (one per observation), for
+    /// the modes' signs: added in band order, so the same for any threads.
+    sums: Option<ndarray::Array1<f64>>,
     keeper: Option<Keeper>,
 }
 
@@ -145,6 +177,11 @@ impl Barrier for Tsqr {
             .ok_or_else(|| io.err(Some(&c.index), "internal: the band was not prepared"))?;
         let held = self.r.as_ref().map_or(0, |r| r.len() as u64 * 8);
         io.note_held(c.nbytes() + 2 * (block.len() as u64 * 8 + held) + held);
+        let sums = linalg::row_sums(block.view());
+        self.sums = Some(match self.sums.take() {
+            Some(acc) => acc + sums,
+            None => sums,
+        });
         let prev = self.r.take();
         let next = io
             .pool()
@@ -161,14 +198,22 @@ impl Barrier for Tsqr {
     }
 
     fn finish(self: Box<Self>, io: &mut StageIo<'_, '_>) -> Result<(), RunError> {
-        let Tsqr { op, r, keeper } = *self;
-        let Some(r) = r else {
+        let Tsqr {
+            op,
+            r,
+            sums,
+            keeper,
+        } = *self;
+        let (Some(r), Some(sums)) = (r, sums) else {
             return Err(io.err(None, "the input had no bands"));
         };
         let pool = io.pool();
-        let (s, v) = io
+        let (s, mut v) = io
             .busy(|| pool.install(|| linalg::svd_r(&r)))
             .map_err(|e| io.err(None, e.to_string()))?;
+        if op.mode_sum {
+            linalg::sign_by_u_sums(&mut v, &sums).map_err(|e| io.err(None, e.to_string()))?;
+        }
         let k = op.k;
         let Some(keeper) = keeper else {
             let a = ndarray::Array1::from_iter(s.iter().take(k).copied()).into_dyn();
@@ -227,7 +272,7 @@ mod tests {
         assert_eq!(s.grid.shape(), &[3, 20, 10]);
         assert_eq!(s.grid.chunk_shape(), &[3, 5, 10]);
         let p = pca_of(&s);
-        assert_eq!((p.k, p.values), (3, false));
+        assert_eq!((p.k, p.values, p.mode_sum), (3, false, true));
         // Band 6 x 5 x 10 f32 (1200 bytes, 300 values), R 6 x 6, modes
         // 3 x 5 x 10 f64 (1200 bytes).
         let (band, elems, r, out) = (1200u64, 300u64, 36 * 8u64, 1200u64);
@@ -235,7 +280,16 @@ mod tests {
             s.mem.working,
             band + elems * 8 + r + 2 * (elems * 8 + r) + 2 * out
         );
-        assert!(p.describe().contains("the first 3 modes u_i s_i"));
+        assert!(p
+            .describe()
+            .contains("the first 3 modes u_i s_i, each with a non-negative sum"));
+        let s = plan_one(
+            "kind = \"pca\"\nsigns = \"largest\"",
+            &[DType::F32],
+            &[6, 20, 10],
+            &[6, 5, 10],
+        );
+        assert!(!pca_of(&s).mode_sum);
         // k is at most N; values are one chunk.
         let s = plan_one(
             "kind = \"pca\"\nk = 9\noutput = \"values\"",

@@ -10,8 +10,8 @@ use blockflow_core::{ArrayData, ArraySpec, Chunk, ChunkGrid, DType};
 use blockflow_kernels::reduce::{self, AxisReducer, Partial, Reduction};
 
 use super::{
-    p, Arity, Barrier, BarrierOp, Exec, KindDef, MemoryCx, PType, PartialReduce, PlanCx, Planned,
-    Stage,
+    p, About, Arity, Barrier, BarrierOp, BlocksOf, Exec, IndexInto, InputRef, KindDef, MemoryCx,
+    PType, PartialReduce, PlanCx, Planned, Stage,
 };
 use crate::config::Val;
 use crate::exec::{RunError, StageIo};
@@ -84,7 +84,86 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         input: stream.grid.clone(),
         axes,
     };
-    Some(Planned::sends(op, dtype, ChunkGrid::whole(shape)))
+    let about = about(&op, &cx.inputs[0]);
+    Some(Planned::sends(op, dtype, ChunkGrid::whole(shape)).about(about))
+}
+
+/// The name the config writes for `op`.
+fn op_name(op: Reduction) -> &'static str {
+    Reduction::NAMES
+        .iter()
+        .find(|n| Reduction::parse(n) == Some(op))
+        .copied()
+        .unwrap_or("?")
+}
+
+/// What a reduction's values are: "max of cells[730, :, :, :]", "std of
+/// each 200 x 200 block of feet"; an argmin or argmax of a whole array is a
+/// flat index into it (and, where that array is per block, into its blocks).
+fn about(r: &Reduce, input: &InputRef<'_>) -> About {
+    let of = input.label();
+    let name = op_name(r.op);
+    let ddof = if r.ddof > 0
+        && matches!(
+            r.op,
+            Reduction::Std | Reduction::Var | Reduction::NanStd | Reduction::NanVar
+        ) {
+        format!(" (ddof {})", r.ddof)
+    } else {
+        String::new()
+    };
+    let arg = match r.op {
+        Reduction::ArgMin => Some("min"),
+        Reduction::ArgMax => Some("max"),
+        _ => None,
+    };
+    let shape = input.spec.shape().to_vec();
+    let axes_text = |a: &[usize]| {
+        if a.len() == 1 {
+            format!("axis {}", a[0])
+        } else {
+            format!("axes {a:?}")
+        }
+    };
+    let block = r
+        .input
+        .chunk_shape()
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(" x ");
+    match (r.per_block, &r.axes, arg) {
+        (true, _, Some(m)) => About::text(format!(
+            "flat index into {of} (shape {shape:?}, row-major) of the first {m} of each {block} block"
+        )),
+        (true, _, None) => About {
+            text: format!("{name}{ddof} of each {block} block of {of}"),
+            blocks_of: Some(BlocksOf {
+                array: input.name.to_string(),
+                grid: r.input.clone(),
+            }),
+            ..About::default()
+        },
+        (false, Some(a), Some(m)) => About::text(format!(
+            "index along {} of the first {m} of {of}",
+            axes_text(a)
+        )),
+        (false, Some(a), None) => {
+            About::text(format!("{name}{ddof} over {} of {of}", axes_text(a)))
+        }
+        (false, None, Some(m)) => About {
+            text: format!(
+                "flat index (row-major, numpy's {name}) of the first {m} of {of}, shape {shape:?}"
+            ),
+            index_into: Some(IndexInto {
+                array: input.name.to_string(),
+                shape,
+                blocks_of: input.about.blocks_of.clone(),
+            }),
+            ..About::default()
+        },
+        (false, None, None) => About::text(format!("{name}{ddof} of {of}")),
+    }
 }
 
 /// The axes `axis` names among `nd` (sorted), or an error on `axis`.

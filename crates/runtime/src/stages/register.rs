@@ -53,7 +53,11 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let r = Register {
         upsample: cx.p.int("upsample_factor")? as usize,
     };
-    Some(Planned::sends(r, DType::F64, grid))
+    let about = super::About::text(format!(
+        "the shift registering each frame of {} to frame 0 (one row per frame, {frame_nd} values: one per frame axis; phase cross-correlation)",
+        cx.inputs[0].label()
+    ));
+    Some(Planned::sends(r, DType::F64, grid).about(about))
 }
 
 /// A run's reference: its spectrum, and the grid index of the frame it was

@@ -84,13 +84,28 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         map,
     };
     let window = regrid.window();
+    // For the readers of results: the positions the index takes.
+    let about = resolved_index(&text, stream.shape())
+        .map(|(index, notes)| {
+            let mut t = format!("{}[{index}]", cx.inputs[0].label());
+            if !notes.is_empty() {
+                t = format!("{t} (index {})", notes.join("; "));
+            }
+            t
+        })
+        .unwrap_or_else(|_| format!("{}[{text}]", cx.inputs[0].label()));
     let op = Slice {
         regrid,
         drop,
         window,
         text,
     };
-    Some(Planned::sends(op, stream.dtype, grid))
+    let about = super::About {
+        text: about,
+        inline: true,
+        ..Default::default()
+    };
+    Some(Planned::sends(op, stream.dtype, grid).about(about))
 }
 
 impl Stage for Slice {
@@ -123,30 +138,7 @@ pub fn parse_index(
     text: &str,
     shape: &[u64],
 ) -> Result<(Vec<(u64, u64)>, Vec<bool>, Vec<u64>), String> {
-    let parts: Vec<&str> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    let ellipses = parts.iter().filter(|p| **p == "...").count();
-    if ellipses > 1 {
-        return Err("at most one `...`".into());
-    }
-    let named = parts.len() - ellipses;
-    if named > shape.len() {
-        return Err(format!("{named} indices for {} axes", shape.len()));
-    }
-    let mut items: Vec<&str> = Vec::new();
-    for p in &parts {
-        if *p == "..." {
-            items.extend(std::iter::repeat_n(":", shape.len() - named));
-        } else {
-            items.push(p);
-        }
-    }
-    while items.len() < shape.len() {
-        items.push(":");
-    }
+    let items = expand(text, shape)?;
     let num = |s: &str| -> Result<Option<i64>, String> {
         let s = s.trim();
         if s.is_empty() {
@@ -205,6 +197,63 @@ pub fn parse_index(
         }
     }
     Ok((map, drop, extents))
+}
+
+/// The index's items, one per axis (`...` and missing trailing axes as `:`).
+fn expand<'t>(text: &'t str, shape: &[u64]) -> Result<Vec<&'t str>, String> {
+    let parts: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let ellipses = parts.iter().filter(|p| **p == "...").count();
+    if ellipses > 1 {
+        return Err("at most one `...`".into());
+    }
+    let named = parts.len() - ellipses;
+    if named > shape.len() {
+        return Err(format!("{named} indices for {} axes", shape.len()));
+    }
+    let mut items: Vec<&str> = Vec::new();
+    for p in &parts {
+        if *p == "..." {
+            items.extend(std::iter::repeat_n(":", shape.len() - named));
+        } else {
+            items.push(p);
+        }
+    }
+    while items.len() < shape.len() {
+        items.push(":");
+    }
+    Ok(items)
+}
+
+/// The index with each integer resolved to the position it takes (`-1` of
+/// 16 images is 15), every axis written; and, for each negative integer,
+/// where it counted from (for the readers of results).
+pub fn resolved_index(text: &str, shape: &[u64]) -> Result<(String, Vec<String>), String> {
+    let (map, _, _) = parse_index(text, shape)?;
+    let items = expand(text, shape)?;
+    let mut notes = Vec::new();
+    let out: Vec<String> = items
+        .iter()
+        .zip(&map)
+        .enumerate()
+        .map(|(ax, (item, &(start, _)))| {
+            if item.contains(':') {
+                return (*item).to_string();
+            }
+            if item.trim().starts_with('-') {
+                notes.push(format!(
+                    "{} from the end of axis {ax}, length {}",
+                    item.trim(),
+                    shape[ax]
+                ));
+            }
+            start.to_string()
+        })
+        .collect();
+    Ok((out.join(", "), notes))
 }
 
 #[cfg(test)]
@@ -283,5 +332,46 @@ mod tests {
         assert!(parse_index("5:2", &[10]).is_err_and(|e| e.contains("selects nothing")));
         assert!(parse_index("..., ...", &[10]).is_err());
         assert!(parse_index("::0", &[10]).is_err_and(|e| e.contains("positive steps")));
+    }
+
+    /// A negative integer counts from the end, as numpy's; out of range
+    /// either way it is refused, naming the index, the axis and its length.
+    #[test]
+    fn a_negative_index_counts_from_the_end() {
+        let (map, drop, ext) = parse_index("-1, :, :, :", &[16, 4, 4, 3]).expect("parses");
+        assert_eq!(map[0], (15, 1));
+        assert_eq!((drop[0], ext[0]), (true, 1));
+        let (map, _, _) = parse_index("-16", &[16, 4]).expect("parses");
+        assert_eq!(map[0], (0, 1));
+        let e = parse_index("-17, :", &[16, 4]).expect_err("out of range");
+        assert_eq!(e, "index -17 is out of range for axis 0 of length 16");
+        let e = plan_err(
+            "kind = \"slice\"\nindex = \"-11, :\"",
+            &[DType::F32],
+            &[10, 20],
+            &[4, 5],
+        );
+        assert!(
+            e.contains("`index = \"-11, :\"`: index -11 is out of range for axis 0 of length 10"),
+            "{e}"
+        );
+        // What the result is, for write-json: the position it resolved to.
+        assert_eq!(
+            resolved_index("-1, ...", &[16, 4, 3]).expect("resolves"),
+            (
+                "15, :, :".to_string(),
+                vec!["-1 from the end of axis 0, length 16".to_string()]
+            )
+        );
+        let s = plan_one(
+            "kind = \"slice\"\nindex = \"-1, :\"",
+            &[DType::F32],
+            &[10, 20],
+            &[4, 5],
+        );
+        assert_eq!(
+            s.about.text,
+            "in0[9, :] (index -1 from the end of axis 0, length 10)"
+        );
     }
 }

@@ -39,7 +39,13 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         src: a.grid.clone(),
         dir: PathBuf::new(),
     };
-    Some(Planned::sends(op, a.dtype, grid))
+    let about = super::About::text(format!(
+        "the block of {} (blocks of {:?}) at the flat block index {}",
+        cx.inputs[0].label(),
+        a.grid.chunk_shape(),
+        cx.inputs[1].label()
+    ));
+    Some(Planned::sends(op, a.dtype, grid).about(about))
 }
 
 /// The shape of what is taken: a whole block, or the whole array along
