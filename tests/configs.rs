@@ -256,19 +256,21 @@ fn every_seed_config_runs_at_two_other_sizes_overriding_only_its_input() {
             &out,
             &[glob, format!("volumes.frame=[{edge}, {edge}, {edge}]")],
         );
-        assert_eq!(
-            read_all(&out.join("ingest.zarr")).shape(),
-            &[n, e, e, e]
-        );
+        assert_eq!(read_all(&out.join("ingest.zarr")).shape(), &[n, e, e, e]);
     }
     // Seed 003: terrains whose smoothest block may be an edge block.
-    for (k, (h, w)) in [(1100usize, 1500usize), (450, 2630)].into_iter().enumerate() {
+    for (k, (h, w)) in [(1100usize, 1500usize), (450, 2630)]
+        .into_iter()
+        .enumerate()
+    {
         let out = t.join(format!("el{k}"));
         run_seed("elevation", &out, &[format!("terrain.shape=[{h}, {w}, 4]")]);
         let s = read_json(out.join("elevation-summary.json"));
         let blocks = h.div_ceil(200) * w.div_ceil(200);
         assert!(
-            s["smoothest_block"].as_u64().is_some_and(|b| (b as usize) < blocks),
+            s["smoothest_block"]
+                .as_u64()
+                .is_some_and(|b| (b as usize) < blocks),
             "{s}"
         );
         assert_eq!(s["zoom_std"].as_array().map(Vec::len), Some(20), "{s}");
