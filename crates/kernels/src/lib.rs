@@ -12,6 +12,7 @@ pub mod reduce;
 pub mod register;
 pub mod rescale;
 pub mod shift;
+pub mod simd;
 pub mod tensor;
 pub mod zscore;
 

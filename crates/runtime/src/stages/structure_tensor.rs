@@ -3,6 +3,7 @@
 
 use blockflow_core::{with_array, ArrayData, Chunk, DType, Region};
 use blockflow_kernels::filters;
+use blockflow_kernels::simd::Isa;
 use blockflow_kernels::tensor::{self, Gradient, TensorParams};
 
 use super::common::{self, MODES};
@@ -141,16 +142,19 @@ impl MapKernel for StructureTensor {
         let c = inputs.first().ok_or("structure-tensor has no input")?;
         let (padded, geom) = common::block(c, &self.halo, &self.array)?;
         let data = padded.as_ref().unwrap_or(c.array());
-        let (block, bshape) = with_array!(data, a => filters::as_f64(a.view()));
-        let (s, core) = tensor::structure_tensor_block(&block, &bshape, &geom, &self.params)?;
-        let (dims, values) = match self.output {
-            Output::Features => (
-                core[..2].to_vec(),
-                tensor::features(&s, core[0], core[1], core[2]),
-            ),
-            Output::Energy => (core.clone(), tensor::energy_anisotropy(&s).0),
-            Output::Anisotropy => (core.clone(), tensor::energy_anisotropy(&s).1),
+        let map = match self.output {
+            Output::Features => tensor::FeatureMap::Features,
+            Output::Energy => tensor::FeatureMap::Energy,
+            Output::Anisotropy => tensor::FeatureMap::Anisotropy,
         };
+        // The fused kernel reads the block in its own dtype (no float64 copy).
+        let (values, dims) = with_array!(data, a => match a.as_slice() {
+            Some(v) => tensor::feature_map_block(v, a.shape(), &geom, &self.params, map, Isa::Avx512Fma),
+            None => {
+                let v: Vec<_> = a.iter().copied().collect();
+                tensor::feature_map_block(&v, a.shape(), &geom, &self.params, map, Isa::Avx512Fma)
+            }
+        })?;
         Ok(ArrayData::F64(
             ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), values)
                 .map_err(|e| e.to_string())?,
