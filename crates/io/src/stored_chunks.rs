@@ -146,24 +146,6 @@ impl StoredChunks {
         (lo, hi)
     }
 
-    /// Every stored index in the box, in row-major order.
-    fn box_indices(lo: &[u64], hi: &[u64]) -> Vec<Vec<u64>> {
-        let mut out = vec![lo.to_vec()];
-        for ax in 0..lo.len() {
-            out = out
-                .into_iter()
-                .flat_map(|i| {
-                    (lo[ax]..=hi[ax]).map(move |k| {
-                        let mut j = i.clone();
-                        j[ax] = k;
-                        j
-                    })
-                })
-                .collect();
-        }
-        out
-    }
-
     /// Whether `region` overlaps the stored chunk `s`.
     pub fn needs(&self, region: &Region, s: &[u64]) -> bool {
         let (lo, hi) = self.stored_box(region);
@@ -194,7 +176,7 @@ impl StoredChunks {
         for &k in positions {
             let region = self.stream.region(&self.stream.unravel(k));
             let (lo, hi) = self.stored_box(&region);
-            for s in Self::box_indices(&lo, &hi) {
+            for s in box_indices(&lo, &hi) {
                 if !self.held.contains_key(&s) && !out.contains(&s) {
                     out.push(s);
                 }
@@ -233,7 +215,7 @@ impl StoredChunks {
     /// `path` names the array in the error if one it needs is not held.
     pub fn cut(&self, region: &Region, path: &std::path::Path) -> Result<ArrayData, IoError> {
         let (lo, hi) = self.stored_box(region);
-        let parts = Self::box_indices(&lo, &hi);
+        let parts = box_indices(&lo, &hi);
         let mut pieces = Vec::with_capacity(parts.len());
         for s in parts {
             let data = self.held.get(&s).ok_or_else(|| IoError::Chunk {
@@ -285,6 +267,24 @@ impl StoredChunks {
         }
         out
     }
+}
+
+/// Every index in the box `lo..=hi`, in row-major order.
+pub(crate) fn box_indices(lo: &[u64], hi: &[u64]) -> Vec<Vec<u64>> {
+    let mut out = vec![lo.to_vec()];
+    for ax in 0..lo.len() {
+        out = out
+            .into_iter()
+            .flat_map(|i| {
+                (lo[ax]..=hi[ax]).map(move |k| {
+                    let mut j = i.clone();
+                    j[ax] = k;
+                    j
+                })
+            })
+            .collect();
+    }
+    out
 }
 
 #[cfg(test)]

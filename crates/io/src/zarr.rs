@@ -660,7 +660,7 @@ impl ZarrWriter {
         let hi: Vec<u64> = (0..nd)
             .map(|ax| (region.end()[ax].max(region.origin[ax] + 1) - 1) / shards.shape[ax])
             .collect();
-        for index in box_indices(&lo, &hi) {
+        for index in crate::stored_chunks::box_indices(&lo, &hi) {
             let shard = Region::new(
                 (0..nd).map(|ax| index[ax] * shards.shape[ax]).collect(),
                 (0..nd)
@@ -844,24 +844,6 @@ fn paste_at<T: ArrayKind + Clone>(
     })
     .assign(src);
     Ok(())
-}
-
-/// Every index in the box `lo..=hi`, in row-major order.
-fn box_indices(lo: &[u64], hi: &[u64]) -> Vec<Vec<u64>> {
-    let mut out = vec![lo.to_vec()];
-    for ax in 0..lo.len() {
-        out = out
-            .into_iter()
-            .flat_map(|i| {
-                (lo[ax]..=hi[ax]).map(move |k| {
-                    let mut j = i.clone();
-                    j[ax] = k;
-                    j
-                })
-            })
-            .collect();
-    }
-    out
 }
 
 /// Whether `region` starts on a chunk boundary and ends on one or at the
