@@ -224,13 +224,7 @@ impl PreviewOptions {
 pub struct PreviewWriter {
     path: PathBuf,
     o: PreviewOptions,
-    y0: u64,
-    x0: u64,
-    factor: u64,
-    out_h: usize,
-    out_w: usize,
-    channels: usize,
-    up: usize,
+    g: Geometry,
     sum: Vec<f64>,
     count: Vec<u32>,
     claim: Claim,
@@ -240,27 +234,14 @@ impl PreviewWriter {
     /// `shape` is the array's: (H, W) or (H, W, 3).
     pub fn create(path: &Path, shape: &[u64], o: PreviewOptions) -> Result<Self, IoError> {
         let claim = Claim::take(path, Made::Png, o.overwrite)?;
-        let Geometry {
-            y0,
-            x0,
-            factor,
-            out_h,
-            out_w,
-            channels,
-            up,
-        } = o.geometry(shape);
+        let g = o.geometry(shape);
+        let n = g.out_h * g.out_w * g.channels;
         Ok(PreviewWriter {
             path: path.to_path_buf(),
             o,
-            y0,
-            x0,
-            factor,
-            out_h,
-            out_w,
-            channels,
-            up,
-            sum: vec![0.0; out_h * out_w * channels],
-            count: vec![0; out_h * out_w * channels],
+            g,
+            sum: vec![0.0; n],
+            count: vec![0; n],
             claim,
         })
     }
@@ -275,22 +256,22 @@ impl PreviewWriter {
         let (ry0, rx0) = (region.origin[0], region.origin[1]);
         let [_, y1, _, x1] = self.o.region.unwrap_or([0, u64::MAX, 0, u64::MAX]);
         // Rows and columns of the chunk inside the previewed region.
-        let ys = ry0.max(self.y0)..(ry0 + region.shape[0]).min(y1);
-        let xs = rx0.max(self.x0)..(rx0 + region.shape[1]).min(x1);
+        let ys = ry0.max(self.g.y0)..(ry0 + region.shape[0]).min(y1);
+        let xs = rx0.max(self.g.x0)..(rx0 + region.shape[1]).min(x1);
         if ys.is_empty() || xs.is_empty() {
             return;
         }
-        let c = self.channels;
+        let c = self.g.channels;
         let w = region.shape[1] as usize;
         with_array!(data, a => {
             let a = a.as_standard_layout();
             let Some(v) = a.as_slice() else { return };
             for gy in ys.clone() {
                 let row = &v[((gy - ry0) as usize * w) * c..((gy - ry0) as usize * w + w) * c];
-                let py = ((gy - self.y0) / self.factor) as usize;
+                let py = ((gy - self.g.y0) / self.g.factor) as usize;
                 for gx in xs.clone() {
-                    let px = ((gx - self.x0) / self.factor) as usize;
-                    let base = (py * self.out_w + px) * c;
+                    let px = ((gx - self.g.x0) / self.g.factor) as usize;
+                    let base = (py * self.g.out_w + px) * c;
                     for ch in 0..c {
                         let val = row[(gx - rx0) as usize * c + ch].to_f64();
                         if val.is_finite() {
@@ -315,14 +296,17 @@ impl PreviewWriter {
         let PreviewWriter {
             path,
             o,
-            out_h,
-            out_w,
-            channels,
-            up,
+            g:
+                Geometry {
+                    out_h,
+                    out_w,
+                    channels,
+                    up,
+                    ..
+                },
             sum: mut means,
             count,
             claim,
-            ..
         } = self;
         for (v, &n) in means.iter_mut().zip(&count) {
             *v = match (n, o.max_pool) {

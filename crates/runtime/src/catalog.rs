@@ -108,17 +108,7 @@ fn missing(what: &str, path: &str) -> IoError {
 impl FakeCatalog {
     /// A Zarr array of `shape` stored in `chunks` of `dtype` at `path`.
     pub fn add_zarr(&self, path: &Path, dtype: DType, shape: &[u64], chunks: &[u64]) {
-        let info = ZarrInfo {
-            path: path.to_path_buf(),
-            zarr_format: 3,
-            dtype,
-            shape: shape.to_vec(),
-            chunks: chunks.to_vec(),
-            shards: None,
-            dimension_names: None,
-            codecs: "bytes".into(),
-            fill_value: "0".into(),
-        };
+        let info = ZarrInfo::plain(path, dtype, shape, chunks);
         if let Ok(mut m) = self.zarr.lock() {
             m.insert(path.to_path_buf(), info);
         }
