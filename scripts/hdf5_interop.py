@@ -35,7 +35,8 @@ WRITES = [
 def copy_config(src, dst, compression, extra):
     lines = [
         '[pipeline]\nname = "h5copy"\nmemory = "256 MiB"\n',
-        f'[stage.src]\nkind = "read-hdf5"\npath = "{src}"\ndataset = "data"\nchunks = [7, 11, 13]\n',
+        f'[stage.src]\nkind = "read-hdf5"\npath = "{src}"\ndataset = "data"\nchunks = [7, 11, 13]\n'
+        'axes = ["z", "y", "x"]\n',
         f'[stage.dst]\nkind = "write-hdf5"\ninputs = ["src"]\npath = "{dst}"\ndataset = "copy"\n'
         f'chunks = [8, 16, 16]\ncompression = "{compression}"\n',
     ]
@@ -85,6 +86,9 @@ def main():
                     attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in ds.attrs.items()}
                     if attrs.get("pipeline") != "h5copy" or attrs.get("stage") != "dst" or not attrs.get("blockflow_version"):
                         failures.append(f"{what}: attributes {attrs}")
+                    labels = [d.label for d in ds.dims]
+                    if labels != ["z", "y", "x"]:
+                        failures.append(f"{what}: dimension labels {labels}")
                 print(f"ok   {what}" if not failures or not failures[-1].startswith(what) else f"FAIL {what}")
     for f in failures:
         print("FAIL", f)

@@ -43,6 +43,27 @@ pub struct Hdf5Info {
     pub dtype: DType,
     /// The dataset's own chunks, if it is chunked.
     pub chunks: Option<Vec<u64>>,
+    /// Its axes' names: the dimension labels (h5py's `ds.dims[i].label`),
+    /// when every axis has one.
+    pub labels: Option<Vec<String>>,
+}
+
+/// The dataset's dimension labels (`DIMENSION_LABELS`), if every axis has
+/// a distinct non-empty one; anything else (no attribute, another type,
+/// an unlabelled axis) is no names, never an error.
+fn read_labels(ds: &hdf5::Dataset) -> Option<Vec<String>> {
+    let raw = ds
+        .attr("DIMENSION_LABELS")
+        .ok()?
+        .read_raw::<hdf5::types::VarLenAscii>()
+        .ok()?;
+    let labels: Vec<String> = raw.iter().map(|l| l.as_str().to_string()).collect();
+    let distinct = labels
+        .iter()
+        .enumerate()
+        .all(|(k, l)| !labels[..k].contains(l));
+    (labels.len() == ds.ndim() && distinct && labels.iter().all(|l| !l.is_empty()))
+        .then_some(labels)
 }
 
 fn dtype_of(path: &Path, dataset: &str, ds: &hdf5::Dataset) -> Result<DType, IoError> {
@@ -187,6 +208,7 @@ impl Hdf5Reader {
         let shape: Vec<u64> = ds.shape().iter().map(|&n| n as u64).collect();
         let dtype = dtype_of(path, dataset, &ds)?;
         let chunks = ds.chunk().map(|c| c.iter().map(|&n| n as u64).collect());
+        let labels = read_labels(&ds);
         Ok(Hdf5Reader {
             info: Hdf5Info {
                 path: path.to_path_buf(),
@@ -194,6 +216,7 @@ impl Hdf5Reader {
                 shape,
                 dtype,
                 chunks,
+                labels,
             },
             ds,
         })
@@ -234,6 +257,24 @@ trait H5Elem: ArrayKind {
     ) -> Result<hdf5::Dataset, String>;
 }
 
+/// The axes' names as HDF5's dimension-scale labels: the attribute
+/// `DIMENSION_LABELS`, one variable-length ASCII string per axis (the
+/// type `H5DSset_label` writes, so h5py's `ds.dims[i].label` reads it).
+fn write_labels(ds: &hdf5::Dataset, labels: &[String]) -> Result<(), String> {
+    let v = labels
+        .iter()
+        .map(|l| {
+            hdf5::types::VarLenAscii::from_ascii(l.as_bytes())
+                .map_err(|e| format!("axis name \"{l}\" is not ASCII: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ds.new_attr::<hdf5::types::VarLenAscii>()
+        .shape(v.len())
+        .create("DIMENSION_LABELS")
+        .and_then(|a| a.write(&v))
+        .map_err(|e| e.to_string())
+}
+
 /// How a dataset is written beyond its shape and chunks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Hdf5Options {
@@ -243,6 +284,9 @@ pub struct Hdf5Options {
     pub shuffle: bool,
     /// String attributes of the dataset, e.g. the pipeline and stage.
     pub attrs: Vec<(String, String)>,
+    /// The axes' names, written as the dimension scales' labels
+    /// (`DIMENSION_LABELS`, which h5py reads as `ds.dims[i].label`).
+    pub labels: Option<Vec<String>>,
 }
 
 macro_rules! h5elem {
@@ -533,6 +577,15 @@ impl Hdf5Writer {
                 .create(name.as_str())
                 .and_then(|a| a.write_scalar(&v))
                 .map_err(|e| h5err(path, dataset, format!("attribute \"{name}\": {e}")))?;
+        }
+        if let Some(labels) = &opts.labels {
+            write_labels(&ds, labels).map_err(|e| {
+                h5err(
+                    path,
+                    dataset,
+                    format!("attribute \"DIMENSION_LABELS\": {e}"),
+                )
+            })?;
         }
         Ok(Hdf5Writer {
             path: path.to_path_buf(),

@@ -105,6 +105,7 @@ fn gzip_with_shuffle_and_attributes_as_h5py_reads_them() {
             ("pipeline".into(), "p".into()),
             ("stage".into(), "s".into()),
         ],
+        labels: Some(vec!["z".into(), "y".into(), "x".into()]),
     };
     let packed = write("packed.h5", &opts);
     let size = |p: &std::path::Path| std::fs::metadata(p).expect("stat").len();
@@ -140,6 +141,14 @@ fn gzip_with_shuffle_and_attributes_as_h5py_reads_them() {
             .expect("attribute")
     };
     assert_eq!((attr("pipeline"), attr("stage")), ("p".into(), "s".into()));
+    let labels: Vec<String> = ds
+        .attr("DIMENSION_LABELS")
+        .and_then(|a| a.read_raw::<hdf5::types::VarLenAscii>())
+        .expect("labels")
+        .iter()
+        .map(|l| l.as_str().to_string())
+        .collect();
+    assert_eq!(labels, ["z", "y", "x"]);
 }
 
 #[test]

@@ -138,6 +138,7 @@ impl FakeCatalog {
             shape: shape.to_vec(),
             dtype,
             chunks: None,
+            labels: None,
         };
         if let Ok(mut m) = self.hdf5.lock() {
             m.insert((path.to_path_buf(), dataset.to_string()), info);

@@ -1,11 +1,15 @@
-//! The axes' names of a stage's output where its kind did not set them
-//! (a reader of named arrays does; a writer takes them from its input):
-//! kept by maps and windows of the input's rank (a slice drops the axes an
-//! integer indexes), by a rechunk, permuted by a transpose, kept along the
-//! axes a reduction leaves (and by a per-block reduction, whose output is
-//! the block grid), kept by a concatenation of inputs named alike. Any
-//! other stage's output is unnamed (a stack's new axis, a kernel that adds
-//! or removes axes, PCA, take, matmul).
+//! The axes' names of a stage's output where its kind did not set them.
+//! Kinds that know their axes set them when they plan: readers (a Zarr
+//! array's stored names, a timepoint stack's t, z, y, x, an image stack's
+//! image, y, x, c, or the stage's `axes`), a stack (the inputs' names with
+//! its new axis's), the structure tensor's features (the image's less its
+//! channels), PCA (mode, then the features' axes), take (its input's), and
+//! matmul (a's rows and b's columns). Here, for the rest: names are kept by
+//! maps and windows of the input's rank (a slice drops the axes an integer
+//! indexes), by a rechunk, permuted by a transpose, kept along the axes a
+//! reduction leaves (and by a per-block reduction, whose output is the
+//! block grid), kept by a concatenation of inputs named alike. Any other
+//! stage's output is unnamed (a kernel that adds or removes axes).
 
 use blockflow_core::ArraySpec;
 
@@ -131,6 +135,78 @@ mod tests {
         assert_eq!(named(&all, "all"), None);
         assert_eq!(named(&all, "rc"), Some(&v(&["t", "y", "x"])[..]));
         assert_eq!(named(&all, "tr"), Some(&v(&["x", "t", "y"])[..]));
-        assert_eq!(named(&all, "st"), None, "a stack's new axis has no name");
+        assert_eq!(
+            named(&all, "st"),
+            Some(&v(&["st", "t", "y", "x"])[..]),
+            "a stack's new axis is named after the stage"
+        );
+    }
+
+    #[test]
+    fn names_go_through_stacks_tensors_pca_take_and_matmul() {
+        let all = names_after(
+            "[stage.st]\nkind = \"stack\"\ninputs = [\"v\", \"v\"]\naxis = 1\naxis_name = \"run\"\n\
+             [stage.clash]\nkind = \"stack\"\ninputs = [\"v\", \"v\"]\naxis_name = \"y\"\n\
+             [stage.yxt]\nkind = \"transpose\"\ninputs = [\"v\"]\naxes = [1, 2, 0]\n\
+             [stage.img]\nkind = \"rechunk\"\ninputs = [\"yxt\"]\nchunks = [6, 8, 4]\n\
+             [stage.ten]\nkind = \"structure-tensor\"\ninputs = [\"img\"]\nradius = 1\nwindow_radius = 1\n\
+             [stage.en]\nkind = \"structure-tensor\"\ninputs = [\"img\"]\nradius = 1\nwindow_radius = 1\noutput = \"energy\"\n\
+             [stage.bands]\nkind = \"rechunk\"\ninputs = [\"v\"]\nchunks = [4, 3, 8]\n\
+             [stage.modes]\nkind = \"pca\"\ninputs = [\"bands\"]\nk = 2\n\
+             [stage.sv]\nkind = \"pca\"\ninputs = [\"bands\"]\nk = 2\noutput = \"values\"\n\
+             [stage.var]\nkind = \"reduce\"\ninputs = [\"v\"]\nop = \"var\"\nover = \"blocks\"\n\
+             [stage.pick]\nkind = \"reduce\"\ninputs = [\"var\"]\nop = \"argmin\"\n\
+             [stage.tk]\nkind = \"take\"\ninputs = [\"v\", \"pick\"]\n\
+             [stage.yx]\nkind = \"slice\"\ninputs = [\"v\"]\nindex = \"0, :, :\"\n\
+             [stage.whole]\nkind = \"rechunk\"\ninputs = [\"yx\"]\nchunks = [6, 8]\n\
+             [stage.xy]\nkind = \"transpose\"\ninputs = [\"whole\"]\n\
+             [stage.gram]\nkind = \"matmul\"\ninputs = [\"whole\", \"xy\"]\n\
+             [stage.cross]\nkind = \"matmul\"\ninputs = [\"xy\", \"whole\"]\n",
+        );
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(named(&all, "st"), Some(&v(&["t", "run", "y", "x"])[..]));
+        assert_eq!(named(&all, "clash"), None, "a new axis named as an old one");
+        assert_eq!(named(&all, "ten"), Some(&v(&["y", "x"])[..]));
+        assert_eq!(named(&all, "en"), Some(&v(&["y", "x", "t"])[..]));
+        assert_eq!(named(&all, "modes"), Some(&v(&["mode", "y", "x"])[..]));
+        assert_eq!(named(&all, "sv"), Some(&v(&["mode"])[..]));
+        assert_eq!(named(&all, "tk"), Some(&v(&["t", "y", "x"])[..]));
+        assert_eq!(named(&all, "gram"), None, "y @ y would name two axes y");
+        assert_eq!(named(&all, "cross"), None, "x @ x would name two axes x");
+    }
+
+    fn reader_names(table: &str) -> Result<Option<Vec<String>>, String> {
+        let c = FakeCatalog::default();
+        c.add_hdf5(Path::new("/data/v.h5"), "data", DType::F32, &[4, 5, 6]);
+        c.add_stack("/data/t_*.h5", "data", 3, &[5, 6, 7], DType::F32);
+        c.add_images("/data/img_*.png", 4, &[8, 9, 3], DType::U8);
+        let text = format!("[pipeline]\nmemory = \"1 GiB\"\nthreads = 2\n[stage.r]\n{table}");
+        let plan = plan_text(&text, &c)?;
+        Ok(stage_named(&plan, "r")
+            .output
+            .as_ref()
+            .and_then(|o| o.names.clone()))
+    }
+
+    #[test]
+    fn readers_name_their_axes_or_take_the_given_ones() {
+        let v = |x: &[&str]| Some(x.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let stack = "kind = \"read-hdf5-stack\"\npath = \"/data/t_*.h5\"\ndataset = \"data\"\n";
+        assert_eq!(reader_names(stack), Ok(v(&["t", "z", "y", "x"])));
+        let images = "kind = \"read-images\"\npath = \"/data/img_*.png\"\n";
+        assert_eq!(reader_names(images), Ok(v(&["image", "y", "x", "c"])));
+        let h5 = "kind = \"read-hdf5\"\npath = \"/data/v.h5\"\ndataset = \"data\"\n";
+        assert_eq!(reader_names(h5), Ok(None));
+        let given = format!("{h5}axes = [\"c\", \"y\", \"x\"]\n");
+        assert_eq!(reader_names(&given), Ok(v(&["c", "y", "x"])));
+        let survey =
+            "kind = \"synthetic\"\nshape = [8, 9, 3]\nchunks = [4, 9, 3]\npattern = \"survey\"\n";
+        assert_eq!(reader_names(survey), Ok(v(&["y", "x", "c"])));
+        let short = format!("{h5}axes = [\"y\", \"x\"]\n");
+        let e = reader_names(&short).expect_err("two names for three axes");
+        assert!(e.contains("2 axis names") && e.contains("axes"), "{e}");
+        let twice = format!("{stack}axes = [\"t\", \"x\", \"y\", \"x\"]\n");
+        let e = reader_names(&twice).expect_err("a name twice");
+        assert!(e.contains("given to two axes"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use blockflow_core::{with_array, ArrayData, ArrayKind, Chunk, ChunkGrid};
 use blockflow_kernels::filters::{Boundary, Geometry};
 use ndarray::{ArrayD, IxDyn, Slice};
 
-use super::PlanCx;
+use super::{PlanCx, Planned};
 
 /// The largest kernel radius (taps on each side) a filter may have along an
 /// axis: the axis's length (a wider kernel sees mostly the boundary), but
@@ -124,4 +124,41 @@ pub fn block(
         ArrayKind::wrap(out)
     });
     Ok((Some(padded), geom))
+}
+
+/// The doc of a reader's `axes` parameter.
+pub const AXES_DOC: &str = "the axes' names, one per axis (e.g. [\"t\", \"z\", \"y\", \"x\"]), carried by the stream to the writers (Zarr `dimension_names` / `_ARRAY_DIMENSIONS`, OME-Zarr axes); default: what the input says, as this kind's summary tells";
+
+/// Names `planned`'s stream: the stage's `axes` if given (checked against
+/// the stream's rank: one name per axis, none empty, none twice), else
+/// `default` (what the input itself says), if any. None after an error.
+pub fn name_axes(
+    cx: &mut PlanCx<'_, '_>,
+    mut planned: Planned,
+    default: Option<Vec<String>>,
+) -> Option<Planned> {
+    let out = planned.output.as_mut()?;
+    let nd = out.shape().len();
+    let names = match cx.p.names("axes").filter(|v| !v.is_empty()) {
+        Some(axes) => {
+            if let Err(e) = blockflow_io::zarr::check_names(&axes, nd) {
+                return cx.err("axes", e);
+            }
+            Some(axes)
+        }
+        None => default.filter(|d| d.len() == nd),
+    };
+    out.names = names;
+    Some(planned)
+}
+
+/// The names of the usual axes of an `nd`-axis image: (y, x), (z, y, x),
+/// with `lead` before them.
+pub fn spatial_names(lead: &[&str], nd: usize) -> Option<Vec<String>> {
+    let space: &[&str] = match nd.checked_sub(lead.len())? {
+        2 => &["y", "x"],
+        3 => &["z", "y", "x"],
+        _ => return None,
+    };
+    Some(lead.iter().chain(space).map(|s| s.to_string()).collect())
 }

@@ -25,7 +25,10 @@ pub static STACK: KindDef = KindDef {
     role: "kernel",
     summary: "numpy's stack of several inputs of one shape along a new axis (one chunk per input along it); the inputs wait in scratch stores until all have arrived",
     inputs: Arity::AtLeast(2),
-    params: &[p("axis", PType::Int(-33, 32), Some("0"), "where the new axis goes")],
+    params: &[
+        p("axis", PType::Int(-33, 32), Some("0"), "where the new axis goes"),
+        p("axis_name", PType::Str, Some(""), "the new axis's name, when the inputs' axes are named alike (default: the stage's name); the result's axes are then the inputs' with it inserted"),
+    ],
     example: "inputs = [\"f32_2d\", \"f32_2d\"]",
     plan: plan_stack,
 };
@@ -115,7 +118,31 @@ fn plan(cx: &mut PlanCx<'_, '_>, new_axis: bool) -> Option<Planned> {
         grids: specs.iter().map(|s| s.grid.clone()).collect(),
         dir: PathBuf::new(),
     };
-    Some(Planned::sends(op, dtype, grid))
+    let mut planned = Planned::sends(op, dtype, grid);
+    if new_axis {
+        let given = cx.p.str("axis_name").filter(|s| !s.is_empty());
+        let name = given.unwrap_or_else(|| cx.st.name.v.clone());
+        if let Some(out) = planned.output.as_mut() {
+            out.names = stacked_names(&specs, ax, name);
+        }
+    }
+    Some(planned)
+}
+
+/// A stack's axes' names: the inputs' (all named alike) with `name`
+/// inserted at `ax`, unless an input's axis already has that name.
+fn stacked_names(
+    specs: &[&blockflow_core::ArraySpec],
+    ax: usize,
+    name: String,
+) -> Option<Vec<String>> {
+    let names = specs.first()?.names.as_ref()?;
+    if specs.iter().any(|s| s.names.as_ref() != Some(names)) || names.contains(&name) {
+        return None;
+    }
+    let mut out = names.clone();
+    out.insert(ax, name);
+    Some(out)
 }
 
 impl Stage for Join {

@@ -88,7 +88,31 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         cx.inputs[0].label(),
         cx.inputs[1].label()
     ));
-    Some(Planned::sends(op, dtype, grid).about(about))
+    let names = product_names(cx.inputs[0].spec, cx.inputs[1].spec);
+    let mut planned = Planned::sends(op, dtype, grid).about(about);
+    if let Some(out) = planned.output.as_mut() {
+        out.names = names;
+    }
+    Some(planned)
+}
+
+/// The axes' names of `a @ b`: `a`'s rows and `b`'s columns (of those
+/// that are 2-D), when both are named and the two names differ (`y @ y`
+/// of an image by its transpose has no names that would not clash).
+fn product_names(
+    a: &blockflow_core::ArraySpec,
+    b: &blockflow_core::ArraySpec,
+) -> Option<Vec<String>> {
+    let (na, nb) = (a.names.as_ref()?, b.names.as_ref()?);
+    let mut out = Vec::new();
+    if na.len() == 2 {
+        out.push(na[0].clone());
+    }
+    if nb.len() == 2 {
+        out.push(nb[1].clone());
+    }
+    let clash = out.len() == 2 && out[0] == out[1];
+    (!out.is_empty() && !clash).then_some(out)
 }
 
 impl Stage for Matmul {

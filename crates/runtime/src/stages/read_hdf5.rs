@@ -14,12 +14,13 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "read-hdf5",
     role: "reader",
-    summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); HDF5 I/O runs one chunk at a time (the library's global lock)",
+    summary: "one dataset of one HDF5 file, read by hyperslabs (uint8..uint32, int16..int64, float32, float64); its dimension labels (h5py's `ds.dims[i].label`), when every axis has one, name the axes; HDF5 I/O runs one chunk at a time (the library's global lock)",
     inputs: Arity::None,
     params: &[
         p("path", PType::Path(PathRole::Input), None, "the HDF5 file"),
         p("dataset", PType::Str, None, "the dataset's path in the file, e.g. `data` or `/group/volume`"),
         p("chunks", PType::Shape, Some(""), "the chunks to stream (default: the dataset's own chunks, or the whole dataset)"),
+        p("axes", PType::Names, Some(""), super::common::AXES_DOC),
     ],
     example: "path = \"in.h5\"\ndataset = \"data\"",
     plan,
@@ -43,7 +44,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             .or(info.chunks)
             .unwrap_or_else(|| info.shape.clone());
     let grid = cx.grid("chunks", info.shape, chunks)?;
-    Some(Planned::sends(ReadHdf5 { path, dataset }, info.dtype, grid))
+    let planned = Planned::sends(ReadHdf5 { path, dataset }, info.dtype, grid);
+    super::common::name_axes(cx, planned, info.labels)
 }
 
 impl Stage for ReadHdf5 {

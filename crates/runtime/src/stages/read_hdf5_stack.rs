@@ -16,7 +16,7 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "read-hdf5-stack",
     role: "reader",
-    summary: "a glob of per-timepoint HDF5 files (natural order of their names: t2 before t10), each holding `dataset` of one shape and dtype, stacked on a new leading axis; a file whose dataset is missing or differs is an error naming the file and the dataset",
+    summary: "a glob of per-timepoint HDF5 files (natural order of their names: t2 before t10), each holding `dataset` of one shape and dtype, stacked on a new leading axis (named t; a frame of 3 axes z, y, x, of 2 y, x); a file whose dataset is missing or differs is an error naming the file and the dataset",
     inputs: Arity::None,
     params: &[
         p("path", PType::Path(PathRole::InputGlob), None, "a glob whose wildcards are in the file name: `volumes/t_*.h5`"),
@@ -25,6 +25,7 @@ pub static KIND: KindDef = KindDef {
         p("chunks", PType::Shape, Some(""), "the chunks to stream (default: one whole timepoint per chunk)"),
         p("frame", PType::Shape, Some(""), "one timepoint's shape, declared (with `dtype`): the pipeline plans before any file has arrived (an ingest starts watching an empty folder), and every file is checked against it"),
         p("dtype", PType::DType, Some(""), "the dataset's element type, declared (with `frame`)"),
+        p("axes", PType::Names, Some(""), super::common::AXES_DOC),
     ],
     example: "path = \"t_*.h5\"\ndataset = \"data\"",
     plan,
@@ -92,11 +93,9 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let chunks = cx.p.shape("chunks").unwrap_or(default);
     let grid = cx.grid("chunks", stack.shape(), chunks)?;
     let dtype = stack.dtype;
-    Some(Planned::sends(
-        ReadHdf5Stack { pattern, stack },
-        dtype,
-        grid,
-    ))
+    let names = super::common::spatial_names(&["t"], stack.frame.len() + 1);
+    let planned = Planned::sends(ReadHdf5Stack { pattern, stack }, dtype, grid);
+    super::common::name_axes(cx, planned, names)
 }
 
 /// The declared `frame` and `dtype`: both or neither.

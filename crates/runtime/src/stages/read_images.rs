@@ -16,11 +16,12 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "read-images",
     role: "reader",
-    summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array, `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
+    summary: "a sorted glob of PNG, JPEG or TIFF files (format by content) as one (N, H, W, C) array (axes named image, y, x, c), `batch` images per chunk; every image must have the first one's shape and dtype (an error names the file that differs or does not decode)",
     inputs: Arity::None,
     params: &[
         p("path", PType::Path(PathRole::InputGlob), None, "a glob whose wildcards (*, ?, [abc]) are in the file name: `cells/*.png`; sorted as Python's sorted(glob(...))"),
         p("batch", PType::Int(1, 1_000_000), Some("1"), "images per chunk"),
+        p("axes", PType::Names, Some(""), super::common::AXES_DOC),
     ],
     example: "path = \"img_*.png\"\nbatch = 2",
     plan,
@@ -55,7 +56,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         Ok(g) => g,
         Err(e) => return cx.err_stage(e.to_string()),
     };
-    Some(Planned::sends(
+    let planned = Planned::sends(
         ReadImages {
             pattern,
             files,
@@ -64,7 +65,9 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         },
         dtype,
         grid,
-    ))
+    );
+    let names = ["image", "y", "x", "c"].map(String::from).to_vec();
+    super::common::name_axes(cx, planned, Some(names))
 }
 
 impl Stage for ReadImages {

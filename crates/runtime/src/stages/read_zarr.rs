@@ -37,6 +37,7 @@ pub static KIND: KindDef = KindDef {
             Some(""),
             "stream chunks, if not the stored ones (a sharded array's inner chunks; as dask's from_zarr(chunks=...))",
         ),
+        p("axes", PType::Names, Some(""), super::common::AXES_DOC),
     ],
     example: "path = \"in.zarr\"",
     plan,
@@ -63,11 +64,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let regrid = stream_is_finer(&info.shape, &info.chunks, grid.chunk_shape());
     let dtype = info.dtype;
     let names = info.dimension_names.clone();
-    let mut planned = Planned::sends(ReadZarr { path, info, regrid }, dtype, grid);
-    if let Some(out) = &mut planned.output {
-        out.names = names;
-    }
-    Some(planned)
+    let planned = Planned::sends(ReadZarr { path, info, regrid }, dtype, grid);
+    super::common::name_axes(cx, planned, names)
 }
 
 impl Stage for ReadZarr {

@@ -103,7 +103,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         array: shape.iter().map(|&n| n as usize).collect(),
         halo,
     };
-    Some(Planned::sends(st, DType::F64, grid))
+    let mut planned = Planned::sends(st, DType::F64, grid);
+    if let (Some(out), Some(names)) = (planned.output.as_mut(), spec.names.as_ref()) {
+        // The features have the image's axes less its channels.
+        out.names = Some(names[..out.grid.ndim()].to_vec());
+    }
+    Some(planned)
 }
 
 impl Stage for StructureTensor {

@@ -21,8 +21,9 @@ pub static KIND: KindDef = KindDef {
         p("chunks", PType::Shape, None, "chunk shape"),
         p("dtype", PType::DType, Some("float32"), "element type"),
         p("pattern", PType::Choice(&["survey", "terrain", "noise", "ramp"]), Some("noise"),
-          "survey: RGB sky with galaxies, stars, red blobs (H, W, 3) in [0, 1]; terrain: RGBA elevation colours (H, W, 4) 0..255; noise: uniform; ramp: flat index"),
+          "survey: RGB sky with galaxies, stars, red blobs (H, W, 3) in [0, 1]; terrain: RGBA elevation colours (H, W, 4) 0..255 (both axes named y, x, c); noise: uniform; ramp: flat index"),
         p("seed", PType::Int(0, i64::MAX), Some("0"), "random seed"),
+        p("axes", PType::Names, Some(""), super::common::AXES_DOC),
     ],
     example: "shape = [10, 12]\nchunks = [5, 5]\npattern = \"ramp\"",
     plan,
@@ -56,7 +57,9 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             return cx.err(key, e.to_string());
         }
     };
-    Some(Planned::sends(
+    let names = matches!(pattern, Pattern::Survey | Pattern::Terrain)
+        .then(|| ["y", "x", "c"].map(String::from).to_vec());
+    let planned = Planned::sends(
         Synthetic {
             pattern,
             seed,
@@ -65,7 +68,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         },
         dtype,
         grid,
-    ))
+    );
+    super::common::name_axes(cx, planned, names)
 }
 
 impl Stage for Synthetic {

@@ -45,7 +45,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         a.grid.chunk_shape(),
         cx.inputs[1].label()
     ));
-    Some(Planned::sends(op, a.dtype, grid).about(about))
+    let names = a.names.clone();
+    let mut planned = Planned::sends(op, a.dtype, grid).about(about);
+    if let Some(out) = planned.output.as_mut() {
+        out.names = names;
+    }
+    Some(planned)
 }
 
 /// The shape of what is taken: a whole block, or the whole array along

@@ -16,7 +16,7 @@ use super::{
 pub static KIND: KindDef = KindDef {
     kind: "write-hdf5",
     role: "writer",
-    summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py; the dataset carries the string attributes `pipeline`, `stage` and `blockflow_version`",
+    summary: "the stream as one chunked HDF5 dataset, written in `PATH.partial` and moved into place when the whole run succeeded; readable by h5py; the dataset carries the string attributes `pipeline`, `stage` and `blockflow_version`, and its axes' names as dimension labels (h5py's `ds.dims[i].label`)",
     inputs: Arity::Exactly(1),
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the HDF5 file"),
@@ -26,6 +26,7 @@ pub static KIND: KindDef = KindDef {
         p("level", PType::Int(0, 9), Some("4"), "the gzip level (h5py's default: 4)"),
         p("shuffle", PType::Bool, Some("true"), "the byte-shuffle filter before gzip (h5py's `shuffle=True`): better ratios for numbers"),
         p("if_exists", PType::Choice(&["fail", "overwrite"]), Some("fail"), "what to do when the file exists"),
+        p("axes", PType::Names, Some(""), "the axes' names, one per axis, written as the dimension labels (ASCII); default: the names the input has, else none"),
     ],
     example: "inputs = [\"frames\"]\npath = \"out.h5\"",
     plan,
@@ -42,7 +43,7 @@ pub struct WriteHdf5 {
 }
 
 fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
-    let stream = cx.input(0)?;
+    let stream = cx.input(0)?.clone();
     if stream.dtype == DType::Bool {
         return cx.err(
             "inputs",
@@ -53,6 +54,26 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         cx.p.shape("chunks")
             .unwrap_or_else(|| stream.grid.chunk_shape().to_vec());
     let gzip = cx.p.str("compression").as_deref() == Some("gzip");
+    let labels = match cx.p.names("axes").filter(|v| !v.is_empty()) {
+        Some(axes) => {
+            let nd = stream.shape().len();
+            let ascii = axes.iter().find(|a| !a.is_ascii());
+            if let Err(e) = blockflow_io::zarr::check_names(&axes, nd) {
+                return cx.err("axes", e);
+            }
+            if let Some(a) = ascii {
+                return cx.err(
+                    "axes",
+                    format!("HDF5 dimension labels are ASCII: \"{a}\" is not"),
+                );
+            }
+            Some(axes)
+        }
+        None => stream
+            .names
+            .clone()
+            .filter(|n| n.iter().all(|a| a.is_ascii())),
+    };
     let options = Hdf5Options {
         gzip: gzip.then(|| cx.p.int("level").unwrap_or(4).clamp(0, 9) as u8),
         shuffle: gzip && cx.p.bool("shuffle").unwrap_or(true),
@@ -64,6 +85,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
                 env!("CARGO_PKG_VERSION").to_string(),
             ),
         ],
+        labels,
     };
     let stage = WriteHdf5 {
         path: cx.path("path")?,
