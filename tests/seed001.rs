@@ -183,6 +183,35 @@ fn cells_workflow_matches_numpy_and_skimage() {
     }
     assert_eq!(signed, k as usize - 1, "every mode but the null one signed");
 
+    // The first 4 modes alone come from the Gram matrix (all well above
+    // its rounding), to the same tolerance; all 16 (the null one among
+    // them) came from TSQR over the kept bands, which auto falls back to.
+    let mut four = sets.clone();
+    four.retain(|s| !s.starts_with("modes.k=") && !s.starts_with("modes_zarr.path="));
+    four.push("modes.k=4".into());
+    four.push(format!("modes_zarr.path={}", p("modes4.zarr")));
+    let cfg = root().join("configs/cells.toml");
+    let mut args = vec!["plan".to_string(), cfg.display().to_string()];
+    for s in &four {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    let (code, out, err) = blockflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the Gram matrix over the bands"), "{out}");
+    let (code, _, err) = run_with_sets(&cfg, &four);
+    assert_eq!(code, 0, "{err}");
+    let modes4 = f64s(read_all(&t.join("modes4.zarr")));
+    assert_eq!(modes4.len(), 4 * per);
+    let worst = modes4
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= 1e-9 * s0,
+        "Gram modes differ from numpy's by {worst}"
+    );
+
     // Every singular value, the centred data's last one ~0 included.
     let cfg = write_config(
         t,

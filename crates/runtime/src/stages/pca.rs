@@ -27,6 +27,7 @@ pub static KIND: KindDef = KindDef {
     params: &[
         p("k", PType::Int(1, 1_000_000), Some("10"), "how many modes (or singular values)"),
         p("output", PType::Choice(&["modes", "values"]), Some("modes"), "modes: (k, ...) as the input's chunks, u_i s_i (the seed's u.dot(diag(s))); values: the k largest singular values. Modes read the input a second time from a scratch store"),
+        p("method", PType::Choice(&["auto", "gram", "tsqr"]), Some("auto"), "how V and s are found. gram: the Gram matrix XᵀX summed over the bands (lower triangle, at matrix-multiply speed) and its symmetric eigendecomposition, a quarter of TSQR's flops; each s_i is accurate to about 1e-16·s0²/s_i, so the large ones as TSQR's and those near 0 only to ~1e-8·s0 (as scikit-learn's covariance_eigh solver). tsqr: the tall-skinny QR, accurate to ~1e-15·s0 for every s_i. auto: gram for the modes when all k asked for are >= 1e-3·s0 (then within 1e-11·s0 of TSQR's), else TSQR over the bands kept for the modes; tsqr for `output = \"values\"`"),
         p("signs", PType::Choice(&["mode-sum", "largest"]), Some("mode-sum"), "mode-sum: each mode's sum (over all its pixels) non-negative, dask's svd_flip(u, v, u_based_decision=True), so the modes compare with numpy's SVD signed that way; largest: the rule blockflow used before, each row of Vᵀ (a mode's weights over the N images) with its largest-magnitude entry positive, to reproduce earlier results. Where a mode's sum is within rounding of 0 (a zero singular value) its sign means nothing"),
     ],
     example: "inputs = [\"bands\"]\nk = 2",
@@ -45,6 +46,18 @@ pub struct Pca {
     /// Sign each mode by its sum (dask's u-based svd_flip); false: by
     /// the largest entry of its row of Vᵀ (the sign `svd_r` gives).
     pub mode_sum: bool,
+    pub method: Method,
+}
+
+/// How V and s are found (the `method` parameter, `auto` resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The Gram matrix only.
+    Gram,
+    /// The Gram matrix, then TSQR over the kept bands if the k singular
+    /// values asked for are not all well above its rounding.
+    GramChecked,
+    Tsqr,
 }
 
 fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
@@ -57,6 +70,12 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let k = (cx.p.int("k")? as u64).min(n);
     let values = cx.p.str("output").as_deref() == Some("values");
     let mode_sum = cx.p.str("signs").as_deref() != Some("largest");
+    let method = match cx.p.str("method")?.as_str() {
+        "gram" => Method::Gram,
+        "tsqr" => Method::Tsqr,
+        _ if values => Method::Tsqr,
+        _ => Method::GramChecked,
+    };
     let (oshape, ochunks) = if values {
         (vec![k], vec![k])
     } else {
@@ -73,6 +92,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         dir: PathBuf::new(),
         input: stream.grid.clone(),
         mode_sum,
+        method,
     };
     let of = cx.inputs[0].label();
     let about = super::About::text(if values {
@@ -89,7 +109,15 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             }
         )
     });
-    Some(Planned::sends(op, DType::F64, grid).about(about))
+    let mut planned = Planned::sends(op, DType::F64, grid).about(about);
+    if let (Some(out), Some(names)) = (planned.output.as_mut(), cx.inputs[0].spec.names.as_ref()) {
+        // Mode k of the observations' axis; the features keep theirs.
+        let rest = if values { &[][..] } else { &names[1..] };
+        let mut n = vec!["mode".to_string()];
+        n.extend(rest.iter().cloned());
+        out.names = (!rest.contains(&n[0])).then_some(n);
+    }
+    Some(planned)
 }
 
 impl Stage for Pca {
@@ -99,7 +127,12 @@ impl Stage for Pca {
     fn describe(&self) -> String {
         let k = self.k;
         format!(
-            "TSQR over the bands, SVD of R; {}",
+            "{}; {}",
+            match self.method {
+                Method::Gram => "the Gram matrix over the bands, its eigendecomposition",
+                Method::GramChecked => "the Gram matrix over the bands, its eigendecomposition (TSQR over the kept bands if a singular value asked for is below 1e-3 s0)",
+                Method::Tsqr => "TSQR over the bands, SVD of R",
+            },
             if self.values {
                 format!("the {k} largest singular values")
             } else {
@@ -135,9 +168,12 @@ impl BarrierOp for Pca {
         // The modes read the bands a second time: keep them.
         let keeper =
             (!self.values).then(|| Keeper::new(io, &self.dir, vec![Some(self.input.clone())]));
+        let gram = (self.method != Method::Tsqr)
+            .then(|| linalg::Gram::new(self.input.shape()[0] as usize));
         Ok(Box::new(Tsqr {
             op: self.clone(),
             r: None,
+            gram,
             sums: None,
             keeper,
         }))
@@ -146,8 +182,10 @@ impl BarrierOp for Pca {
 
 struct Tsqr {
     op: Pca,
-    /// The R factor of the bands so far.
+    /// The R factor of the bands so far (TSQR).
     r: Option<ndarray::Array2<f64>>,
+    /// The Gram matrix of the bands so far (instead of `r`).
+    gram: Option<linalg::Gram>,
     /// The data matrix's column sums so far (one per observation), for
     /// the modes' signs: added in band order, so the same for any threads.
     sums: Option<ndarray::Array1<f64>>,
@@ -182,15 +220,18 @@ impl Barrier for Tsqr {
             Some(acc) => acc + sums,
             None => sums,
         });
-        let prev = self.r.take();
-        let next = io
-            .pool()
-            .install(|| match prev {
-                None => Ok(linalg::qr_r(block.view())),
-                Some(prev) => linalg::stack_r(&prev, &block),
-            })
-            .map_err(|e| io.err(Some(&c.index), e.to_string()))?;
-        self.r = Some(next);
+        if let Some(g) = &mut self.gram {
+            io.pool()
+                .install(|| g.add(block.view()))
+                .map_err(|e| io.err(Some(&c.index), e.to_string()))?;
+        } else {
+            let prev = self.r.take();
+            let next = io
+                .pool()
+                .install(|| tsqr_step(prev, &block))
+                .map_err(|e| io.err(Some(&c.index), e.to_string()))?;
+            self.r = Some(next);
+        }
         if let Some(k) = &mut self.keeper {
             k.add(io, 0, c)?;
         }
@@ -201,25 +242,47 @@ impl Barrier for Tsqr {
         let Tsqr {
             op,
             r,
+            gram,
             sums,
             keeper,
         } = *self;
-        let (Some(r), Some(sums)) = (r, sums) else {
+        let Some(sums) = sums else {
             return Err(io.err(None, "the input had no bands"));
         };
         let pool = io.pool();
-        let (s, mut v) = io
-            .busy(|| pool.install(|| linalg::svd_r(&r)))
-            .map_err(|e| io.err(None, e.to_string()))?;
+        let kept = keeper.map(|k| k.finish(io)).transpose()?;
+        let (s, mut v) = match (gram, r) {
+            (Some(g), _) => {
+                let (s, v) = io
+                    .busy(|| pool.install(|| g.eigen()))
+                    .map_err(|e| io.err(None, e.to_string()))?;
+                match &kept {
+                    Some(kept)
+                        if op.method == Method::GramChecked
+                            && !linalg::Gram::reliable(&s, op.k) =>
+                    {
+                        tracing::info!(
+                            stage = %io.stage().name,
+                            "a singular value asked for is below 1e-3 s0, where the Gram matrix's rounding shows: TSQR over the kept bands"
+                        );
+                        tsqr_kept(io, &op.input, kept)?
+                    }
+                    _ => (s, v),
+                }
+            }
+            (None, Some(r)) => io
+                .busy(|| pool.install(|| linalg::svd_r(&r)))
+                .map_err(|e| io.err(None, e.to_string()))?,
+            (None, None) => return Err(io.err(None, "the input had no bands")),
+        };
         if op.mode_sum {
             linalg::sign_by_u_sums(&mut v, &sums).map_err(|e| io.err(None, e.to_string()))?;
         }
         let k = op.k;
-        let Some(keeper) = keeper else {
+        let Some(kept) = kept else {
             let a = ndarray::Array1::from_iter(s.iter().take(k).copied()).into_dyn();
             return io.send(vec![0], ArrayData::F64(a));
         };
-        let kept = keeper.finish(io)?;
         let reader = kept.reader(io, 0)?;
         let grid_in = &op.input;
         for idx in grid_in.indices() {
@@ -248,6 +311,44 @@ impl Barrier for Tsqr {
         }
         Ok(())
     }
+}
+
+/// One step of the flat TSQR: the R factor of the bands before stacked
+/// over this one.
+fn tsqr_step(
+    prev: Option<ndarray::Array2<f64>>,
+    block: &ndarray::Array2<f64>,
+) -> Result<ndarray::Array2<f64>, linalg::LinalgError> {
+    match prev {
+        None => Ok(linalg::qr_r(block.view())),
+        Some(prev) => linalg::stack_r(&prev, block),
+    }
+}
+
+/// TSQR over the bands kept in scratch, then the SVD of R.
+fn tsqr_kept(
+    io: &mut StageIo<'_, '_>,
+    grid: &ChunkGrid,
+    kept: &crate::exec::keep::Kept,
+) -> Result<(ndarray::Array1<f64>, ndarray::Array2<f64>), RunError> {
+    let reader = kept.reader(io, 0)?;
+    let pool = io.pool();
+    let mut r = None;
+    for idx in grid.indices() {
+        io.check_cancel()?;
+        let data = reader
+            .read(&grid.region(&idx), &idx)
+            .map_err(|e| io.err(Some(&idx), format!("reading the band back: {e}")))?;
+        let block = linalg::centred_features(&data);
+        let prev = r.take();
+        r = Some(
+            io.busy(|| pool.install(|| tsqr_step(prev, &block)))
+                .map_err(|e| io.err(Some(&idx), e.to_string()))?,
+        );
+    }
+    let r = r.ok_or_else(|| io.err(None, "the input had no bands"))?;
+    io.busy(|| pool.install(|| linalg::svd_r(&r)))
+        .map_err(|e| io.err(None, e.to_string()))
 }
 
 #[cfg(test)]
