@@ -1,36 +1,34 @@
 """Seed 000 (structure tensor) in dask + numba, as the tutorial writes it,
-against blockflow on the same Zarr. Run through benches/seed000_dask.sh."""
+against blockflow on the same Zarr, alternating (benches/sidebyside.py):
+ROUNDS (default 3) rounds of each, medians compared. Run through
+benches/seed000_dask.sh. The dask side includes numba's compilation, as its
+users pay it."""
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "blockflow")
 H, W = int(sys.argv[1]), int(sys.argv[2])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sidebyside  # noqa: E402
 WORK = os.path.join(ROOT, "target", "bench-data", f"seed000-{H}x{W}")
 os.makedirs(WORK, exist_ok=True)
 IMAGE = os.path.join(WORK, "hubble.zarr")
 
 
-def blockflow(cfg_text, name):
+def config(cfg_text, name):
     cfg = os.path.join(WORK, name + ".toml")
     with open(cfg, "w") as f:
         f.write(cfg_text)
-    report = os.path.join(WORK, name + ".report.json")
-    t = time.perf_counter()
-    subprocess.run([BIN, "run", "-q", cfg, "--report", report], check=True)
-    wall = time.perf_counter() - t
-    with open(report) as f:
-        return wall, json.load(f)["peak_rss_bytes"]
+    return cfg
 
 
 # The input: blockflow's synthetic survey image, float32, chunks (500, 500, 3).
-if not os.path.exists(os.path.join(IMAGE, "zarr.json")):
-    blockflow(f"""
+if not os.path.exists(os.path.join(IMAGE, "zarr.json")) and "--dask-child" not in sys.argv:
+    subprocess.run([BIN, "run", "-q", config(f"""
 [stage.img]
 kind = "synthetic"
 pattern = "survey"
@@ -42,7 +40,7 @@ kind = "write-zarr"
 inputs = ["img"]
 path = "{IMAGE}"
 level = 1
-""", "make-image")
+""", "make-image")], check=True)
 
 
 def run_dask():
@@ -110,15 +108,20 @@ def run_dask():
     return features, blocks_of_interest
 
 
+BAND = slice(0, min(H, 1000))
+
 if sys.argv[-1] == "--dask-child":
-    pass
+    import numpy as np
 
-t = time.perf_counter()
-features, blocks = run_dask()
-dask_wall = time.perf_counter() - t
-dask_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    features, blocks = run_dask()
+    # What the check reads: a band of rows and the blocks (the whole map
+    # would not fit twice in memory).
+    np.save(os.path.join(WORK, "dask-band.npy"), features[BAND].compute())
+    with open(os.path.join(WORK, "dask-blocks.json"), "w") as f:
+        json.dump(blocks, f)
+    sys.exit(0)
 
-bf_wall, bf_rss = blockflow(f"""
+CFG = config(f"""
 [pipeline]
 memory = "512 MiB"
 
@@ -145,23 +148,30 @@ path = "{WORK}/blocks.json"
 if_exists = "overwrite"
 """, "blockflow")
 
-import numpy as np
-import zarr
+print(f"seed 000 at {H} x {W} x 3 float32, {os.cpu_count()} cores, {sidebyside.rounds()} alternating rounds")
+med = sidebyside.alternate(
+    [("dask", [sys.executable, os.path.abspath(__file__), str(H), str(W), "--dask-child"]),
+     ("blockflow", [BIN, "run", "-q", CFG])],
+    sidebyside.rounds(),
+)
+
+import numpy as np  # noqa: E402
+import zarr  # noqa: E402
 
 ours = zarr.open(os.path.join(WORK, "features.zarr"), mode="r")
-# Compare a band of rows (the whole map would not fit twice in memory).
-band = slice(0, min(H, 1000))
-theirs = features[band].compute()
-mine = ours[band]
+theirs = np.load(os.path.join(WORK, "dask-band.npy"))
+mine = ours[BAND]
 nan_same = np.array_equal(np.isnan(theirs), np.isnan(mine))
 finite = ~np.isnan(theirs)
 rel = np.max(np.abs(mine[finite] - theirs[finite]) / np.maximum(np.abs(theirs[finite]), 1e-300)) if finite.any() else 0.0
 with open(os.path.join(WORK, "blocks.json")) as f:
     our_blocks = json.load(f)["blocks_of_interest"]
+with open(os.path.join(WORK, "dask-blocks.json")) as f:
+    blocks = json.load(f)
 
-print(f"seed 000 at {H} x {W} x 3 float32, {os.cpu_count()} cores")
-print(f"  dask + numba : {dask_wall:8.1f} s, peak RSS {dask_rss / 2**20:8.0f} MiB")
-print(f"  blockflow    : {bf_wall:8.1f} s, peak RSS {bf_rss / 2**20:8.0f} MiB")
-print(f"  speed-up {dask_wall / bf_wall:.1f}x, peak RSS {bf_rss / dask_rss:.3f} of dask's")
-print(f"  features (rows {band.start}..{band.stop}): NaN masks equal: {nan_same}, max relative difference {rel:.2e}")
+sidebyside.summary(f"seed 000 at {H} x {W} x 3:", med)
+print(f"  features (rows {BAND.start}..{BAND.stop}): NaN masks equal: {nan_same}, max relative difference {rel:.2e}")
 print(f"  blocks of interest: dask {len(blocks)}, blockflow {len(our_blocks)}, identical: {blocks == our_blocks}")
+ok = nan_same and rel <= 1e-9 and blocks == our_blocks
+print("results agree (relative 1e-9)" if ok else "RESULTS DIFFER")
+sys.exit(0 if ok else 1)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Seed 000 side by side: the tutorial's dask + numba code and blockflow on the
-# same Zarr image, both on this machine; prints wall time and peak RSS of
-# each, their ratios, and checks that the results agree.
+# same Zarr image, both on this machine, alternating: ROUNDS (default 3)
+# runs of each in turn, each in its own process; prints every run, the
+# median wall time and peak RSS of each side and their ratios, and checks
+# that the results agree (exit 1 if not).
 #
 #   benches/seed000_dask.sh [ROWS COLS]     (default: the tutorial's 12000 x 13500)
+#   ROUNDS=5 benches/seed000_dask.sh 6000 6750
 #
 # Makes a virtualenv in target/bench-venv (or uses $VENV) with dask, numba,
 # zarr and scipy; builds blockflow in release.

@@ -5,13 +5,16 @@ compute (so the stack is read again for each, as the notebook does),
 rescale_intensity through dask.delayed, and the SVD of the centred
 features x observations matrix by TSQR (dask needs one column block, so
 the row chunks hold 12288 features of all 844 images). Both sides use 2
-threads. Each side runs in its own process so peak RSS is its own.
+threads. Each side runs in its own process so peak RSS is its own; the
+sides alternate, ROUNDS (default 3) runs each, and the medians are compared
+(benches/sidebyside.py).
 """
 import json
 import os
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sidebyside  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "target", "seed001-bench")
@@ -60,22 +63,22 @@ def main():
                  ("third_mode_png", "mode2.png"), ("summary", "summary.json")):
         sets += ["--set", f"{k}.path={OUT}/{f}"]
     sets += ["--set", f"pipeline.report={OUT}/report.json", "--set", f"pipeline.scratch={OUT}"]
-    t = time.perf_counter()
-    subprocess.run([exe, "run", "-q", cfg] + sets, check=True)
-    bf_wall = time.perf_counter() - t
-    rep = json.load(open(f"{OUT}/report.json"))
+    print(f"seed 001: {pattern}, {sidebyside.rounds()} alternating rounds")
+    med = sidebyside.alternate(
+        [("dask", [sys.executable, "-c", DASK, OUT, pattern]),
+         ("blockflow", [exe, "run", "-q", cfg] + sets)],
+        sidebyside.rounds(),
+    )
     summ = json.load(open(f"{OUT}/summary.json"))
-    subprocess.run([sys.executable, "-c", DASK, OUT, pattern], check=True)
     dk = json.load(open(f"{OUT}/dask.json"))
-    bf_rss = rep["peak_rss_bytes"]
-    print(f"blockflow: {bf_wall:.1f} s, peak RSS {bf_rss / 2**20:.0f} MiB (budget {rep['memory_budget_bytes'] / 2**20:.0f} MiB)")
-    print(f"dask:      {dk['wall']:.1f} s, peak RSS {dk['rss'] / 2**20:.0f} MiB")
-    print(f"speed-up {dk['wall'] / bf_wall:.1f}x, RSS ratio {bf_rss / dk['rss']:.3f}")
+    sidebyside.summary("seed 001:", med)
     s0 = dk["s"][0]
     worst = max(abs(a - b) for a, b in zip(summ["top10"], dk["s"]))
-    print(f"green images: blockflow {summ['green_count']}, dask {dk['green']}; "
+    print(f"  green images: blockflow {summ['green_count']}, dask {dk['green']}; "
           f"top-10 singular values differ by at most {worst:.3g} ({worst / s0:.2g} s0)")
-    assert summ["green_count"] == dk["green"] and worst <= 1e-9 * s0
+    ok = summ["green_count"] == dk["green"] and worst <= 1e-9 * s0
+    print("results agree (singular values to 1e-9 s0)" if ok else "RESULTS DIFFER")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

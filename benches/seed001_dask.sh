@@ -2,8 +2,9 @@
 # Seed 001 side by side: the tutorial's dask code (dask.array.image.imread,
 # mean/max/min over axes, rescale_intensity through delayed, TSQR SVD) and
 # blockflow's configs/cells.toml on the same generated stack of 844 PNGs of
-# 256 x 256 x 3; prints wall time and peak RSS of each and their ratios, and
-# checks that the results agree.
+# 256 x 256 x 3; prints wall time and peak RSS of each (alternating, ROUNDS
+# runs each, default 3: the medians) and their ratios, and checks that the
+# results agree (exit 1 if not).
 #
 #   benches/seed001_dask.sh
 #

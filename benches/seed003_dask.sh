@@ -2,9 +2,10 @@
 # Seed 003 side by side: the tutorial's dask code and blockflow's
 # configs/elevation.toml on the same RGBA terrain Zarr (8000 x 8000 x 4
 # uint8, chunks 200 x 200 x 4, made by blockflow once); prints wall time and
-# peak RSS of each and their ratios, with and without the seed's uint8
-# matrix product (which dask computes in full and blockflow by column sums),
-# and checks that the results agree.
+# peak RSS of each (alternating, ROUNDS runs each, default 3: the medians)
+# and their ratios, dask computing the seed's matrix product's sum exactly
+# by a float64 matmul (blockflow by column sums), and checks that the
+# results agree (exit 1 if not).
 #
 #   benches/seed003_dask.sh [SIZE]     (default 8000)
 #
