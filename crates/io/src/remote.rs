@@ -747,13 +747,13 @@ mod tests {
             "[default]\nregion = eu-west-1\n[profile work]\nregion = eu-central-1\nendpoint_url = http://127.0.0.1:9000\n",
         )
         .expect("write");
-        let mut env: HashMap<&str, String> = HashMap::new();
+        let mut env: HashMap<&'static str, String> = HashMap::new();
         env.insert("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string());
         env.insert("AWS_CONFIG_FILE", config.display().to_string());
-        let get = |e: &HashMap<&str, String>| {
+        fn get(e: &HashMap<&'static str, String>) -> impl Fn(&str) -> Option<String> {
             let e = e.clone();
-            move |k: &str| e.get(k).cloned()
-        };
+            move |k| e.get(k).cloned()
+        }
         let s = s3_settings(&S3Options::default(), &get(&env));
         assert_eq!(
             (s.access_key_id.as_deref(), s.region.as_str(), s.endpoint),
