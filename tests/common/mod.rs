@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: run the binary, write configs, read results.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

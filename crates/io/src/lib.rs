@@ -23,6 +23,7 @@ pub mod json;
 mod lz4_codec;
 pub mod output;
 pub mod preview;
+pub mod remote;
 pub mod store;
 pub mod stored_chunks;
 pub mod synthetic;

@@ -14,9 +14,11 @@ use zarrs::array::{data_type, Array, ArrayMetadata, ArrayShardedExt, ArraySubset
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 use zarrs::metadata::v3::NodeMetadataV3;
+use zarrs::storage::{ReadableStorageTraits, ReadableWritableStorageTraits};
 
 use crate::atomic_store::AtomicFsStore;
 use crate::output::{Claim, Made};
+use crate::remote::{url_of, RemoteClaim, RemoteStats, RemoteStore, S3Options};
 use crate::zarr_meta::ARRAY_DIMENSIONS;
 pub use crate::zarr_meta::{BloscCname, Codec, Encoding, Shuffle};
 use crate::IoError;
@@ -173,21 +175,7 @@ fn check_array_dir(path: &Path) -> Result<(), IoError> {
             path: v3.clone(),
             source,
         })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| IoError::NotZarr {
-            path: path.to_path_buf(),
-            why: format!("zarr.json is not valid JSON: {e}"),
-        })?;
-        return match v.get("node_type").and_then(Value::as_str) {
-            Some("array") => Ok(()),
-            Some("group") => Err(IoError::NotZarr {
-                path: path.to_path_buf(),
-                why: "it is a Zarr group; point at one of its arrays".into(),
-            }),
-            _ => Err(IoError::NotZarr {
-                path: path.to_path_buf(),
-                why: "zarr.json has no node_type".into(),
-            }),
-        };
+        return check_node_type(path, text.as_bytes());
     }
     if path.join(".zgroup").is_file() {
         return Err(IoError::NotZarr {
@@ -201,10 +189,66 @@ fn check_array_dir(path: &Path) -> Result<(), IoError> {
     })
 }
 
+/// Whether a v3 `zarr.json` describes an array.
+fn check_node_type(path: &Path, text: &[u8]) -> Result<(), IoError> {
+    let v: Value = serde_json::from_slice(text).map_err(|e| IoError::NotZarr {
+        path: path.to_path_buf(),
+        why: format!("zarr.json is not valid JSON: {e}"),
+    })?;
+    match v.get("node_type").and_then(Value::as_str) {
+        Some("array") => Ok(()),
+        Some("group") => Err(IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: "it is a Zarr group; point at one of its arrays".into(),
+        }),
+        _ => Err(IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: "zarr.json has no node_type".into(),
+        }),
+    }
+}
+
+/// As [`check_array_dir`], for an array in object storage: its metadata
+/// object, else why there is none (a missing bucket, refused credentials,
+/// an empty prefix, other objects).
+fn check_remote_array(path: &Path, store: &RemoteStore) -> Result<(), IoError> {
+    if let Some(text) = store.get_key("zarr.json")? {
+        return check_node_type(path, &text);
+    }
+    if store.get_key(".zarray")?.is_some() {
+        return Ok(());
+    }
+    if store.get_key(".zgroup")?.is_some() {
+        return Err(IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: "it is a Zarr v2 group; point at one of its arrays".into(),
+        });
+    }
+    // An http(s) server cannot list: the array is simply not there.
+    if store.url.starts_with("http") {
+        return Err(IoError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    match store.keys()?.first() {
+        None => Err(IoError::Missing {
+            path: path.to_path_buf(),
+        }),
+        Some(k) => Err(IoError::NotZarr {
+            path: path.to_path_buf(),
+            why: format!(
+                "it holds neither zarr.json (v3) nor .zarray (v2) (but e.g. {k}: an unfinished or foreign array)"
+            ),
+        }),
+    }
+}
+
 /// A Zarr array opened for reading.
 pub struct ZarrReader {
     pub info: ZarrInfo,
-    array: Array<FilesystemStore>,
+    array: Array<dyn ReadableStorageTraits>,
+    /// The object store, for an array read over the network.
+    remote: Option<Arc<RemoteStore>>,
     /// Stored chunks decoded so far (by [`ZarrReader::read`] and
     /// [`ZarrReader::read_stored`]), for the run report and the tests.
     decoded: AtomicU64,
@@ -219,14 +263,31 @@ impl std::fmt::Debug for ZarrReader {
 }
 
 impl ZarrReader {
+    /// The array at `path`: a local directory, or `s3://` / `http(s)://`
+    /// (settings from the environment, see [`crate::remote`]).
     pub fn open(path: &Path) -> Result<Self, IoError> {
-        check_array_dir(path)?;
+        Self::open_with(path, &S3Options::default())
+    }
+
+    /// As [`ZarrReader::open`], with S3 settings given in code.
+    pub fn open_with(path: &Path, s3: &S3Options) -> Result<Self, IoError> {
         register_codecs();
-        let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
-        let array = Array::open(Arc::new(store), "/").map_err(|e| IoError::NotZarr {
+        let (store, remote): (Arc<dyn ReadableStorageTraits>, _) = match url_of(path) {
+            Some(url) => {
+                let remote = RemoteStore::open(url, s3)?;
+                check_remote_array(path, &remote)?;
+                (remote.clone(), Some(remote))
+            }
+            None => {
+                check_array_dir(path)?;
+                let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                })?;
+                (Arc::new(store), None)
+            }
+        };
+        let array = Array::open(store, "/").map_err(|e| IoError::NotZarr {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
@@ -272,8 +333,14 @@ impl ZarrReader {
                 fill_value: fill_value.unwrap_or_else(|_| "null".into()),
             },
             array,
+            remote,
             decoded: AtomicU64::new(0),
         })
+    }
+
+    /// The requests made so far, for an array read over the network.
+    pub fn remote_stats(&self) -> Option<RemoteStats> {
+        self.remote.as_ref().map(|r| r.stats())
     }
 
     /// Reads `region`, decoding only the stored chunks it intersects.
@@ -362,9 +429,17 @@ impl ZarrReader {
         self.decoded.load(Ordering::Relaxed)
     }
 
-    /// Bytes the array's files take on disk.
+    /// Bytes the array's files take on disk (its objects, in an S3
+    /// bucket; 0 over http(s), which cannot list).
     pub fn stored_bytes(&self) -> u64 {
-        dir_size(&self.info.path)
+        match &self.remote {
+            Some(r) => zarrs::storage::ListableStorageTraits::size_prefix(
+                &**r,
+                &zarrs::storage::StorePrefix::root(),
+            )
+            .unwrap_or(0),
+            None => dir_size(&self.info.path),
+        }
     }
 }
 
@@ -497,7 +572,7 @@ pub struct ZarrWriter {
     chunks: Vec<u64>,
     shape: Vec<u64>,
     dtype: DType,
-    array: Array<AtomicFsStore>,
+    array: Array<dyn ReadableWritableStorageTraits>,
     /// The shards being filled, for a sharded array (see [`ZarrWriter::write`]).
     shards: Option<Shards>,
     // Last: dropping it removes an unfinished array.
@@ -511,6 +586,9 @@ enum Owner {
     /// A scratch array or a member of a group being assembled: written in
     /// place, removed when dropped unless kept.
     InPlace { dir: PathBuf, keep: bool },
+    /// An output in object storage: written in place under the claim,
+    /// its metadata last (see [`RemoteClaim`]).
+    Remote(RemoteClaim),
 }
 
 impl Drop for Owner {
@@ -546,9 +624,26 @@ impl ZarrWriter {
             path: path.to_path_buf(),
             why,
         })?;
+        if let Some(url) = url_of(path) {
+            return Self::create_remote(url, o, &S3Options::default());
+        }
         let claim = Claim::take(path, Made::Zarr, o.overwrite)?;
         let dir = claim.partial().to_path_buf();
         Self::open_in(path, dir, o, Owner::Claim(claim))
+    }
+
+    /// An output at an `s3://` URL, claimed there (see [`RemoteClaim`]);
+    /// its metadata is written by [`ZarrWriter::finish`], after every chunk.
+    pub fn create_remote(url: &str, o: &ZarrWriteOptions, s3: &S3Options) -> Result<Self, IoError> {
+        let path = PathBuf::from(url);
+        o.check().map_err(|why| IoError::Store {
+            path: path.clone(),
+            why,
+        })?;
+        let claim = RemoteClaim::take(url, o.overwrite, s3)?;
+        let store: Arc<dyn ReadableWritableStorageTraits> = claim.store.clone();
+        let array = new_array(store, &path, o, false)?;
+        Ok(Self::with_array(&path, o, array, Owner::Remote(claim)))
     }
 
     /// An array written in place at `dir` (a scratch store of this run, or
@@ -593,8 +688,18 @@ impl ZarrWriter {
             path: dir.clone(),
             why: e.to_string(),
         })?);
-        let array = new_array(store, path, o)?;
-        Ok(ZarrWriter {
+        let store: Arc<dyn ReadableWritableStorageTraits> = store;
+        let array = new_array(store, path, o, true)?;
+        Ok(Self::with_array(path, o, array, owner))
+    }
+
+    fn with_array(
+        path: &Path,
+        o: &ZarrWriteOptions,
+        array: Array<dyn ReadableWritableStorageTraits>,
+        owner: Owner,
+    ) -> Self {
+        ZarrWriter {
             path: path.to_path_buf(),
             chunks: o.chunks.clone(),
             shape: o.shape.clone(),
@@ -605,7 +710,7 @@ impl ZarrWriter {
                 pending: Mutex::new(HashMap::new()),
             }),
             owner,
-        })
+        }
     }
 
     /// The folder the chunks are written to now (the work folder of an
@@ -614,6 +719,7 @@ impl ZarrWriter {
         match &self.owner {
             Owner::Claim(c) => c.partial(),
             Owner::InPlace { dir, .. } => dir,
+            Owner::Remote(_) => &self.path,
         }
     }
 
@@ -722,17 +828,30 @@ impl ZarrWriter {
         match &mut self.owner {
             Owner::Claim(c) => c.commit()?,
             Owner::InPlace { keep, .. } => *keep = true,
+            Owner::Remote(claim) => {
+                // Every chunk is stored: now the metadata that makes the
+                // array readable, then the old array's leftovers go.
+                crate::zarr_meta::store_metadata(&self.array, &*claim.store).map_err(|e| {
+                    IoError::Store {
+                        path: self.path.clone(),
+                        why: format!("cannot store the array's metadata: {e}"),
+                    }
+                })?;
+                claim.commit()?;
+            }
         }
         Ok(self.path.clone())
     }
 }
 
-/// The array `o` describes, created in `store` with its metadata stored.
-fn new_array(
-    store: Arc<AtomicFsStore>,
+/// The array `o` describes, created in `store`, with its metadata stored
+/// if `store_meta` (else by the caller, once the chunks are).
+fn new_array<S: ?Sized + ReadableWritableStorageTraits + 'static>(
+    store: Arc<S>,
     path: &Path,
     o: &ZarrWriteOptions,
-) -> Result<Array<AtomicFsStore>, IoError> {
+    store_meta: bool,
+) -> Result<Array<S>, IoError> {
     let bad = |e: String| IoError::Store {
         path: path.to_path_buf(),
         why: format!("cannot create the array: {e}"),
@@ -753,7 +872,9 @@ fn new_array(
         attributes: &o.attributes,
     };
     let array = crate::zarr_meta::build(store.clone(), &spec).map_err(bad)?;
-    crate::zarr_meta::store_metadata(&array, &store).map_err(bad)?;
+    if store_meta {
+        crate::zarr_meta::store_metadata(&array, &*store).map_err(bad)?;
+    }
     Ok(array)
 }
 
@@ -870,8 +991,8 @@ fn whole_chunks(
 /// The region must start on a chunk boundary and end on one or at the
 /// array's edge, so whole chunks are written; edge chunks are stored whole
 /// (zarr's convention), padded with the fill value.
-fn store_whole_chunks(
-    array: &Array<AtomicFsStore>,
+fn store_whole_chunks<S: ?Sized + ReadableWritableStorageTraits + 'static>(
+    array: &Array<S>,
     chunks: &[u64],
     shape: &[u64],
     region: &Region,
@@ -949,7 +1070,7 @@ impl ZarrAppender {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?);
-        let array = new_array(store.clone(), path, &o)?;
+        let array = new_array(store.clone(), path, &o, true)?;
         Ok(ZarrAppender {
             path: path.to_path_buf(),
             array,

@@ -20,9 +20,8 @@ use zarrs::array::{
 };
 use zarrs::metadata::v2::{DataTypeMetadataV2, MetadataV2};
 use zarrs::plugin::ZarrVersion;
-use zarrs::storage::{StoreKey, WritableStorageTraits};
+use zarrs::storage::{ReadableWritableStorageTraits, StoreKey, WritableStorageTraits};
 
-use crate::atomic_store::AtomicFsStore;
 use crate::lz4_codec::Lz4Codec;
 
 /// The xarray attribute naming a v2 array's axes.
@@ -220,7 +219,10 @@ fn compressor(s: &Spec<'_>) -> Result<Option<Arc<dyn BytesToBytesCodecTraits>>, 
 
 /// The array `s` describes, over `store` (its metadata not yet stored:
 /// see [`store_metadata`]).
-pub fn build(store: Arc<AtomicFsStore>, s: &Spec<'_>) -> Result<Array<AtomicFsStore>, String> {
+pub fn build<S: ?Sized + ReadableWritableStorageTraits + 'static>(
+    store: Arc<S>,
+    s: &Spec<'_>,
+) -> Result<Array<S>, String> {
     let compressor = compressor(s)?;
     let dt = zarrs_data_type(s.dtype);
     let fill = zero(s.dtype);
@@ -298,7 +300,11 @@ fn v2_metadata(c: &dyn BytesToBytesCodecTraits) -> Result<MetadataV2, String> {
 /// Stores the array's metadata (atomically, through `store`): zarrs'
 /// own writer for v3; for v2 the same document less zarrs' `node_type`
 /// key, in `.zarray`, and the attributes in `.zattrs`.
-pub fn store_metadata(array: &Array<AtomicFsStore>, store: &AtomicFsStore) -> Result<(), String> {
+pub fn store_metadata<S, W>(array: &Array<S>, store: &W) -> Result<(), String>
+where
+    S: ?Sized + ReadableWritableStorageTraits + 'static,
+    W: ?Sized + WritableStorageTraits,
+{
     let meta =
         array.metadata_opt(&ArrayMetadataOptions::default().with_include_zarrs_metadata(false));
     match meta {

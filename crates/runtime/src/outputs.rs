@@ -118,7 +118,11 @@ pub fn relocate(raw: &mut RawConfig, dir: &Path) -> Result<(), ConfigError> {
                 span: Span::File(_),
             }) = st.get(ps.name)
             {
-                if !s.is_empty() && Path::new(s).is_relative() {
+                // An object-store URL stays where it is.
+                if !s.is_empty()
+                    && Path::new(s).is_relative()
+                    && !blockflow_io::remote::is_url(Path::new(s))
+                {
                     outs.push((i, ps.name, from_config(raw, s)));
                 }
             }

@@ -31,6 +31,11 @@ struct Named {
 /// `p` absolute, with the longest existing prefix canonicalised (so a
 /// symbolic link or `..` through one compares as the real folder).
 pub(crate) fn absolute(p: &Path) -> PathBuf {
+    // A URL compares as written (less a trailing `/`): by its components,
+    // `s3://b/p/x` is inside `s3://b/p`, and never a local path.
+    if let Some(url) = blockflow_io::remote::url_of(p) {
+        return PathBuf::from(url);
+    }
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -337,6 +342,35 @@ mod tests {
             "{HEAD}[stage.r]\nkind = \"read-images\"\npath = \"cells/*.png\"\n[stage.w]\nkind = \"write-zarr\"\ninputs = [\"a\"]\npath = \"cells/out.zarr\"\n"
         ));
         assert!(e.is_empty(), "beside the inputs, not matching: {e:?}");
+    }
+
+    #[test]
+    fn urls_are_checked_as_written_against_each_other() {
+        let conf = |input: &str, output: &str| {
+            errors(&format!(
+                "{HEAD}[stage.r]\nkind = \"read-zarr\"\npath = \"{input}\"\n[stage.w]\nkind = \"write-zarr\"\ninputs = [\"r\"]\npath = \"{output}\"\n"
+            ))
+        };
+        for (i, o) in [
+            ("s3://b/in.zarr", "s3://b/in.zarr"),
+            ("s3://b/in.zarr", "s3://b/in.zarr/"),
+            ("s3://b/in.zarr/x", "s3://b/in.zarr"),
+            ("s3://b/d", "s3://b/d/out.zarr"),
+        ] {
+            let e = conf(i, o);
+            assert!(
+                e.len() == 1 && e[0].contains("over the input"),
+                "{i} -> {o}: {e:?}"
+            );
+        }
+        for (i, o) in [
+            ("s3://b/in.zarr", "s3://b/in.zarr2"),
+            ("s3://b/in.zarr", "s3://c/in.zarr"),
+            ("in.zarr", "s3://b/in.zarr"),
+            ("https://h/b/in.zarr", "s3://b/out.zarr"),
+        ] {
+            assert!(conf(i, o).is_empty(), "{i} -> {o}: {:?}", conf(i, o));
+        }
     }
 
     #[test]

@@ -107,8 +107,12 @@ impl OutputReport {
     }
 }
 
-/// Bytes of a file, or of every file under a folder.
+/// Bytes of a file, or of every file under a folder (of every object of
+/// a Zarr array in an S3 bucket).
 fn size_of(p: &Path) -> u64 {
+    if blockflow_io::remote::is_url(p) {
+        return blockflow_io::zarr::ZarrReader::open(p).map_or(0, |r| r.stored_bytes());
+    }
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::read_dir(p)
             .map(|rd| rd.flatten().map(|e| size_of(&e.path())).sum())

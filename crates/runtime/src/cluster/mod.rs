@@ -332,6 +332,19 @@ pub fn plan_tasks_with(
     let cut = Cut::new(&raw, &full)?;
     let chunks = stored::materialised(&cut, &full);
     let (finals, staged) = stored::staged_outputs(&raw, &cut, &run_dir);
+    // Outputs are staged in the run folder and renamed into place by the
+    // commit; an object store has no rename (and its own protocol, which
+    // `blockflow run` follows).
+    if let Some(f) = finals
+        .iter()
+        .find(|f| blockflow_io::remote::is_url(&f.path))
+    {
+        return Err(ClusterError::Refused(format!(
+            "stage \"{}\" writes to {}: a distributed run stages each output in its run folder and renames it into place, which object storage cannot do; use `blockflow run` for it, or write to a shared filesystem",
+            f.stage,
+            f.path.display()
+        )));
+    }
     let (at, shared) = stored::locate(&cut, &full, &chunks, &staged, &run_dir);
     let stored = Stored {
         chunks: &chunks,

@@ -51,6 +51,16 @@ path = "summary.json"
 "#;
 
 #[test]
+fn an_output_in_object_storage_is_refused_naming_it() {
+    let text = STENCIL.replace("path = \"out.zarr\"", "path = \"s3://bucket/out.zarr\"");
+    let e = cut(&text, Some(3)).expect_err("refused").to_string();
+    assert!(
+        e.contains("stage \"out\" writes to s3://bucket/out.zarr") && e.contains("blockflow run"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_stencil_its_reductions_and_writers() {
     let p = cut(STENCIL, Some(3)).expect("plans");
     let place = |n: &str| p.places[n];

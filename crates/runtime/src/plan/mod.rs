@@ -595,13 +595,15 @@ fn scratch_folder(raw: &RawConfig, stages: &[PlannedStage]) -> PathBuf {
     stages
         .iter()
         .find_map(|s| match s.kind.writes() {
-            Some(Writes::Zarr { path, .. }) => path.parent().map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            }),
+            Some(Writes::Zarr { path, .. }) if !blockflow_io::remote::is_url(path) => {
+                path.parent().map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_path_buf()
+                    }
+                })
+            }
             _ => None,
         })
         .unwrap_or_else(std::env::temp_dir)

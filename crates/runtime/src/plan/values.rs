@@ -39,6 +39,10 @@ pub(crate) fn resolve(config: &Path, v: &Sp<Val>) -> PathBuf {
         return PathBuf::new();
     };
     let p = PathBuf::from(s);
+    // An object-store URL (`s3://`, `http(s)://`) is taken as written.
+    if blockflow_io::remote::is_url(&p) {
+        return p;
+    }
     if p.is_absolute() || !matches!(v.span, Span::File(_)) {
         return p;
     }

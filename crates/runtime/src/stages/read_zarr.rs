@@ -29,7 +29,7 @@ pub static KIND: KindDef = KindDef {
             "path",
             PType::Path(PathRole::Input),
             None,
-            "the array's directory (relative paths are from the config's folder)",
+            "the array's directory (relative paths are from the config's folder), or its URL: `s3://bucket/prefix` (credentials, region and endpoint from the AWS environment variables and ~/.aws files: AWS_ENDPOINT_URL for an S3-compatible store) or `http(s)://` (read with Range requests)",
         ),
         p(
             "chunks",
@@ -90,8 +90,13 @@ impl Stage for ReadZarr {
             .as_ref()
             .map(|n| format!(", axes {}", n.join(", ")))
             .unwrap_or_default();
+        let remote = if blockflow_io::remote::is_url(&self.path) {
+            "; over the network, ranged reads, one request in flight per chunk read at once"
+        } else {
+            ""
+        };
         format!(
-            "{} (zarr v{}, stored chunks {:?}{shards}, {}{names}){regrid}",
+            "{} (zarr v{}, stored chunks {:?}{shards}, {}{names}){regrid}{remote}",
             self.path.display(),
             self.info.zarr_format,
             self.info.chunks,
@@ -104,19 +109,27 @@ impl Stage for ReadZarr {
             a.saturating_mul(c as u128)
         });
         let stream = m.grid.chunk_shape();
-        if stream_is_finer(&info.shape, &info.chunks, stream) {
-            // Each stored chunk decoded once and held until the last
-            // stream chunk in it is cut (about a row of them); each being
-            // decoded twice more while it is (its encoded bytes, then its
-            // raw bytes beside the typed copy kept, as zarrs decodes); and
-            // the stream chunks being cut.
-            let p = m.parallel;
-            let held = held_stored_chunks(&info.shape, &info.chunks, stream, p as u64) as u128;
-            (held + 2 * p.min(held)) * stored + p * m.out_bytes
+        // Over the network, each read in flight (one per chunk read at
+        // once) also holds its response body, up to a stored chunk.
+        let in_flight = if blockflow_io::remote::is_url(&self.path) {
+            m.parallel * stored
         } else {
-            // The result and the decoded stored chunks it is cut from.
-            m.parallel * (m.out_bytes + 2 * stored)
-        }
+            0
+        };
+        in_flight
+            + if stream_is_finer(&info.shape, &info.chunks, stream) {
+                // Each stored chunk decoded once and held until the last
+                // stream chunk in it is cut (about a row of them); each being
+                // decoded twice more while it is (its encoded bytes, then its
+                // raw bytes beside the typed copy kept, as zarrs decodes); and
+                // the stream chunks being cut.
+                let p = m.parallel;
+                let held = held_stored_chunks(&info.shape, &info.chunks, stream, p as u64) as u128;
+                (held + 2 * p.min(held)) * stored + p * m.out_bytes
+            } else {
+                // The result and the decoded stored chunks it is cut from.
+                m.parallel * (m.out_bytes + 2 * stored)
+            }
     }
     fn exec(&self) -> Exec<'_> {
         Exec::Source(self)
@@ -270,6 +283,22 @@ mod tests {
         // (at most `parallel`), and 2 stream chunks of 1200 bytes.
         let held = held_stored_chunks(&[100, 60], &[50, 60], &[10, 60], 2) as u64;
         assert_eq!(s.mem.working, (held + 2 * held.min(2)) * 6000 + 2 * 1200);
+    }
+
+    #[test]
+    fn an_array_in_object_storage_counts_its_requests_in_flight() {
+        let c = catalog();
+        c.add_zarr(
+            Path::new("s3://bucket/a.zarr"),
+            DType::U16,
+            &[100, 60],
+            &[50, 60],
+        );
+        let s = planned("kind = \"read-zarr\"\npath = \"s3://bucket/a.zarr\"", &c).expect("plans");
+        // As on disk, and one response body of a stored chunk per read in flight.
+        assert_eq!(s.mem.working, 2 * (6000 + 2 * 6000) + 2 * 6000);
+        assert!(s.kind.describe().contains("s3://bucket/a.zarr"));
+        assert!(s.kind.describe().contains("in flight"));
     }
 
     #[test]

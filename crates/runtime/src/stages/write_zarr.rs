@@ -21,7 +21,7 @@ pub static KIND: KindDef = KindDef {
     summary: "writes its input as a Zarr array (v2 or v3, optionally sharded), with its axes' names; chunk files are atomic and the array appears at `path` only when the run succeeds",
     inputs: Arity::Exactly(1),
     params: &[
-        p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder)"),
+        p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder), or `s3://bucket/prefix` (credentials, region and endpoint from the AWS environment variables and ~/.aws files: AWS_ENDPOINT_URL for an S3-compatible store; chunks first, the metadata last, so an unfinished array cannot be opened)"),
         p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
         p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks, unless the stream's chunk holds that axis whole"),
         p("shards", PType::Shape, Some(""), "Zarr v3 shards (`sharding_indexed`, as zarr-python's `shards`): each shard is one file of whole `chunks`, so a multiple of them along every axis; the writer fills a shard from the stream's chunks as they come, holds only shards not yet complete (projected in the plan) and writes each once, whole"),
