@@ -219,7 +219,11 @@ impl std::fmt::Debug for ZarrReader {
 }
 
 impl ZarrReader {
+    /// Opens the array at `path`; an OME-Zarr image (a group whose
+    /// `multiscales` lists its levels) opens as its full-resolution level.
     pub fn open(path: &Path) -> Result<Self, IoError> {
+        let level0 = crate::ome::level0(path);
+        let path = level0.as_deref().unwrap_or(path);
         check_array_dir(path)?;
         register_codecs();
         let store = FilesystemStore::new(path).map_err(|e| IoError::Store {
@@ -548,7 +552,7 @@ impl ZarrWriter {
         })?;
         let claim = Claim::take(path, Made::Zarr, o.overwrite)?;
         let dir = claim.partial().to_path_buf();
-        Self::open_in(path, dir, o, Owner::Claim(claim))
+        Self::open_in(path, dir, o, Owner::Claim(claim), false)
     }
 
     /// An array written in place at `dir` (a scratch store of this run, or
@@ -565,7 +569,23 @@ impl ZarrWriter {
             dir: dir.to_path_buf(),
             keep: false,
         };
-        Self::open_in(dir, dir.to_path_buf(), o, owner)
+        Self::open_in(dir, dir.to_path_buf(), o, owner, false)
+    }
+
+    /// As [`ZarrWriter::in_place`], an array of an OME-Zarr image: a v2
+    /// array gets `dimension_separator: "/"` (NGFF 0.4 requires it).
+    pub fn in_place_ngff(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let owner = Owner::InPlace {
+            dir: dir.to_path_buf(),
+            keep: false,
+        };
+        Self::open_in(dir, dir.to_path_buf(), o, owner, true)
     }
 
     /// An array written in place at `dir` by several processes at once
@@ -576,7 +596,7 @@ impl ZarrWriter {
             dir: dir.to_path_buf(),
             keep: true,
         };
-        Self::open_in(dir, dir.to_path_buf(), o, owner)
+        Self::open_in(dir, dir.to_path_buf(), o, owner, false)
     }
 
     fn open_in(
@@ -584,6 +604,7 @@ impl ZarrWriter {
         dir: PathBuf,
         o: &ZarrWriteOptions,
         owner: Owner,
+        v2_slash: bool,
     ) -> Result<Self, IoError> {
         std::fs::create_dir_all(&dir).map_err(|source| IoError::Os {
             path: dir.clone(),
@@ -593,7 +614,7 @@ impl ZarrWriter {
             path: dir.clone(),
             why: e.to_string(),
         })?);
-        let array = new_array(store, path, o)?;
+        let array = new_array(store, path, o, v2_slash)?;
         Ok(ZarrWriter {
             path: path.to_path_buf(),
             chunks: o.chunks.clone(),
@@ -732,6 +753,7 @@ fn new_array(
     store: Arc<AtomicFsStore>,
     path: &Path,
     o: &ZarrWriteOptions,
+    v2_slash: bool,
 ) -> Result<Array<AtomicFsStore>, IoError> {
     let bad = |e: String| IoError::Store {
         path: path.to_path_buf(),
@@ -751,6 +773,7 @@ fn new_array(
         encoding: o.encoding,
         names: &names,
         attributes: &o.attributes,
+        v2_slash,
     };
     let array = crate::zarr_meta::build(store.clone(), &spec).map_err(bad)?;
     crate::zarr_meta::store_metadata(&array, &store).map_err(bad)?;
@@ -949,7 +972,7 @@ impl ZarrAppender {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?);
-        let array = new_array(store.clone(), path, &o)?;
+        let array = new_array(store.clone(), path, &o, false)?;
         Ok(ZarrAppender {
             path: path.to_path_buf(),
             array,
