@@ -595,7 +595,7 @@ fn scratch_folder(raw: &RawConfig, stages: &[PlannedStage]) -> PathBuf {
     stages
         .iter()
         .find_map(|s| match s.kind.writes() {
-            Some(Writes::Zarr { path, .. }) => path.parent().map(|p| {
+            Some(Writes::Zarr { path, .. } | Writes::Ome { path, .. }) => path.parent().map(|p| {
                 if p.as_os_str().is_empty() {
                     PathBuf::from(".")
                 } else {
