@@ -489,4 +489,88 @@ mod tests {
             assert!(e.contains(why), "{axes}: {e}");
         }
     }
+
+    #[test]
+    fn ome_images_plan_their_axes_levels_and_memory() {
+        let s = plan_one(
+            "kind = \"write-zarr\"\npath = \"a.zarr\"\nome = \"0.4\"\naxes = [\"y\", \"x\", \"c\"]\nchunks = [250, 250, 3]\nscale = [0.5, 0.5, 1]\nunits = [\"micrometer\"]",
+            &[DType::U8],
+            &[2000, 3000, 3],
+            &[500, 500, 3],
+        );
+        let Some(Writes::Ome { options: o, .. }) = unit(&s).writes() else {
+            panic!("writes an OME-Zarr image")
+        };
+        assert_eq!(o.names, vec!["c", "y", "x"]);
+        assert_eq!(o.perm, vec![2, 0, 1]);
+        assert_eq!(o.array.chunks, vec![3, 250, 250]);
+        assert_eq!(o.array.zarr_format, 2, "NGFF 0.4 is Zarr v2");
+        assert_eq!(o.scale, vec![1.0, 0.5, 0.5]);
+        assert_eq!(o.units[1].as_deref(), Some("micrometer"));
+        assert_eq!(o.units[0], None, "no unit on the channel axis");
+        // auto: halved until the largest extent is <= 256 (188).
+        assert_eq!(
+            o.levels.last().map(|l| l.shape.clone()),
+            Some(vec![3, 125, 188])
+        );
+        assert_eq!(o.channels.len(), 3);
+        assert!(
+            s.kind.describe().contains("transposed"),
+            "{}",
+            s.kind.describe()
+        );
+        // The open tiles of every level are projected: level 1's chunks
+        // are made whole from one stream chunk each (2 at once), level 2's
+        // from a band of them.
+        let held = o.held_tiles(&[500, 500, 3], 2);
+        assert_eq!(held[0].0, 2);
+        assert!(held[1].0 > 2, "{held:?}");
+        let tiles: u128 = held.iter().map(|&(n, b)| n as u128 * b as u128).sum();
+        assert!(
+            u128::from(s.mem.working) > tiles,
+            "{} > {tiles}",
+            s.mem.working
+        );
+    }
+
+    #[test]
+    fn ome_refuses_what_an_image_cannot_be() {
+        let plan = |extra: &str| {
+            plan_err(
+                &format!("kind = \"write-zarr\"\npath = \"a.zarr\"\n{extra}"),
+                &[DType::F32],
+                &[10, 12],
+                &[5, 6],
+            )
+        };
+        for (extra, why) in [
+            ("ome = \"0.5\"", "needs named axes"),
+            ("ome = \"0.5\"\naxes = [\"a\", \"b\"]", "at most one other"),
+            ("ome = \"0.5\"\naxes = [\"y\", \"z\"]", "space axes y and x"),
+            (
+                "ome = \"0.5\"\naxes = [\"y\", \"x\"]\nformat = 2",
+                "OME-Zarr 0.5 is Zarr v3",
+            ),
+            (
+                "ome = \"0.5\"\naxes = [\"y\", \"x\"]\nshards = [10, 12]",
+                "unsharded",
+            ),
+            (
+                "ome = \"0.5\"\naxes = [\"y\", \"x\"]\nchannels = [\"a\"]",
+                "there is none",
+            ),
+            (
+                "ome = \"0.5\"\naxes = [\"y\", \"x\"]\nunits = [\"furlong\"]",
+                "not a unit of length",
+            ),
+            (
+                "ome = \"0.5\"\naxes = [\"y\", \"x\"]\nscale = [1, 0]",
+                "> 0",
+            ),
+            ("levels = 3", "is an OME-Zarr option"),
+        ] {
+            let e = plan(extra);
+            assert!(e.contains(why), "{extra}: {e}");
+        }
+    }
 }
