@@ -109,10 +109,19 @@ fn written(
     }
 }
 
+/// Axes, shape, dtype, downsampling, units.
+type Case = (
+    &'static [&'static str],
+    &'static [u64],
+    DType,
+    Downsample,
+    bool,
+);
+
 #[test]
 fn written_metadata_validates_against_the_ngff_schemas() {
     let dir = tempfile::tempdir().expect("tmp");
-    let cases: &[(&[&str], &[u64], DType, Downsample, bool)] = &[
+    let cases: &[Case] = &[
         (&["y", "x"], &[20, 18], DType::F64, Downsample::Mean, false),
         (
             &["y", "x", "c"],

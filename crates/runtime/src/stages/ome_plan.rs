@@ -52,31 +52,7 @@ pub fn plan(
         Some(Ok(_)) => return cx.err("scale", "every pixel size must be > 0"),
         Some(Err(e)) => return cx.err("scale", e),
     };
-    let space: Vec<usize> = (0..nd).filter(|&a| o.kinds[a] == AxisKind::Space).collect();
-    let mut units: Vec<Option<String>> = vec![None; nd];
-    if let Some(u) = cx.p.names("units") {
-        if u.len() != 1 && u.len() != space.len() {
-            return cx.err(
-                "units",
-                format!(
-                    "`units` has {} entries: give one for every space axis, or one per space axis in NGFF's order ({})",
-                    u.len(),
-                    space.iter().map(|&a| o.names[a].as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            );
-        }
-        for (i, &a) in space.iter().enumerate() {
-            let unit = &u[if u.len() == 1 { 0 } else { i }];
-            if !SPACE_UNITS.contains(&unit.as_str()) {
-                return cx.err(
-                    "units",
-                    format!("\"{unit}\" is not a unit of length OME-Zarr knows (e.g. \"micrometer\", \"nanometer\", \"meter\")"),
-                );
-            }
-            units[a] = Some(unit.clone());
-        }
-    }
-
+    let units = units(cx, &o)?;
     let kinds = o.kinds.clone();
     let c_axis = kinds.iter().position(|k| *k == AxisKind::Channel);
     let channels = match (c_axis, cx.p.names("channels")) {
@@ -134,6 +110,37 @@ pub fn plan(
     o.units = units;
     o.channels = channels;
     Some(o)
+}
+
+/// The units per axis (stored order): `units` on the space axes.
+fn units(cx: &mut PlanCx<'_, '_>, o: &OmeOptions) -> Option<Vec<Option<String>>> {
+    let nd = o.names.len();
+    let space: Vec<usize> = (0..nd).filter(|&a| o.kinds[a] == AxisKind::Space).collect();
+    let mut units: Vec<Option<String>> = vec![None; nd];
+    if let Some(u) = cx.p.names("units") {
+        if u.len() != 1 && u.len() != space.len() {
+            return cx.err(
+                "units",
+                format!(
+                    "`units` has {} entries: give one for every space axis, or one per space axis in NGFF's order ({})",
+                    u.len(),
+                    space.iter().map(|&a| o.names[a].as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        for (i, &a) in space.iter().enumerate() {
+            let unit = &u[if u.len() == 1 { 0 } else { i }];
+            if !SPACE_UNITS.contains(&unit.as_str()) {
+                return cx.err(
+                    "units",
+                    format!("\"{unit}\" is not a unit of length OME-Zarr knows (e.g. \"micrometer\", \"nanometer\", \"meter\")"),
+                );
+            }
+            units[a] = Some(unit.clone());
+        }
+    }
+
+    Some(units)
 }
 
 /// The working bytes of an OME-Zarr writer: per chunk at once, the chunk

@@ -86,36 +86,7 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
             );
         }
     }
-    let ome = cx.p.str("ome").and_then(|v| NgffVersion::parse(&v));
-    if ome.is_none() {
-        for key in [
-            "levels",
-            "downsample",
-            "scale",
-            "units",
-            "channels",
-            "colors",
-            "name",
-        ] {
-            if cx.p.has(key) {
-                return cx.err(key, format!("`{key}` is an OME-Zarr option: set `ome = \"0.5\"` (or \"0.4\") to write an OME-Zarr image"));
-            }
-        }
-    }
-    let format = match ome {
-        Some(v) if cx.p.has("format") && cx.p.int("format")? as u8 != v.zarr_format() => {
-            return cx.err(
-                "format",
-                format!(
-                    "OME-Zarr {} is Zarr v{}; drop `format` (it follows `ome`)",
-                    v.name(),
-                    v.zarr_format()
-                ),
-            )
-        }
-        Some(v) => v.zarr_format(),
-        None => cx.p.int("format")? as u8,
-    };
+    let (ome, format) = format_and_ome(cx)?;
     let shards = cx.p.shape("shards");
     if let Some(sh) = &shards {
         if let Err(e) = check_shards(sh, &chunks) {
@@ -179,6 +150,42 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         WriteZarr { path, options, ome },
         stream.grid.clone(),
     ))
+}
+
+/// The OME-Zarr version asked for, if any, and the Zarr format (the
+/// version's; `format` must agree); the OME options refused without `ome`.
+fn format_and_ome(cx: &mut PlanCx<'_, '_>) -> Option<(Option<NgffVersion>, u8)> {
+    let ome = cx.p.str("ome").and_then(|v| NgffVersion::parse(&v));
+    if ome.is_none() {
+        for key in [
+            "levels",
+            "downsample",
+            "scale",
+            "units",
+            "channels",
+            "colors",
+            "name",
+        ] {
+            if cx.p.has(key) {
+                return cx.err(key, format!("`{key}` is an OME-Zarr option: set `ome = \"0.5\"` (or \"0.4\") to write an OME-Zarr image"));
+            }
+        }
+    }
+    let format = match ome {
+        Some(v) if cx.p.has("format") && cx.p.int("format")? as u8 != v.zarr_format() => {
+            return cx.err(
+                "format",
+                format!(
+                    "OME-Zarr {} is Zarr v{}; drop `format` (it follows `ome`)",
+                    v.name(),
+                    v.zarr_format()
+                ),
+            )
+        }
+        Some(v) => v.zarr_format(),
+        None => cx.p.int("format")? as u8,
+    };
+    Some((ome, format))
 }
 
 /// A codec's name as the config writes it.
