@@ -25,7 +25,7 @@ pub static KIND: KindDef = KindDef {
     params: &[
         p("path", PType::Path(PathRole::Output), None, "the array's directory (relative paths are from the config's folder)"),
         p("format", PType::Int(2, 3), Some("3"), "Zarr format, 2 or 3"),
-        p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's); each must divide the stream's chunks, unless the stream's chunk holds that axis whole"),
+        p("chunks", PType::Shape, Some(""), "stored chunks (default: the stream's; for `ome`, halved along the space axes where even, so a stream chunk makes whole level-1 chunks and level 1 holds none); each must divide the stream's chunks, unless the stream's chunk holds that axis whole"),
         p("shards", PType::Shape, Some(""), "Zarr v3 shards (`sharding_indexed`, as zarr-python's `shards`): each shard is one file of whole `chunks`, so a multiple of them along every axis; the writer fills a shard from the stream's chunks as they come, holds only shards not yet complete (projected in the plan) and writes each once, whole"),
         p("codec", PType::Choice(&Codec::NAMES), Some("zstd"), "compression: zstd, blosc, gzip, zlib (numcodecs' zlib; `numcodecs.zlib` in v3), lz4 (numcodecs' lz4; `numcodecs.lz4` in v3), or none"),
         p("level", PType::Int(0, 22), Some("3"), "compression level (gzip, zlib and blosc 0..=9; unused by lz4)"),
@@ -61,9 +61,25 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let stream = cx.input(0)?;
     let stream_chunks = stream.grid.chunk_shape().to_vec();
     let nd = stream.shape().len();
-    let chunks =
-        cx.p.shape("chunks")
-            .unwrap_or_else(|| stream_chunks.clone());
+    let chunks = cx.p.shape("chunks").unwrap_or_else(|| {
+        // An OME image: half the stream's chunks along the space axes where
+        // they are even, so each stream chunk makes whole level-1 chunks.
+        let names = cx.p.names("axes").or_else(|| stream.names.clone());
+        match names {
+            Some(n) if cx.p.has("ome") && n.len() == nd => (0..nd)
+                .map(|a| {
+                    let c = stream_chunks[a];
+                    let space = matches!(n[a].as_str(), "z" | "y" | "x");
+                    if space && c % 2 == 0 && c < stream.shape()[a] {
+                        c / 2
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+            _ => stream_chunks.clone(),
+        }
+    });
     if chunks.len() != nd {
         return cx.err(
             "chunks",
