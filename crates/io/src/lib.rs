@@ -21,6 +21,7 @@ pub mod hdf5;
 pub mod images;
 pub mod json;
 mod lz4_codec;
+pub mod ome;
 pub mod output;
 pub mod preview;
 pub mod remote;

@@ -264,13 +264,17 @@ impl std::fmt::Debug for ZarrReader {
 
 impl ZarrReader {
     /// The array at `path`: a local directory, or `s3://` / `http(s)://`
-    /// (settings from the environment, see [`crate::remote`]).
+    /// (settings from the environment, see [`crate::remote`]); an OME-Zarr
+    /// image (a group whose `multiscales` lists its levels) opens as its
+    /// full-resolution level.
     pub fn open(path: &Path) -> Result<Self, IoError> {
         Self::open_with(path, &S3Options::default())
     }
 
     /// As [`ZarrReader::open`], with S3 settings given in code.
     pub fn open_with(path: &Path, s3: &S3Options) -> Result<Self, IoError> {
+        let level0 = url_of(path).is_none().then(|| crate::ome::level0(path)).flatten();
+        let path = level0.as_deref().unwrap_or(path);
         register_codecs();
         let (store, remote): (Arc<dyn ReadableStorageTraits>, _) = match url_of(path) {
             Some(url) => {
@@ -629,7 +633,7 @@ impl ZarrWriter {
         }
         let claim = Claim::take(path, Made::Zarr, o.overwrite)?;
         let dir = claim.partial().to_path_buf();
-        Self::open_in(path, dir, o, Owner::Claim(claim))
+        Self::open_in(path, dir, o, Owner::Claim(claim), false)
     }
 
     /// An output at an `s3://` URL, claimed there (see [`RemoteClaim`]);
@@ -642,7 +646,7 @@ impl ZarrWriter {
         })?;
         let claim = RemoteClaim::take(url, o.overwrite, s3)?;
         let store: Arc<dyn ReadableWritableStorageTraits> = claim.store.clone();
-        let array = new_array(store, &path, o, false)?;
+        let array = new_array(store, &path, o, false, false)?;
         Ok(Self::with_array(&path, o, array, Owner::Remote(claim)))
     }
 
@@ -660,7 +664,23 @@ impl ZarrWriter {
             dir: dir.to_path_buf(),
             keep: false,
         };
-        Self::open_in(dir, dir.to_path_buf(), o, owner)
+        Self::open_in(dir, dir.to_path_buf(), o, owner, false)
+    }
+
+    /// As [`ZarrWriter::in_place`], an array of an OME-Zarr image: a v2
+    /// array gets `dimension_separator: "/"` (NGFF 0.4 requires it).
+    pub fn in_place_ngff(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let owner = Owner::InPlace {
+            dir: dir.to_path_buf(),
+            keep: false,
+        };
+        Self::open_in(dir, dir.to_path_buf(), o, owner, true)
     }
 
     /// An array written in place at `dir` by several processes at once
@@ -671,7 +691,7 @@ impl ZarrWriter {
             dir: dir.to_path_buf(),
             keep: true,
         };
-        Self::open_in(dir, dir.to_path_buf(), o, owner)
+        Self::open_in(dir, dir.to_path_buf(), o, owner, false)
     }
 
     fn open_in(
@@ -679,6 +699,7 @@ impl ZarrWriter {
         dir: PathBuf,
         o: &ZarrWriteOptions,
         owner: Owner,
+        v2_slash: bool,
     ) -> Result<Self, IoError> {
         std::fs::create_dir_all(&dir).map_err(|source| IoError::Os {
             path: dir.clone(),
@@ -689,7 +710,7 @@ impl ZarrWriter {
             why: e.to_string(),
         })?);
         let store: Arc<dyn ReadableWritableStorageTraits> = store;
-        let array = new_array(store, path, o, true)?;
+        let array = new_array(store, path, o, true, v2_slash)?;
         Ok(Self::with_array(path, o, array, owner))
     }
 
@@ -851,6 +872,7 @@ fn new_array<S: ?Sized + ReadableWritableStorageTraits + 'static>(
     path: &Path,
     o: &ZarrWriteOptions,
     store_meta: bool,
+    v2_slash: bool,
 ) -> Result<Array<S>, IoError> {
     let bad = |e: String| IoError::Store {
         path: path.to_path_buf(),
@@ -870,6 +892,7 @@ fn new_array<S: ?Sized + ReadableWritableStorageTraits + 'static>(
         encoding: o.encoding,
         names: &names,
         attributes: &o.attributes,
+        v2_slash,
     };
     let array = crate::zarr_meta::build(store.clone(), &spec).map_err(bad)?;
     if store_meta {
@@ -1070,7 +1093,7 @@ impl ZarrAppender {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?);
-        let array = new_array(store.clone(), path, &o, true)?;
+        let array = new_array(store.clone(), path, &o, true, false)?;
         Ok(ZarrAppender {
             path: path.to_path_buf(),
             array,

@@ -175,6 +175,9 @@ pub struct Spec<'a> {
     pub encoding: Encoding,
     pub names: &'a [String],
     pub attributes: &'a serde_json::Map<String, Value>,
+    /// Zarr v2 chunk keys `0/1` (`dimension_separator: "/"`, as OME-Zarr
+    /// 0.4 requires) instead of `0.1`.
+    pub v2_slash: bool,
 }
 
 /// The compressor (none for `Codec::None`).
@@ -258,6 +261,11 @@ pub fn build<S: ?Sized + ReadableWritableStorageTraits + 'static>(
             None,
         )
         .with_attributes(attributes);
+        let meta = if s.v2_slash {
+            meta.with_dimension_separator(zarrs::metadata::ChunkKeySeparator::Slash)
+        } else {
+            meta
+        };
         Array::new_with_metadata(store, "/", ArrayMetadata::V2(meta)).map_err(|e| e.to_string())?
     } else {
         let endian = if s.encoding.big_endian {

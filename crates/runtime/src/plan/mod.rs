@@ -595,7 +595,9 @@ fn scratch_folder(raw: &RawConfig, stages: &[PlannedStage]) -> PathBuf {
     stages
         .iter()
         .find_map(|s| match s.kind.writes() {
-            Some(Writes::Zarr { path, .. }) if !blockflow_io::remote::is_url(path) => {
+            Some(Writes::Zarr { path, .. } | Writes::Ome { path, .. })
+                if !blockflow_io::remote::is_url(path) =>
+            {
                 path.parent().map(|p| {
                     if p.as_os_str().is_empty() {
                         PathBuf::from(".")

@@ -50,6 +50,7 @@ impl Plan {
         // A Zarr writer shows what it stores: its dtype and stored chunks.
         let written = match st.kind.writes() {
             Some(Writes::Zarr { options, .. }) => Some(options),
+            Some(Writes::Ome { options, .. }) => Some(&options.array),
             _ => None,
         };
         let dtype = match (&st.output, written) {

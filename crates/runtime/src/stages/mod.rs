@@ -30,6 +30,7 @@ pub mod filter;
 pub mod join;
 pub mod matmul;
 pub mod median;
+pub mod ome_plan;
 pub mod overlap;
 pub mod params;
 pub mod pca;
@@ -404,6 +405,12 @@ pub enum Writes<'a> {
     Zarr {
         path: &'a Path,
         options: &'a blockflow_io::zarr::ZarrWriteOptions,
+    },
+    /// An OME-Zarr image (a group of levels written by one writer: a
+    /// distributed run writes it whole, an ingest cannot append to it).
+    Ome {
+        path: &'a Path,
+        options: &'a blockflow_io::ome::OmeOptions,
     },
     /// A JSON document of small results, one key per input.
     Json(&'a Path),

@@ -31,6 +31,8 @@ pub enum PType {
     Path(PathRole),
     /// An integer in `[min, max]`.
     Int(i64, i64),
+    /// An integer in `[min, max]`, or "auto".
+    IntOrAuto(i64, i64),
     Bool,
     /// A human size: `"512 MiB"`.
     Size,
@@ -67,6 +69,7 @@ impl PType {
             PType::Path(_) => "path".into(),
             PType::Int(lo, hi) if hi == i64::MAX => format!("integer >= {lo}"),
             PType::Int(lo, hi) => format!("integer {lo}..={hi}"),
+            PType::IntOrAuto(lo, hi) => format!("integer {lo}..={hi} or \"auto\""),
             PType::Bool => "bool".into(),
             PType::Size => "size (\"512 MiB\")".into(),
             PType::Shape => "list of integers".into(),
@@ -486,6 +489,10 @@ pub fn check_type(ty: PType, v: &Val) -> Result<(), String> {
             }
         }
         (PType::Int(..), _) => want(&ty.describe()),
+        (PType::IntOrAuto(..), Val::Str(s)) if s == "auto" => Ok(()),
+        (PType::IntOrAuto(lo, hi), Val::Int(i)) => check_type(PType::Int(lo, hi), v)
+            .map_err(|_| format!("{i} is out of range ({})", ty.describe())),
+        (PType::IntOrAuto(..), _) => want(&ty.describe()),
         (PType::Bool, Val::Bool(_)) => Ok(()),
         (PType::Bool, _) => want("true or false"),
         (PType::Size, Val::Str(s)) => parse_bytes(s).map(|_| ()),
