@@ -295,6 +295,10 @@ fn plan_tasks_shows_segments_tasks_and_memory() {
         "img.shape=[400000,400000,3]",
         "--set",
         "img.chunks=[1000,1000,3]",
+        // The OME pyramid of an image 400000 wide holds a band of chunks
+        // per level (850 MiB here): more than the config's 512 MiB.
+        "--set",
+        "pipeline.memory=\"2 GiB\"",
         "--task-count",
         "2000",
         "--run-dir",

@@ -92,13 +92,22 @@ fn seed003_from_and_to_s3_matches_disk() {
         assert_eq!(code, 0, "{err}");
     };
     let (a, b) = (d.join("disk"), d.join("s3"));
-    run(&a, &[format!("terrain.path={}", local.display())]);
+    // The RGB as a plain array (its OME-Zarr form commits by a local
+    // rename, refused in object storage).
+    run(
+        &a,
+        &[
+            format!("terrain.path={}", local.display()),
+            "rgb_out.ome=none".into(),
+        ],
+    );
     let (rgb, bstd) = (s3.url("seed003/rgb.zarr"), s3.url("seed003/block-std.zarr"));
     run(
         &b,
         &[
             format!("terrain.path={terrain}"),
             format!("rgb_out.path={rgb}"),
+            "rgb_out.ome=none".into(),
             format!("block_std_out.path={bstd}"),
         ],
     );
@@ -119,6 +128,27 @@ fn seed003_from_and_to_s3_matches_disk() {
     for k in keys(&s3, &rgb) {
         assert!(k == "zarr.json" || k.starts_with("c/"), "{k}");
     }
+    // An OME-Zarr image commits by a local rename: refused there, by name.
+    let ome = format!("rgb_out.path={}", s3.url("seed003/ome.zarr"));
+    let tp = format!("terrain.path={terrain}");
+    let (code, _, err) = run_s3(
+        &s3,
+        &[
+            "plan",
+            cfg,
+            "--set",
+            "terrain.kind=read-zarr",
+            "--set",
+            &tp,
+            "--set",
+            &ome,
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("OME-Zarr output is written locally") && err.contains("seed003/ome.zarr"),
+        "{err}"
+    );
     // `inspect` reads the metadata over the network too.
     let (code, out, err) = run_s3(&s3, &["inspect", &bstd]);
     assert_eq!(code, 0, "{err}");

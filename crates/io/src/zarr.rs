@@ -273,7 +273,10 @@ impl ZarrReader {
 
     /// As [`ZarrReader::open`], with S3 settings given in code.
     pub fn open_with(path: &Path, s3: &S3Options) -> Result<Self, IoError> {
-        let level0 = url_of(path).is_none().then(|| crate::ome::level0(path)).flatten();
+        let level0 = url_of(path)
+            .is_none()
+            .then(|| crate::ome::level0(path))
+            .flatten();
         let path = level0.as_deref().unwrap_or(path);
         register_codecs();
         let (store, remote): (Arc<dyn ReadableStorageTraits>, _) = match url_of(path) {
