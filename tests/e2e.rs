@@ -1260,6 +1260,19 @@ path = "am.zarr"
 /// configs/elevation.toml at 800 x 800: the matrix-product sum equals the
 /// exact integer sum computed here from the RGB it wrote; the zoomed
 /// block's statistics come from the block the argmin named.
+/// An OME-Zarr RGB image's level 0 (stored (c, y, x), as NGFF orders
+/// axes) as (y, x, c).
+fn ome_rgb_as_yxc(path: &std::path::Path, n: usize) -> ndarray::ArrayD<u8> {
+    let ArrayData::U8(cyx) = read_all(path) else {
+        panic!("u8")
+    };
+    assert_eq!(cyx.shape(), &[3, n, n]);
+    let mut rgb = cyx;
+    rgb.swap_axes(0, 1);
+    rgb.swap_axes(1, 2);
+    rgb
+}
+
 #[test]
 fn elevation_exact_matmul_sum_and_the_smoothest_block() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -1279,14 +1292,7 @@ fn elevation_exact_matmul_sum_and_the_smoothest_block() {
     let png = std::fs::read(t.join("std.png")).expect("png");
     let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().expect("4"));
     assert_eq!((size(16), size(20)), (256, 256), "width, height");
-    let ArrayData::U8(cyx) = read_all(&t.join("rgb.zarr")) else {
-        panic!("u8")
-    };
-    // An OME-Zarr image: level 0 stored (c, y, x), as NGFF orders axes.
-    assert_eq!(cyx.shape(), &[3, 800, 800]);
-    let mut rgb = cyx.view();
-    rgb.swap_axes(0, 1);
-    rgb.swap_axes(1, 2);
+    let rgb = ome_rgb_as_yxc(&t.join("rgb.zarr"), 800);
     let (mut r, mut g) = (vec![0i128; 800], vec![0i128; 800]);
     for y in 0..800 {
         for x in 0..800 {

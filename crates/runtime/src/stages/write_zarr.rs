@@ -61,47 +61,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
     let stream = cx.input(0)?;
     let stream_chunks = stream.grid.chunk_shape().to_vec();
     let nd = stream.shape().len();
-    let chunks = cx.p.shape("chunks").unwrap_or_else(|| {
-        // An OME image: half the stream's chunks along the space axes where
-        // they are even, so each stream chunk makes whole level-1 chunks.
-        let names = cx.p.names("axes").or_else(|| stream.names.clone());
-        match names {
-            Some(n) if cx.p.has("ome") && n.len() == nd => (0..nd)
-                .map(|a| {
-                    let c = stream_chunks[a];
-                    let space = matches!(n[a].as_str(), "z" | "y" | "x");
-                    if space && c % 2 == 0 && c < stream.shape()[a] {
-                        c / 2
-                    } else {
-                        c
-                    }
-                })
-                .collect(),
-            _ => stream_chunks.clone(),
-        }
-    });
-    if chunks.len() != nd {
-        return cx.err(
-            "chunks",
-            format!(
-                "`chunks` has {} axes but the array has {} ({:?})",
-                chunks.len(),
-                nd,
-                stream.shape()
-            ),
-        );
-    }
-    for ax in 0..chunks.len() {
-        let (c, sc, n) = (chunks[ax], stream_chunks[ax], stream.shape()[ax]);
-        if sc % c != 0 && sc < n {
-            return cx.err(
-                "chunks",
-                format!(
-                    "stored chunks {chunks:?} must divide the stream's chunks {stream_chunks:?} along every axis (axis {ax}: {c} does not divide {sc}); choose divisors, or re-grid the reader"
-                ),
-            );
-        }
-    }
+    let stream_shape = stream.shape().to_vec();
+    let chunks = stored_chunks(cx, &stream_shape, &stream_chunks, stream.names.clone())?;
     let (ome, format) = format_and_ome(cx)?;
     let shards = cx.p.shape("shards");
     if let Some(sh) = &shards {
@@ -158,11 +119,8 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         overwrite: cx.p.str("if_exists").as_deref() == Some("overwrite"),
         attributes: Default::default(),
     };
-    if ome.is_some() && blockflow_io::remote::is_url(&path) {
-        return cx.err(
-            "ome",
-            format!("OME-Zarr output is written locally and renamed into place; {} is in object storage: write it to a local path and copy it, or drop `ome`", path.display()),
-        );
+    if ome.is_some() {
+        local_for_ome(cx, &path)?;
     }
     let ome = match ome {
         Some(v) => Some(ome_plan::plan(cx, v, options.clone(), names_for_ome)?),
@@ -172,6 +130,72 @@ fn plan(cx: &mut PlanCx<'_, '_>) -> Option<Planned> {
         WriteZarr { path, options, ome },
         stream.grid.clone(),
     ))
+}
+
+/// The stored chunks: as given (checked against the stream's), else the
+/// stream's; for an OME image, half the stream's along the space axes
+/// where they are even, so each stream chunk makes whole level-1 chunks.
+fn stored_chunks(
+    cx: &mut PlanCx<'_, '_>,
+    shape: &[u64],
+    stream_chunks: &[u64],
+    stream_names: Option<Vec<String>>,
+) -> Option<Vec<u64>> {
+    let nd = shape.len();
+    let ome =
+        cx.p.str("ome")
+            .is_some_and(|v| !v.is_empty() && v != "none");
+    let chunks = cx.p.shape("chunks").unwrap_or_else(|| {
+        let names = cx.p.names("axes").or(stream_names);
+        match names {
+            Some(n) if ome && n.len() == nd => (0..nd)
+                .map(|a| {
+                    let c = stream_chunks[a];
+                    let space = matches!(n[a].as_str(), "z" | "y" | "x");
+                    if space && c.is_multiple_of(2) && c < shape[a] {
+                        c / 2
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+            _ => stream_chunks.to_vec(),
+        }
+    });
+    if chunks.len() != nd {
+        return cx.err(
+            "chunks",
+            format!(
+                "`chunks` has {} axes but the array has {} ({shape:?})",
+                chunks.len(),
+                nd,
+            ),
+        );
+    }
+    for ax in 0..nd {
+        let (c, sc, n) = (chunks[ax], stream_chunks[ax], shape[ax]);
+        if sc % c != 0 && sc < n {
+            return cx.err(
+                "chunks",
+                format!(
+                    "stored chunks {chunks:?} must divide the stream's chunks {stream_chunks:?} along every axis (axis {ax}: {c} does not divide {sc}); choose divisors, or re-grid the reader"
+                ),
+            );
+        }
+    }
+    Some(chunks)
+}
+
+/// An OME-Zarr image is committed by a local rename: refused in object
+/// storage.
+fn local_for_ome(cx: &mut PlanCx<'_, '_>, path: &std::path::Path) -> Option<()> {
+    if blockflow_io::remote::is_url(path) {
+        return cx.err(
+            "ome",
+            format!("OME-Zarr output is written locally and renamed into place; {} is in object storage: write it to a local path and copy it, or set `ome = \"none\"`", path.display()),
+        );
+    }
+    Some(())
 }
 
 /// The OME-Zarr version asked for, if any, and the Zarr format (the
