@@ -116,6 +116,7 @@ fn timeseries_workflow_matches_scipy_and_skimage() {
         format!("pipeline.report={}", p("report.json")),
         format!("pipeline.scratch={}", t.display()),
         format!("zscore_zarr.path={}", p("zscore.zarr")),
+        format!("registered_zarr.path={}", p("registered.zarr")),
         format!("median_h5.path={}", p("median.h5")),
         format!("shifts_json.path={}", p("shifts.json")),
     ];
