@@ -657,22 +657,16 @@ impl ZarrWriter {
     /// a member of a group assembled in a work folder): removed when
     /// dropped unfinished, kept by [`ZarrWriter::finish`].
     pub fn in_place(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|source| IoError::Os {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let owner = Owner::InPlace {
-            dir: dir.to_path_buf(),
-            keep: false,
-        };
-        Self::open_in(dir, dir.to_path_buf(), o, owner, false)
+        Self::in_place_with(dir, o, false)
     }
 
     /// As [`ZarrWriter::in_place`], an array of an OME-Zarr image: a v2
     /// array gets `dimension_separator: "/"` (NGFF 0.4 requires it).
     pub fn in_place_ngff(dir: &Path, o: &ZarrWriteOptions) -> Result<Self, IoError> {
+        Self::in_place_with(dir, o, true)
+    }
+
+    fn in_place_with(dir: &Path, o: &ZarrWriteOptions, v2_slash: bool) -> Result<Self, IoError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|source| IoError::Os {
                 path: dir.to_path_buf(),
@@ -683,7 +677,7 @@ impl ZarrWriter {
             dir: dir.to_path_buf(),
             keep: false,
         };
-        Self::open_in(dir, dir.to_path_buf(), o, owner, true)
+        Self::open_in(dir, dir.to_path_buf(), o, owner, v2_slash)
     }
 
     /// An array written in place at `dir` by several processes at once

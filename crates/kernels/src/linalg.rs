@@ -182,6 +182,27 @@ pub fn sign_by_u_sums(v: &mut Array2<f64>, col_sums: &Array1<f64>) -> Result<(),
     Ok(())
 }
 
+/// `f` of `values` in descending order of the values, with `vectors`'
+/// columns in the same order, signed by [`sign_columns`].
+fn descending(
+    values: &[f64],
+    vectors: &Mat<f64>,
+    f: impl Fn(f64) -> f64,
+) -> (Array1<f64>, Array2<f64>) {
+    let n = values.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| values[j].total_cmp(&values[i]));
+    let out = Array1::from_iter(order.iter().map(|&i| f(values[i])));
+    let mut v = Array2::zeros((vectors.nrows(), n));
+    for (jo, &j) in order.iter().enumerate() {
+        for (i, &x) in vectors.col_as_slice(j).iter().enumerate() {
+            v[[i, jo]] = x;
+        }
+    }
+    sign_columns(&mut v);
+    (out, v)
+}
+
 /// The SVD of an R factor (`k` x `n`): the `n` singular values, descending
 /// (zeros past `k`), and `V` (`n` x `n`) whose columns are the right
 /// singular vectors, signed as the module says.
@@ -215,20 +236,9 @@ pub fn svd_r(r: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), LinalgError>
         Default::default(),
     )
     .map_err(|_| LinalgError::NoConvergence)?;
-    let sv: Vec<f64> = s.column_vector().iter().copied().collect();
     // Descending, stable (faer already sorts; this makes it a contract).
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| sv[j].total_cmp(&sv[i]));
-    let s_out = Array1::from_iter(order.iter().map(|&i| sv[i]));
-    let mut v_out = Array2::zeros((n, n));
-    for (jo, &j) in order.iter().enumerate() {
-        let col = v.col_as_slice(j);
-        for i in 0..n {
-            v_out[[i, jo]] = col[i];
-        }
-    }
-    sign_columns(&mut v_out);
-    Ok((s_out, v_out))
+    let sv: Vec<f64> = s.column_vector().iter().copied().collect();
+    Ok(descending(&sv, &v, |x| x))
 }
 
 /// The Gram matrix `AᵀA` (`n` x `n`) of a tall matrix, accumulated row
@@ -308,18 +318,7 @@ impl Gram {
         )
         .map_err(|_| LinalgError::NoConvergence)?;
         let ev: Vec<f64> = w.column_vector().iter().copied().collect();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&i, &j| ev[j].total_cmp(&ev[i]));
-        let s = Array1::from_iter(order.iter().map(|&i| ev[i].max(0.0).sqrt()));
-        let mut v = Array2::zeros((n, n));
-        for (jo, &j) in order.iter().enumerate() {
-            let col = u.col_as_slice(j);
-            for i in 0..n {
-                v[[i, jo]] = col[i];
-            }
-        }
-        sign_columns(&mut v);
-        Ok((s, v))
+        Ok(descending(&ev, &u, |x| x.max(0.0).sqrt()))
     }
 
     /// Whether the first `k` singular values (and their vectors) from
